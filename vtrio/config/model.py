@@ -1,0 +1,300 @@
+"""The frozen, normalized configuration model that the runtime sees.
+
+Theory of operation: the dialect structs in ``v2ray.py`` / ``xray.py`` mirror the
+JSON people write, quirks and aliases included. ``normalize.py`` turns them into
+the classes below, which have exactly one spelling for everything: ports are
+expanded, ids are UUIDs, securities are an enum, defaults are filled in. Nothing
+outside ``vtrio/config/`` ever sees a dialect struct.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Security(enum.Enum):
+    """Body security as written in a client config (spec section 4.3)."""
+
+    AUTO = "auto"
+    AES_128_GCM = "aes-128-gcm"
+    CHACHA20_POLY1305 = "chacha20-poly1305"
+    NONE = "none"
+    ZERO = "zero"
+    AES_128_CFB = "aes-128-cfb"
+
+
+@dataclass(frozen=True, slots=True)
+class VMessUser:
+    """One VMess account; ``security`` and ``experiments`` matter on the client."""
+
+    id: uuid.UUID
+    alter_id: int = 0
+    level: int = 0
+    email: str = ""
+    security: Security = Security.AUTO
+    # Subset of {"AuthenticatedLength", "NoTerminationSignal"} (spec section 12.1).
+    experiments: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user name and password for the socks and http inbounds."""
+
+    user: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A TLS certificate given as files or inline PEM text."""
+
+    certificate_file: str | None = None
+    key_file: str | None = None
+    certificate_pem: str | None = None
+    key_pem: str | None = None
+    usage: Literal["encipherment", "verify", "issue"] = "encipherment"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    server_name: str | None = None
+    alpn: tuple[str, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    allow_insecure: bool = False
+    disable_system_root: bool = False
+    min_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    path: str = "/"
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    # Early data: bytes of the first payload carried in the upgrade request.
+    max_early_data: int = 0
+    # Empty means the early data travels in Sec-WebSocket-Protocol (Xray ?ed=N).
+    early_data_header_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    network: Literal["tcp", "ws"] = "tcp"
+    security: Literal["none", "tls"] = "none"
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    ws: WebSocketSettings = field(default_factory=WebSocketSettings)
+    accept_proxy_protocol: bool = False
+
+
+# --- inbounds ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultUser:
+    """Template for users a detour target generates (spec section 8.1)."""
+
+    alter_id: int = 0
+    level: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VMessInboundSettings:
+    users: tuple[VMessUser, ...] = ()
+    default: DefaultUser = field(default_factory=DefaultUser)
+    # Tag of the inbound that dynamic-port clients are sent to (spec section 8).
+    detour_to: str | None = None
+    disable_insecure_encryption: bool = False
+    # Refuse legacy (MD5) headers even for users with alterId > 0 (spec 9.3).
+    aead_forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SocksInboundSettings:
+    auth: Literal["noauth", "password"] = "noauth"
+    accounts: tuple[Account, ...] = ()
+    udp: bool = False
+    # Address announced in UDP ASSOCIATE replies; None means the listen address.
+    ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpInboundSettings:
+    accounts: tuple[Account, ...] = ()
+    allow_transparent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DokodemoInboundSettings:
+    address: str | None = None
+    port: int | None = None
+    networks: frozenset[Literal["tcp", "udp"]] = frozenset({"tcp"})
+    follow_redirect: bool = False
+
+
+InboundSettings = (
+    VMessInboundSettings
+    | SocksInboundSettings
+    | HttpInboundSettings
+    | DokodemoInboundSettings
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Allocate:
+    """Port allocation of an inbound with a port range (spec section 8.1)."""
+
+    strategy: Literal["always", "random"] = "always"
+    refresh_minutes: int = 5
+    concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    tag: str
+    protocol: Literal["vmess", "socks", "http", "dokodemo-door"]
+    listen: str
+    # Every port the inbound may use, expanded from number / range / list / env.
+    ports: tuple[int, ...]
+    settings: InboundSettings
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    allocate: Allocate = field(default_factory=Allocate)
+
+
+# --- outbounds --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VMessServer:
+    address: str
+    port: int
+    users: tuple[VMessUser, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VMessOutboundSettings:
+    servers: tuple[VMessServer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FreedomSettings:
+    domain_strategy: Literal["AsIs", "UseIP", "UseIPv4", "UseIPv6"] = "AsIs"
+    # "host:port" every connection is sent to instead of its destination.
+    redirect: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlackholeSettings:
+    response: Literal["none", "http"] = "none"
+
+
+OutboundSettings = VMessOutboundSettings | FreedomSettings | BlackholeSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    tag: str
+    protocol: Literal["vmess", "freedom", "blackhole"]
+    settings: OutboundSettings
+    stream: StreamSettings = field(default_factory=StreamSettings)
+
+
+# --- policy, routing, log ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPolicy:
+    """Timeouts in seconds and the relay buffer in bytes (spec section 10).
+
+    The handshake default is the documented 4 s rather than v2ray's coded 60 s,
+    so silent connections cannot pile up.
+    """
+
+    handshake: float = 4.0
+    conn_idle: float = 300.0
+    uplink_only: float = 1.0
+    downlink_only: float = 1.0
+    buffer_size: int = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    levels: Mapping[int, LevelPolicy] = field(default_factory=dict)
+
+    def level(self, level: int) -> LevelPolicy:
+        """The policy of a user level; unconfigured levels get the defaults."""
+        return self.levels.get(level, DEFAULT_LEVEL_POLICY)
+
+
+DEFAULT_LEVEL_POLICY = LevelPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class DomainMatcher:
+    kind: Literal["full", "domain", "keyword", "regexp"]
+    value: str
+    pattern: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRule:
+    outbound_tag: str
+    inbound_tags: frozenset[str] = frozenset()
+    domains: tuple[DomainMatcher, ...] = ()
+    ips: tuple[IPNetwork, ...] = ()
+    # Inclusive (low, high) pairs.
+    ports: tuple[tuple[int, int], ...] = ()
+    networks: frozenset[Literal["tcp", "udp"]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    domain_strategy: Literal["AsIs", "IPIfNonMatch", "IPOnDemand"] = "AsIs"
+    rules: tuple[RoutingRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["debug", "info", "warning", "error", "none"] = "warning"
+    # File paths; None means stderr (error) / stdout-like stderr (access).
+    access: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    inbounds: tuple[Inbound, ...] = ()
+    outbounds: tuple[Outbound, ...] = ()
+    routing: Routing = field(default_factory=Routing)
+    policy: Policy = field(default_factory=Policy)
+    log: Log = field(default_factory=Log)
+    # The files this config was read from, for messages.
+    sources: tuple[str, ...] = ()
+
+    def inbound(self, tag: str) -> Inbound:
+        """The inbound with this tag.
+
+        Raises:
+            KeyError: no inbound has that tag.
+        """
+        for inbound in self.inbounds:
+            if inbound.tag == tag:
+                return inbound
+        raise KeyError(tag)
+
+    def outbound(self, tag: str) -> Outbound:
+        """The outbound with this tag.
+
+        Raises:
+            KeyError: no outbound has that tag.
+        """
+        for outbound in self.outbounds:
+            if outbound.tag == tag:
+                return outbound
+        raise KeyError(tag)

@@ -1,0 +1,3 @@
+"""Runs a whole configuration: the root nursery of listeners and connections."""
+
+from __future__ import annotations
