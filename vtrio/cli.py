@@ -10,7 +10,7 @@ import typer
 
 app = typer.Typer(
     name="vtrio",
-    help="A VMess proxy server and client on Trio, compatible with v2ray, Xray and sing-box.",
+    help="VMess proxy server and client on Trio (v2ray, Xray, sing-box compatible).",
     no_args_is_help=True,
     add_completion=False,
 )
