@@ -5,6 +5,12 @@ blocks on a slow peer; the server-side handshake of the configured layers
 (TLS, then WebSocket) runs later in the connection's own task through
 ``accept_stream``, under the caller's handshake deadline. On the client side
 ``dial`` returns a stream with every configured layer already stacked.
+
+Layers stack as tcp -> tls (``security: tls``) -> ws (``network: ws``). Neither
+TLS nor WebSocket can half-close here, so on those layers ``send_eof`` only stops
+sending (see ``tls.py`` and ``websocket.py``); VMess ends each direction with its
+own end chunk. A WebSocket stream carries ``forwarded_for`` (X-Forwarded-For) for
+the access log; other streams do not have the attribute.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import trio
+
+from vtrio.errors import DialError
+from vtrio.net.transport.tls import TLSStream, accept_tls, dial_tls, server_context
+from vtrio.net.transport.websocket import accept_websocket, dial_websocket
 
 if TYPE_CHECKING:
     from vtrio.config.model import StreamSettings
@@ -29,8 +39,13 @@ async def open_listeners(
 
     Returns:
         The bound listeners.
+
+    Raises:
+        ConfigError: the TLS certificates cannot be loaded (checked here, at
+            start-up, rather than on the first connection).
     """
-    del settings
+    if settings.security == "tls":
+        server_context(settings.tls)
     return await trio.open_tcp_listeners(port, host=host or None)
 
 
@@ -45,9 +60,19 @@ async def accept_stream(
 
     Returns:
         The stream VMess (or socks/http) reads and writes.
+
+    Raises:
+        RemoteProtocolError: the TLS handshake or the WebSocket upgrade failed
+            (not TLS, wrong path, not an upgrade request); the reason is in the
+            message.
+        trio.BrokenResourceError: the peer went away during a handshake.
     """
-    del settings
-    return stream
+    layered: trio.abc.HalfCloseableStream = stream
+    if settings.security == "tls":
+        layered = await accept_tls(settings.tls, layered)
+    if settings.network == "ws":
+        layered = await accept_websocket(settings.ws, _unwrap(layered))
+    return layered
 
 
 async def dial(
@@ -64,7 +89,33 @@ async def dial(
         The connected stream.
 
     Raises:
-        OSError: the connection could not be made.
+        DialError: the connection, the TLS handshake or the WebSocket upgrade
+            failed; the message names the server and the reason.
     """
-    del settings
-    return await trio.open_tcp_stream(host, port)
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise DialError(f"cannot connect to {host}:{port}: {exc}") from exc
+    layered: trio.abc.HalfCloseableStream = tcp
+    try:
+        if settings.security == "tls":
+            # WebSocket speaks HTTP/1.1: never let the server pick h2.
+            alpn = ("http/1.1",) if settings.network == "ws" else ()
+            layered = await dial_tls(settings.tls, tcp, host, port, default_alpn=alpn)
+        if settings.network == "ws":
+            layered = await dial_websocket(
+                settings.ws,
+                _unwrap(layered),
+                host,
+                port,
+                secure=settings.security == "tls",
+            )
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return layered
+
+
+def _unwrap(stream: trio.abc.HalfCloseableStream) -> trio.abc.Stream:
+    """The stream WebSocket frames go on: the SSLStream itself under TLS."""
+    return stream.ssl_stream if isinstance(stream, TLSStream) else stream

@@ -1,0 +1,298 @@
+"""TLS layer: ``ssl.SSLContext`` construction and ``trio.SSLStream`` handshakes.
+
+Theory of operation: a context is built once per distinct ``TLSSettings`` (they are
+frozen and hashable, so a small cache keyed by them serves every connection of an
+inbound or outbound) and every connection only wraps its stream in
+``trio.SSLStream`` and runs the handshake eagerly, so failures surface here with a
+readable reason instead of on the first VMess read. Server failures raise
+``RemoteProtocolError`` (the peer sent bytes that are not TLS, or gave up),
+client failures raise ``DialError`` (wrong name, untrusted certificate, ...).
+
+Inline PEM certificates are written to a private temporary directory just long
+enough for ``load_cert_chain`` to read them, because the stdlib only loads key
+pairs from files; nothing stays on disk afterwards.
+
+TLS cannot half-close through ``trio.SSLStream``; ``TLSStream`` therefore
+implements ``send_eof`` as "no more sending" without touching the wire. VMess marks
+the end of each direction with its own empty chunk, so peers never need the TCP
+FIN to see where a direction ends; the connection closes with ``aclose``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import ssl
+import tempfile
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from vtrio.errors import ConfigError, DialError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from vtrio.config.model import Certificate, TLSSettings
+
+# v2ray's "minVersion" strings.
+_TLS_VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+# OpenSSL reasons a server sees when the client did not speak TLS at all.
+_PLAINTEXT_REASONS = {"HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"}
+
+
+@contextmanager
+def _certificate_files(
+    certificate: Certificate, where: str
+) -> Iterator[tuple[str, str]]:
+    """Yield (certificate file, key file), writing inline PEM to a private temp dir."""
+    if certificate.certificate_pem is None and certificate.key_pem is None:
+        if not certificate.certificate_file or not certificate.key_file:
+            raise ConfigError("needs certificateFile and keyFile", path=where)
+        yield certificate.certificate_file, certificate.key_file
+        return
+    if not certificate.certificate_pem or not certificate.key_pem:
+        raise ConfigError("needs both certificate and key", path=where)
+    # mkdtemp makes the directory mode 0700: the key is never world-readable.
+    with tempfile.TemporaryDirectory(prefix="vtrio-tls-") as directory:
+        paths = (
+            os.path.join(directory, "cert.pem"),
+            os.path.join(directory, "key.pem"),
+        )
+        for path, text in zip(
+            paths, (certificate.certificate_pem, certificate.key_pem), strict=True
+        ):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(text)
+        yield paths
+
+
+def _load_key_pair(
+    context: ssl.SSLContext, certificate: Certificate, where: str
+) -> None:
+    with _certificate_files(certificate, where) as (cert_file, key_file):
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load certificate and key: {exc}", path=where
+            ) from exc
+
+
+def _load_trust_root(
+    context: ssl.SSLContext, certificate: Certificate, where: str
+) -> None:
+    try:
+        if certificate.certificate_pem:
+            context.load_verify_locations(cadata=certificate.certificate_pem)
+        elif certificate.certificate_file:
+            context.load_verify_locations(cafile=certificate.certificate_file)
+        else:
+            raise ConfigError("a 'verify' certificate needs its data", path=where)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load trusted certificate: {exc}", path=where
+        ) from exc
+
+
+def _apply_common(
+    context: ssl.SSLContext, settings: TLSSettings, alpn: tuple[str, ...]
+) -> None:
+    if settings.min_version is not None:
+        try:
+            context.minimum_version = _TLS_VERSIONS[settings.min_version]
+        except KeyError:
+            raise ConfigError(
+                f"unknown TLS version {settings.min_version!r} (use one of "
+                f"{', '.join(_TLS_VERSIONS)})",
+                path="tlsSettings.minVersion",
+            ) from None
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+
+
+@functools.cache
+def server_context(settings: TLSSettings) -> ssl.SSLContext:
+    """The server context of an inbound, built on first use and then shared.
+
+    Args:
+        settings: the inbound's TLS settings; needs one ``encipherment`` certificate.
+
+    Returns:
+        A context for ``trio.SSLStream(..., server_side=True)``.
+
+    Raises:
+        ConfigError: no usable certificate, an unreadable file, a bad version.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    loaded = False
+    for index, certificate in enumerate(settings.certificates):
+        where = f"tlsSettings.certificates[{index}]"
+        if certificate.usage == "issue":
+            # v2ray signs leaf certificates on the fly with an "issue" CA; not built.
+            raise ConfigError("usage 'issue' is not supported", path=f"{where}.usage")
+        if certificate.usage == "encipherment":
+            _load_key_pair(context, certificate, where)
+            loaded = True
+    if not loaded:
+        raise ConfigError(
+            "a TLS inbound needs a certificate with usage 'encipherment'",
+            path="tlsSettings.certificates",
+        )
+    _apply_common(context, settings, settings.alpn)
+    return context
+
+
+@functools.cache
+def client_context(
+    settings: TLSSettings, default_alpn: tuple[str, ...] = ()
+) -> ssl.SSLContext:
+    """The client context of an outbound, built on first use and then shared.
+
+    Args:
+        settings: the outbound's TLS settings.
+        default_alpn: protocols offered when ``settings.alpn`` is empty (WebSocket
+            needs ``http/1.1`` so that a server never picks h2).
+
+    Returns:
+        A context for ``trio.SSLStream`` on the client side.
+
+    Raises:
+        ConfigError: an unreadable certificate or a bad version.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not settings.disable_system_root:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    for index, certificate in enumerate(settings.certificates):
+        where = f"tlsSettings.certificates[{index}]"
+        if certificate.usage == "verify":
+            _load_trust_root(context, certificate, where)
+        elif certificate.usage == "encipherment":
+            # A client certificate, for servers that ask for one.
+            _load_key_pair(context, certificate, where)
+    if settings.allow_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    _apply_common(context, settings, settings.alpn or default_alpn)
+    return context
+
+
+class TLSStream(trio.abc.HalfCloseableStream):
+    """A ``trio.SSLStream`` with ``send_eof`` meaning "this side sends no more".
+
+    Attributes:
+        ssl_stream: the wrapped stream (for ``selected_alpn_protocol`` and friends).
+    """
+
+    def __init__(self, ssl_stream: trio.SSLStream[trio.abc.Stream]) -> None:
+        self.ssl_stream = ssl_stream
+        self._eof_sent = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("send_eof was already called")
+        await self.ssl_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.ssl_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        # See the module docstring: VMess' own end chunk carries the half-close.
+        self._eof_sent = True
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.ssl_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.ssl_stream.aclose()
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific text trio/ssl give for a failed handshake."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    if cause is not None:
+        return str(cause) or type(cause).__name__
+    return str(exc) or "connection closed during the handshake"
+
+
+async def accept_tls(settings: TLSSettings, stream: trio.abc.Stream) -> TLSStream:
+    """Run the server side of the TLS handshake.
+
+    Args:
+        settings: the inbound's TLS settings.
+        stream: the accepted transport.
+
+    Returns:
+        The TLS stream, handshake done.
+
+    Raises:
+        RemoteProtocolError: the client did not complete a TLS handshake.
+    """
+    # https_compatible: a peer that closes without close_notify is a plain EOF;
+    # VMess detects truncation itself with its end chunk.
+    ssl_stream = trio.SSLStream(
+        stream, server_context(settings), server_side=True, https_compatible=True
+    )
+    try:
+        await ssl_stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        reason = _reason(exc)
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError) and cause.reason in _PLAINTEXT_REASONS:
+            reason += " (the client is not speaking TLS: check its security setting)"
+        raise RemoteProtocolError(f"TLS handshake failed: {reason}") from exc
+    return TLSStream(ssl_stream)
+
+
+async def dial_tls(
+    settings: TLSSettings,
+    stream: trio.abc.Stream,
+    host: str,
+    port: int,
+    *,
+    default_alpn: tuple[str, ...] = (),
+) -> TLSStream:
+    """Run the client side of the TLS handshake.
+
+    Args:
+        settings: the outbound's TLS settings.
+        stream: the connected transport.
+        host: the dialled host; the server name when ``serverName`` is unset.
+        port: the dialled port, for the error message.
+        default_alpn: ALPN offered when the settings name none.
+
+    Returns:
+        The TLS stream, handshake done.
+
+    Raises:
+        DialError: the handshake failed (names the server name and the reason).
+    """
+    server_name = settings.server_name or host
+    ssl_stream = trio.SSLStream(
+        stream,
+        client_context(settings, default_alpn),
+        server_hostname=server_name,
+        https_compatible=True,
+    )
+    try:
+        await ssl_stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        raise DialError(
+            f"TLS handshake with {host}:{port} (server name {server_name!r}) "
+            f"failed: {_reason(exc)}"
+        ) from exc
+    return TLSStream(ssl_stream)
