@@ -31,6 +31,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import operator
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -216,8 +217,10 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         with self._receive_conflict:
-            if max_bytes is not None and max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
+            if max_bytes is not None:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
             await self._upgraded.wait()
             while True:
                 # Frames that came with the upgrade are already queued in wsproto.
