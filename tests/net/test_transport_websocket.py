@@ -111,6 +111,35 @@ async def test_lazy_send_eof_still_upgrades() -> None:
             await client.send_all(b"more")
 
 
+async def test_lazy_upgrade_refused() -> None:
+    """A refused lazy upgrade fails the send with DialError; aclose still closes."""
+    settings = WebSocketSettings(path="/other", max_early_data=10)
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    with trio.fail_after(5):
+        client = await dial_websocket(
+            settings, client_transport, "example.com", 80, secure=False
+        )
+        async with trio.open_nursery() as nursery:
+            failures: list[BaseException] = []
+
+            async def server() -> None:
+                try:
+                    await accept_websocket(SETTINGS, server_transport)
+                except RemoteProtocolError as exc:
+                    failures.append(exc)
+
+            nursery.start_soon(server)
+            with pytest.raises(DialError, match="refused: HTTP 404"):
+                await client.send_all(b"hello")
+        assert len(failures) == 1
+        with pytest.raises(trio.BrokenResourceError, match="upgrade failed"):
+            await client.receive_some()
+        with pytest.raises(trio.BrokenResourceError):
+            await client.send_all(b"again")
+        await client.aclose()
+        assert await server_transport.receive_some() == b""
+
+
 async def test_send_eof_sends_nothing() -> None:
     """No close frame on send_eof: the other direction keeps working."""
     client, server = await memory_pair()

@@ -205,10 +205,9 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
         early, rest = data[: upgrade.max_early_data], data[upgrade.max_early_data :]
         try:
             await upgrade.run(self.transport_stream, self._ws, early)
-        except BaseException:
-            self._closed = True
-            raise
         finally:
+            # On failure wsproto never reaches OPEN, so later calls report a
+            # broken stream and aclose still closes the transport.
             self._pending_upgrade = None
             self._upgraded.set()
         return rest
@@ -222,6 +221,8 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
                 if max_bytes < 1:
                     raise ValueError("max_bytes must be >= 1")
             await self._upgraded.wait()
+            if self._ws.connection is None and not self._closed:
+                raise trio.BrokenResourceError("the WebSocket upgrade failed")
             while True:
                 # Frames that came with the upgrade are already queued in wsproto.
                 await self._handle_events()
