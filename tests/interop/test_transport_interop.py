@@ -10,8 +10,14 @@ isolates transport bugs from protocol bugs:
     vtrio dial ==ws/tls==> v2ray dokodemo-door -> freedom -> echo
     socket -> v2ray dokodemo-door -> freedom ==ws/tls==> vtrio accept_stream (echo)
 
-sing-box only offers its V2Ray transports on VMess, VLESS and Trojan, so it is
-covered by the VMess chains below.
+sing-box offers its V2Ray transports only on VMess, VLESS and Trojan. Trojan's
+request is a fixed 68-byte prefix (password hash, command, address) followed by
+raw payload, so the test writes or checks it by hand and the transport is again
+the only thing under test, early data included:
+
+    vtrio dial + trojan prefix ==ws/tls==> sing-box trojan -> direct -> echo
+    socket -> sing-box direct -> trojan ==ws/tls==> vtrio accept_stream (check
+    the prefix, echo the rest)
 
 VMess (whole chain, runtime included): the interop harness' chain with the
 transport added on both sides of the VMess hop,
@@ -24,7 +30,9 @@ where one side is vtrio and the other a real peer. Payloads are checksummed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -53,6 +61,9 @@ TIMEOUT = 30
 PAYLOAD_SIZE = 512 * 1024
 V2RAY_VERSION = "4.34"
 SING_BOX_VERSION = "1.14"
+
+TROJAN_PASSWORD = "vtrio-transport-interop"
+SING_BOX_EARLY_DATA = 2048
 
 # (network, security) of each transport under test; plain tcp is the matrix's.
 TRANSPORTS = {
@@ -161,3 +172,153 @@ async def test_v2ray_dials_vtrio_transport(transport: str, tmp_path: Path) -> No
     assert_same(received, data)
     # The start-up probe of the harness is a bare TCP connect; nothing else fails.
     assert all("closed during" in str(error) for error in errors), errors
+
+
+def trojan_prefix(port: int) -> bytes:
+    """Trojan CONNECT to 127.0.0.1:port (hex SHA-224 of the password, CRLF, ...)."""
+    key = hashlib.sha224(TROJAN_PASSWORD.encode()).hexdigest().encode()
+    address = socket.inet_aton(peers.LOOPBACK) + port.to_bytes(2, "big")
+    return key + b"\r\n" + b"\x01\x01" + address + b"\r\n"
+
+
+def sing_box_transport(
+    transport: str, early: bool, *, server: bool, directory: Path
+) -> peers.JSON:
+    """The ``transport`` and ``tls`` members of a sing-box trojan in/outbound."""
+    network, security = TRANSPORTS[transport]
+    members: peers.JSON = {}
+    if network == "ws":
+        members["transport"] = {"type": "ws", "path": WS_PATH}
+        if early:
+            members["transport"] |= {
+                "max_early_data": SING_BOX_EARLY_DATA,
+                "early_data_header_name": "Sec-WebSocket-Protocol",
+            }
+    if security == "tls":
+        if server:
+            _, cert_file, key_file = make_pki().write(directory)
+            members["tls"] = {
+                "enabled": True,
+                "certificate_path": str(cert_file),
+                "key_path": str(key_file),
+            }
+        else:
+            members["tls"] = {
+                "enabled": True,
+                "server_name": SERVER_NAME,
+                "insecure": True,
+            }
+    return members
+
+
+SING_BOX_CASES = [
+    pytest.param("ws", False, id="ws"),
+    pytest.param("tls", False, id="tls"),
+    pytest.param("ws+tls", False, id="ws+tls"),
+    pytest.param("ws", True, id="ws-early"),
+    pytest.param("ws+tls", True, id="ws+tls-early"),
+]
+
+
+@pytest.mark.parametrize(("transport", "early"), SING_BOX_CASES)
+async def test_vtrio_dials_sing_box_transport(
+    transport: str, early: bool, tmp_path: Path
+) -> None:
+    peer = peers.require_peer("sing-box", SING_BOX_VERSION)
+    data = random.Random(transport).randbytes(PAYLOAD_SIZE)
+    (port,) = peers.free_ports(1)
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            target = await start_server(
+                nursery, stream_settings("tcp", "none", server_tls()), echo, errors
+            )
+            inbound = {
+                "type": "trojan",
+                "tag": "trojan-in",
+                "listen": peers.LOOPBACK,
+                "listen_port": port,
+                "users": [{"name": "user", "password": TROJAN_PASSWORD}],
+            } | sing_box_transport(transport, early, server=True, directory=tmp_path)
+            config = {
+                "log": {"level": "debug"},
+                "inbounds": [inbound],
+                "outbounds": [{"type": "direct", "tag": "direct"}],
+                "route": {"final": "direct"},
+            }
+            async with peers.open_peer(peer, "server", config, tmp_path, [port]):
+                # Xray-style early data: empty header name, Sec-WebSocket-Protocol.
+                early_data = SING_BOX_EARLY_DATA if early else 0
+                settings = vtrio_settings(
+                    transport, server=False, max_early_data=early_data
+                )
+                async with await dial(settings, peers.LOOPBACK, port) as stream:
+                    await stream.send_all(trojan_prefix(target))
+                    received = await exchange(stream, data)
+            nursery.cancel_scope.cancel()
+    assert_same(received, data)
+
+
+@pytest.mark.parametrize(("transport", "early"), SING_BOX_CASES)
+async def test_sing_box_dials_vtrio_transport(
+    transport: str, early: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vtrio.net.transport.websocket")
+    peer = peers.require_peer("sing-box", SING_BOX_VERSION)
+    data = random.Random(transport).randbytes(PAYLOAD_SIZE)
+    port, target = peers.free_ports(2)
+    prefixes: list[bytes] = []
+
+    async def trojan_echo(stream: trio.abc.Stream) -> None:
+        prefix = b""
+        while len(prefix) < len(trojan_prefix(target)):
+            chunk = await stream.receive_some(len(trojan_prefix(target)) - len(prefix))
+            if not chunk:
+                return
+            prefix += chunk
+        prefixes.append(prefix)
+        await echo(stream)
+
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(
+                nursery,
+                vtrio_settings(transport, server=True),
+                trojan_echo,
+                errors,
+            )
+            outbound = {
+                "type": "trojan",
+                "tag": "trojan-out",
+                "server": peers.LOOPBACK,
+                "server_port": server,
+                "password": TROJAN_PASSWORD,
+            } | sing_box_transport(transport, early, server=False, directory=tmp_path)
+            config = {
+                "log": {"level": "debug"},
+                "inbounds": [
+                    {
+                        "type": "direct",
+                        "tag": "in",
+                        "listen": peers.LOOPBACK,
+                        "listen_port": port,
+                        "override_address": peers.LOOPBACK,
+                        "override_port": target,
+                    }
+                ],
+                "outbounds": [outbound],
+                "route": {"final": "trojan-out"},
+            }
+            async with peers.open_peer(peer, "client", config, tmp_path, [port]):
+                stream = await trio.open_tcp_stream(peers.LOOPBACK, port)
+                async with stream:
+                    received = await exchange(stream, data)
+            nursery.cancel_scope.cancel()
+    assert_same(received, data)
+    assert trojan_prefix(target) in prefixes
+    if early:
+        # sing-box sends its first write (the 68-byte prefix) in the upgrade.
+        upgrades = [r.getMessage() for r in caplog.records if "upgrade:" in r.msg]
+        assert upgrades
+        assert upgrades[-1].endswith(f", {len(prefixes[0])} bytes of early data")

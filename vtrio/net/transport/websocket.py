@@ -485,6 +485,12 @@ async def accept_websocket(
             f"is not {expected!r}"
         )
     early, echo = _early_data(request, settings.early_data_header_name)
+    LOGGER.debug(
+        "WebSocket upgrade: path %r, Host %r, %d bytes of early data",
+        request.target,
+        request.host,
+        len(early),
+    )
     await transport.send_all(
         connection.send(ws_events.AcceptConnection(subprotocol=echo))
     )
