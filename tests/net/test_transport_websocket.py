@@ -4,6 +4,8 @@ WebSocket-specific behaviour (lazy early-data upgrade, control frames, close cod
 
 from __future__ import annotations
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
@@ -250,3 +252,38 @@ def test_early_data_codec() -> None:
 )
 def test_default_host_header(host: str, port: int, secure: bool, expected: str) -> None:
     assert default_host_header(host, port, secure=secure) == expected
+
+
+UPGRADE_HEADERS = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+HOSTILE = st.binary(max_size=40) | st.sampled_from(
+    [b"xn--zz", b"xn--a.xn--", b"\xff\xfe", b"a" * 70, b"====", b"a,,b"]
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(target=HOSTILE, host=HOSTILE, protocol=HOSTILE, forwarded=HOSTILE)
+def test_hostile_upgrade_requests_raise_only_typed_errors(
+    target: bytes, host: bytes, protocol: bytes, forwarded: bytes
+) -> None:
+    """Whatever the request head holds, the server accepts or raises
+    RemoteProtocolError; nothing else escapes (the runtime logs only those)."""
+    request = (
+        b"GET /ws" + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+        b"Sec-WebSocket-Protocol: " + protocol + b"\r\n"
+        b"X-Forwarded-For: " + forwarded + b"\r\n" + UPGRADE_HEADERS + b"\r\n"
+    )
+
+    async def run() -> None:
+        client_transport, server_transport = trio.testing.memory_stream_pair()
+        await client_transport.send_all(request)
+        with trio.fail_after(5):
+            try:
+                stream = await accept_websocket(SETTINGS, server_transport)
+            except RemoteProtocolError:
+                return
+            await stream.aclose()
+
+    trio.run(run)

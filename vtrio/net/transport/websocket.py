@@ -342,9 +342,12 @@ class _ClientUpgrade:
                             f"WebSocket upgrade to {self.label} refused: "
                             f"HTTP {event.status_code}"
                         )
-        except wsproto.utilities.RemoteProtocolError as exc:
-            raise DialError(f"WebSocket upgrade to {self.label}: {exc}") from exc
-        except (trio.BrokenResourceError, OSError) as exc:
+        except (
+            wsproto.utilities.RemoteProtocolError,
+            UnicodeError,  # a response header that is not ASCII
+            trio.BrokenResourceError,
+            OSError,
+        ) as exc:
             raise DialError(f"WebSocket upgrade to {self.label}: {exc}") from exc
 
 
@@ -468,6 +471,10 @@ async def accept_websocket(
         await _refuse(
             transport, connection, exc.event_hint or ws_events.RejectConnection()
         )
+        raise RemoteProtocolError(f"bad WebSocket upgrade request: {exc}") from exc
+    except UnicodeError as exc:
+        # wsproto decodes Host as IDNA and the target as ASCII.
+        await _refuse(transport, connection, ws_events.RejectConnection())
         raise RemoteProtocolError(f"bad WebSocket upgrade request: {exc}") from exc
     except StopIteration:
         raise RemoteProtocolError("incomplete WebSocket upgrade request") from None
