@@ -236,9 +236,12 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
                 self._ws.receive_data(bytes(data) if data else None)
             if self._closed:
                 raise trio.ClosedResourceError("stream is closed")
-            size = len(self._buffer) if max_bytes is None else max_bytes
-            chunk = bytes(self._buffer[:size])
-            del self._buffer[:size]
+            if max_bytes is None or max_bytes >= len(self._buffer):
+                chunk = bytes(self._buffer)
+                self._buffer.clear()
+            else:
+                chunk = bytes(self._buffer[:max_bytes])
+                del self._buffer[:max_bytes]
             return chunk
 
     async def _handle_events(self) -> None:
@@ -478,7 +481,8 @@ async def accept_websocket(
         raise RemoteProtocolError(f"bad WebSocket upgrade request: {exc}") from exc
     except StopIteration:
         raise RemoteProtocolError("incomplete WebSocket upgrade request") from None
-    path = urllib.parse.urlsplit(request.target).path
+    # Go compares the decoded URL.Path, without the query, to the configured path.
+    path = urllib.parse.unquote(urllib.parse.urlsplit(request.target).path)
     expected = normalized_path(settings.path)
     if path != urllib.parse.urlsplit(expected).path:
         LOGGER.info(
