@@ -166,7 +166,7 @@ class _Connection:
         if self._receive_state is ReceiveState.BROKEN:
             raise LocalProtocolError("the connection already failed")
         try:
-            if self._receive_state is ReceiveState.HEADER:
+            if self._receive_state in (ReceiveState.HEADER, ReceiveState.REJECTED):
                 return self._next_header_event()
             if self._receive_state is ReceiveState.CLOSED:
                 return EndOfStream()

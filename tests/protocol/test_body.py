@@ -1,0 +1,213 @@
+"""The chunk codec on its own: every framing the Opt byte can ask for, limits,
+counters, and what a broken or cut body does (spec 6)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtrio.errors import LocalProtocolError, RemoteProtocolError
+from vtrio.protocol import body
+from vtrio.protocol.body import (
+    END,
+    MAX_CHUNK_PAYLOAD,
+    MAX_DATAGRAM,
+    ChunkDecoder,
+    ChunkEncoder,
+    End,
+    Framing,
+)
+from vtrio.protocol.instruction import Option, SecurityType
+
+from .helpers import seeded_random, split
+
+KEY = bytes(range(16))
+IV = bytes(range(16, 32))
+OTHER_KEY = bytes(range(32, 48))
+OTHER_IV = bytes(range(48, 64))
+BITS = [
+    Option.CHUNK_STREAM,
+    Option.CHUNK_MASKING,
+    Option.GLOBAL_PADDING,
+    Option.AUTHENTICATED_LENGTH,
+]
+ALL_OPTIONS = [
+    Option(sum(combo))
+    for n in range(len(BITS) + 1)
+    for combo in itertools.combinations(BITS, n)
+]
+
+
+def framing_or_none(
+    security: SecurityType, options: Option, datagram: bool
+) -> Framing | None:
+    try:
+        return Framing.of(security, options, datagram=datagram)
+    except RemoteProtocolError:
+        assert Option.GLOBAL_PADDING in options
+        assert Option.CHUNK_MASKING not in options
+        return None
+
+
+def codec(framing: Framing, seed: int = 0) -> tuple[ChunkEncoder, ChunkDecoder]:
+    # A response direction: its own key and IV, the request's for AuthLength.
+    keys = {"key": OTHER_KEY, "iv": OTHER_IV, "request_key": KEY, "request_iv": IV}
+    return (
+        ChunkEncoder(framing, random=seeded_random(seed), **keys),
+        ChunkDecoder(framing, **keys),
+    )
+
+
+def decode_all(
+    decoder: ChunkDecoder, pieces: list[bytes], eof: bool
+) -> list[bytes | End]:
+    out: list[bytes | End] = []
+    for piece in [*(p for p in pieces if p), *([b""] if eof else [])]:
+        decoder.feed(piece)
+        while (item := decoder.next_payload()) is not None:
+            out.append(item)
+            if item is END:
+                return out
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    security=st.sampled_from(list(SecurityType)),
+    options=st.sampled_from(ALL_OPTIONS),
+    datagram=st.booleans(),
+    messages=st.lists(st.binary(min_size=1, max_size=20_000), max_size=4),
+    cuts=st.lists(st.integers(0, 90_000), max_size=8),
+    end_chunk=st.booleans(),
+)
+def test_every_framing_round_trips_at_every_split(
+    security: SecurityType,
+    options: Option,
+    datagram: bool,
+    messages: list[bytes],
+    cuts: list[int],
+    end_chunk: bool,
+) -> None:
+    framing = framing_or_none(security, options, datagram)
+    if framing is None:
+        return
+    encoder, decoder = codec(framing)
+    if datagram:
+        messages = [m[:MAX_DATAGRAM] for m in messages]
+        wire = b"".join(encoder.encode_datagram(m) for m in messages)
+    else:
+        wire = b"".join(encoder.encode_stream(m) for m in messages)
+    end = encoder.encode_end() if end_chunk else b""
+    assert (end == b"") is (not framing.chunked or not end_chunk)
+    out = decode_all(decoder, list(split(wire + end, cuts)), eof=not end)
+    assert out[-1] is END
+    payloads = [item for item in out[:-1] if isinstance(item, bytes)]
+    if datagram and framing.chunked:
+        assert payloads == messages
+    else:
+        assert b"".join(payloads) == b"".join(messages)
+
+
+@pytest.mark.parametrize("security", list(SecurityType))
+def test_stream_chunks_stay_within_every_peers_limits(security: SecurityType) -> None:
+    framing = Framing.of(security, Option(0x0D), datagram=False)
+    encoder, decoder = codec(framing)
+    data = bytes(range(256)) * 400  # 102400 bytes
+    wire = encoder.encode_stream(data)
+    decoder.feed(wire)
+    payloads = []
+    while (item := decoder.next_payload()) is not None:
+        assert isinstance(item, bytes)
+        payloads.append(item)
+    assert b"".join(payloads) == data
+    assert max(len(p) for p in payloads) == MAX_CHUNK_PAYLOAD
+    assert len(payloads) == -(-len(data) // MAX_CHUNK_PAYLOAD)
+    assert len(wire) - len(data) <= len(payloads) * (
+        18 + 16 + 63
+    )  # every chunk < 16384
+
+
+def test_reader_takes_any_16_bit_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    framing = Framing.of(SecurityType.AES_128_GCM, Option(0x05), datagram=False)
+    monkeypatch.setattr(body, "MAX_CHUNK_PAYLOAD", 0xFFFF - 16)
+    encoder, decoder = codec(framing)
+    data = b"z" * (0xFFFF - 16)
+    decoder.feed(encoder.encode_stream(data))
+    assert decoder.next_payload() == data
+
+
+def test_nonce_counter_wraps_at_65536() -> None:
+    framing = Framing.of(SecurityType.AES_128_GCM, Option.CHUNK_STREAM, datagram=False)
+    wrapped, _ = codec(framing)
+    fresh, _ = codec(framing)
+    wrapped._count = 0xFFFF
+    last_and_wrapped = wrapped.encode_stream(b"a") + wrapped.encode_stream(b"a")
+    assert last_and_wrapped[len(last_and_wrapped) // 2 :] == fresh.encode_stream(b"a")
+    assert last_and_wrapped[: len(last_and_wrapped) // 2] != fresh.encode_stream(b"a")
+
+
+@pytest.mark.parametrize("security", [SecurityType.AES_128_GCM, SecurityType.LEGACY])
+def test_corrupted_chunk_is_an_error(security: SecurityType) -> None:
+    framing = Framing.of(security, Option.CHUNK_STREAM, datagram=False)
+    encoder, decoder = codec(framing)
+    wire = bytearray(encoder.encode_stream(b"some payload bytes"))
+    wire[-3] ^= 0x01
+    decoder.feed(bytes(wire))
+    with pytest.raises(RemoteProtocolError, match=r"tag|checksum|MAC"):
+        decoder.next_payload()
+
+
+def test_eof_inside_a_chunk_is_an_error_at_every_cut() -> None:
+    framing = Framing.of(SecurityType.CHACHA20_POLY1305, Option(0x1D), datagram=False)
+    encoder, _ = codec(framing)
+    wire = encoder.encode_stream(b"x" * 100)
+    for cut in range(1, len(wire)):
+        _, decoder = codec(framing)
+        decoder.feed(wire[:cut])
+        assert decoder.next_payload() is None
+        decoder.feed(b"")
+        with pytest.raises(RemoteProtocolError, match="EOF inside"):
+            decoder.next_payload()
+
+
+def test_size_below_overhead_is_an_error() -> None:
+    framing = Framing.of(SecurityType.AES_128_GCM, Option.CHUNK_STREAM, datagram=False)
+    _, decoder = codec(framing)
+    decoder.feed(b"\x00\x05" + bytes(5))
+    with pytest.raises(RemoteProtocolError, match="below its overhead"):
+        decoder.next_payload()
+
+
+def test_none_over_tcp_never_pads_but_udp_does() -> None:
+    options = Option(0x0D)
+    tcp = Framing.of(SecurityType.NONE, options, datagram=False)
+    udp = Framing.of(SecurityType.NONE, options, datagram=True)
+    assert (tcp.padding, udp.padding) == (False, True)
+    encoder, _ = codec(tcp)
+    assert len(encoder.encode_stream(b"abc")) == 2 + 3
+
+
+def test_authenticated_length_turns_masking_off_and_seals_the_length() -> None:
+    framing = Framing.of(SecurityType.AES_128_GCM, Option(0x1D), datagram=False)
+    assert (framing.masking, framing.padding, framing.length_field) == (False, True, 18)
+    # AuthenticatedLength is ignored for none, as v2ray does.
+    assert not Framing.of(
+        SecurityType.NONE, Option(0x15), datagram=False
+    ).authenticated_length
+
+
+@pytest.mark.parametrize("size", [0, MAX_DATAGRAM + 1])
+def test_datagram_size_limits(size: int) -> None:
+    encoder, _ = codec(
+        Framing.of(SecurityType.AES_128_GCM, Option(0x0D), datagram=True)
+    )
+    with pytest.raises(LocalProtocolError):
+        encoder.encode_datagram(b"d" * size)
+
+
+def test_padding_without_masking_is_an_invalid_option() -> None:
+    with pytest.raises(RemoteProtocolError, match="invalid option"):
+        Framing.of(SecurityType.AES_128_GCM, Option(0x09), datagram=False)
