@@ -130,11 +130,15 @@ def _pack_target(frame: Frame) -> bytes:
     return extra
 
 
-def stream_frames(session_id: int, data: bytes) -> list[bytes]:
+def stream_frames(session_id: int, data: bytes | bytearray) -> list[bytes]:
     """Keep frames carrying ``data`` in pieces of at most 8 KiB (spec 7)."""
     return [
         encode_frame(
-            Frame(session_id, Status.KEEP, data[start : start + MAX_STREAM_FRAME_DATA])
+            Frame(
+                session_id,
+                Status.KEEP,
+                bytes(data[start : start + MAX_STREAM_FRAME_DATA]),
+            )
         )
         for start in range(0, len(data), MAX_STREAM_FRAME_DATA)
     ]
