@@ -285,7 +285,9 @@ class ChunkDecoder(_Direction):
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add received bytes; ``b""`` means EOF."""
+        """Add received bytes; ``b""`` means EOF. Bytes after the end are dropped."""
+        if self._ended:
+            return
         if not data:
             self._eof = True
         elif self._cfb is not None:

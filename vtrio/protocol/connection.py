@@ -21,6 +21,7 @@ Everything after the handshake that goes wrong raises RemoteProtocolError.
 
 from __future__ import annotations
 
+import abc
 import enum
 from typing import TYPE_CHECKING
 
@@ -112,7 +113,7 @@ class SendState(enum.Enum):
     CLOSED = enum.auto()  # send_eof() was called
 
 
-class _Connection:
+class _Connection(abc.ABC):
     """What both sides share: the receive buffer, the body halves, the states."""
 
     def __init__(self, random: Callable[[int], bytes]) -> None:
@@ -140,13 +141,20 @@ class _Connection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes from the transport; ``b""`` means EOF.
 
+        Memory stays bounded when the caller alternates as h11's users do
+        (receive only after NEED_DATA): what is kept is at most one header or
+        one chunk plus one read. After a rejection or a failure the bytes are
+        only counted.
+
         Raises:
             LocalProtocolError: data after EOF.
         """
         if self._eof and data:
             raise LocalProtocolError("data received after EOF")
         self._received += len(data)
-        if self._decoder is not None:
+        if self._receive_state in (ReceiveState.REJECTED, ReceiveState.BROKEN):
+            pass  # counted for the drain, never parsed or kept
+        elif self._decoder is not None:
             self._decoder.feed(data)
         elif data:
             self._buffer += data
@@ -233,8 +241,9 @@ class _Connection:
             return Datagram(payload)
         return Data(payload)
 
+    @abc.abstractmethod
     def _next_header_event(self) -> Event | NeedData:
-        raise NotImplementedError
+        """Parse the peer's header: the request (server) or response (client)."""
 
 
 def _security_of(nibble: int) -> SecurityType | None:
