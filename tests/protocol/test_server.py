@@ -354,3 +354,26 @@ def test_misuse_is_a_local_error() -> None:
 
 def test_user_id_type() -> None:
     assert isinstance(user().id, uuid.UUID)
+
+
+def test_bytes_after_a_rejection_are_counted_not_kept() -> None:
+    server = ServerConnection(
+        UserValidator([user()], now=FIXED_NOW), now=FIXED_NOW, random=seeded_random()
+    )
+    event = accept(server, bytes(100))
+    assert isinstance(event, Rejected)
+    for _ in range(100):
+        server.receive_data(bytes(65536))
+    assert len(server._buffer) == 0
+    assert server.next_event() == event
+
+
+def test_bytes_after_the_end_of_the_body_are_dropped() -> None:
+    client, server, _ = pair(user(), TCP)
+    feed_all(server, [client.start(b"x") + client.send_eof()])
+    assert server.receive_state is ReceiveState.CLOSED
+    for _ in range(100):
+        server.receive_data(bytes(65536))
+    assert server._decoder is not None
+    assert server._decoder.buffered == 0
+    assert isinstance(server.next_event(), EndOfStream)
