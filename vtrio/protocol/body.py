@@ -105,6 +105,7 @@ class Framing:
 
     @property
     def length_field(self) -> int:
+        """Bytes of the length field: 2, or 18 when the length is sealed."""
         return SEALED_LENGTH_FIELD if self.authenticated_length else 2
 
 

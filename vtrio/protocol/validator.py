@@ -52,6 +52,7 @@ class UserRecord:
 
     @classmethod
     def of(cls, user: VMessUser) -> UserRecord:
+        """Derive the cmdKey and the auth-ID cipher of ``user`` once."""
         key = cmd_key(user.id)
         return cls(user, key, aes_128_ecb(auth_id_key(key)))
 
