@@ -5,6 +5,7 @@ and UDP, and every way the byte stream can be cut by the network."""
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from .helpers import FIXED_NOW, feed_all, pair, payload_of, split, user
 
 if TYPE_CHECKING:
     from vtrio.protocol.address import Address
+from vtrio.protocol.commands import SwitchAccount
 
 EXPERIMENTS = st.sets(st.sampled_from(["AuthenticatedLength", "NoTerminationSignal"]))
 ADDRESSES: st.SearchStrategy[Address] = st.one_of(
@@ -28,6 +30,9 @@ ADDRESSES: st.SearchStrategy[Address] = st.one_of(
 STREAM_DATA = st.lists(st.binary(min_size=1, max_size=20_000), max_size=3)
 DATAGRAMS = st.lists(st.binary(min_size=1, max_size=3000), max_size=4)
 SPLITS = st.lists(st.integers(0, 80_000), max_size=6)
+SWITCH = SwitchAccount(
+    port=4433, id=uuid.UUID(int=7), alter_id=4, level=2, valid_minutes=9
+)
 
 
 def _unchunked(security: Security, command: Command) -> bool:
@@ -46,6 +51,7 @@ def _unchunked(security: Security, command: Command) -> bool:
     datagrams=DATAGRAMS,
     request_splits=SPLITS,
     response_splits=SPLITS,
+    switch=st.booleans(),
     seed=st.integers(0, 2**32),
 )
 def test_round_trip_both_directions(
@@ -59,6 +65,7 @@ def test_round_trip_both_directions(
     datagrams: list[bytes],
     request_splits: list[int],
     response_splits: list[int],
+    switch: bool,
     seed: int,
 ) -> None:
     account = user(security, alter_id=alter_id, experiments=frozenset(experiments))
@@ -94,10 +101,11 @@ def test_round_trip_both_directions(
         assert payload_of(body) == b"".join(messages)
 
     send_server = server.send_datagram if udp else server.send_data
-    reply = server.send_response() + b"".join(send_server(m) for m in messages)
+    command = SWITCH if switch else None
+    reply = server.send_response(command) + b"".join(send_server(m) for m in messages)
     reply += server.send_eof()
     events = feed_all(client, split(reply, response_splits), eof=needs_eof)
-    assert events[0] == ResponseHeader(None)
+    assert events[0] == ResponseHeader(command)
     assert isinstance(events[-1], EndOfStream)
     if udp:
         assert [e.payload for e in events[1:-1] if isinstance(e, Datagram)] == messages
