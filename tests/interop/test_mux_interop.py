@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-import os
 import struct
 import time
 import uuid
@@ -29,155 +28,32 @@ from tests.interop.peers import (
     open_peer,
     require_peer,
 )
+from tests.net.test_mux_helpers import (
+    VMessTestServer,
+    receive_exactly,
+    socks_request,
+    tcp_echo,
+    udp_echo,
+)
 from vtrio.config.model import VMessUser
-from vtrio.net.mux import serve_mux
-from vtrio.protocol.connection import ServerConnection
-from vtrio.protocol.events import NEED_DATA, Data, EndOfStream, RequestHeader
 from vtrio.protocol.instruction import Command
 from vtrio.protocol.validator import UserValidator
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from vtrio.protocol.address import Address
-
 pytestmark = pytest.mark.interop
 
 USER = uuid.UUID("b831381d-6324-4d53-ad4f-8cda48b30811")
 
 
-# --- the vtrio side: a VMess server that serves Mux requests ---------------
+def mux_server() -> VMessTestServer:
+    return VMessTestServer(UserValidator([VMessUser(USER)], now=int(time.time())))
 
 
-class ServerVMessStream(trio.abc.Stream):
-    """The body of one accepted VMess connection as a byte stream."""
-
-    def __init__(self, transport: trio.SocketStream, conn: ServerConnection) -> None:
-        self.transport = transport
-        self.conn = conn
-        self.responded = False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA:
-                self.conn.receive_data(await self.transport.receive_some(65536))
-            elif isinstance(event, Data):
-                return event.data
-            else:
-                assert isinstance(event, EndOfStream), event
-                return b""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        header = b"" if self.responded else self.conn.send_response()
-        self.responded = True
-        await self.transport.send_all(header + self.conn.send_data(data))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
-
-
-class UdpPackets:
-    """A loopback UDP socket with a destination per datagram."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self.sock = sock
-
-    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
-        await self.sock.sendto(payload, (str(address), port))
-
-    async def receive_from(self) -> tuple[bytes, Address, int]:
-        payload, (host, port) = await self.sock.recvfrom(65536)
-        return payload, ipaddress.ip_address(host), port
-
-    async def aclose(self) -> None:
-        self.sock.close()
-        await trio.lowlevel.checkpoint()
-
-
-class DirectDispatch:
-    """Sub-sessions go straight to their destinations, like freedom."""
-
-    def __init__(self) -> None:
-        self.tcp_dials = 0
-        self.udp_opens = 0
-
-    async def dial_tcp(
-        self, address: Address, port: int
-    ) -> trio.abc.HalfCloseableStream:
-        self.tcp_dials += 1
-        return await trio.open_tcp_stream(str(address), port)
-
-    async def open_udp(self, address: Address, port: int) -> UdpPackets:
-        self.udp_opens += 1
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        await sock.bind((LOOPBACK, 0))
-        return UdpPackets(sock)
-
-
-class MuxServer:
-    """Accepts VMess connections and counts the Mux ones."""
-
-    def __init__(self) -> None:
-        self.validator = UserValidator([VMessUser(USER)], now=int(time.time()))
-        self.dispatch = DirectDispatch()
-        self.mux_connections = 0
-
-    async def handle(self, transport: trio.SocketStream) -> None:
-        conn = ServerConnection(self.validator, now=int(time.time()), random=os.urandom)
-        async with transport:
-            while (event := conn.next_event()) is NEED_DATA:
-                conn.receive_data(await transport.receive_some(65536))
-            assert isinstance(event, RequestHeader), event
-            assert event.command is Command.MUX, event
-            self.mux_connections += 1
-            await serve_mux(ServerVMessStream(transport, conn), self.dispatch)
-
-
-# --- the far end: checksumming echo servers ---------------------------------
-
-
-async def tcp_echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        while data := await stream.receive_some(65536):
-            await stream.send_all(data)
-
-
-async def udp_echo(*, task_status: trio.TaskStatus[int]) -> None:
-    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
-        await sock.bind((LOOPBACK, 0))
-        task_status.started(sock.getsockname()[1])
-        while True:
-            payload, source = await sock.recvfrom(65536)
-            await sock.sendto(payload, source)
-
-
-# --- a small SOCKS5 client --------------------------------------------------
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        more = await stream.receive_some(count - len(data))
-        assert more, f"EOF after {len(data)} of {count} bytes"
-        data += more
-    return data
-
-
-async def socks_request(
-    stream: trio.SocketStream, command: int, host: str, port: int
-) -> tuple[str, int]:
-    await stream.send_all(b"\x05\x01\x00")
-    assert await receive_exactly(stream, 2) == b"\x05\x00"
-    request = b"\x05" + bytes((command,)) + b"\x00\x01"
-    request += ipaddress.IPv4Address(host).packed + struct.pack(">H", port)
-    await stream.send_all(request)
-    reply = await receive_exactly(stream, 10)
-    assert reply[:4] == b"\x05\x00\x00\x01", reply
-    return str(ipaddress.IPv4Address(reply[4:8])), struct.unpack(">H", reply[8:])[0]
+def mux_connections(server: VMessTestServer) -> int:
+    assert all(header.command is Command.MUX for header in server.accepted)
+    return len(server.accepted)
 
 
 def payload_of(flow: int, size: int) -> bytes:
@@ -203,7 +79,7 @@ async def test_v2ray_mux_client_concurrent_tcp_flows(tmp_path: Path) -> None:
         peer, [Route(socks_port, Account(str(USER)), server_port=vmess_port)]
     )
     config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
-    server = MuxServer()
+    server = mux_server()
     sizes = [1, 1000, 8192, 8193, 100_000, 300_000, 65536, 5]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -229,7 +105,7 @@ async def test_v2ray_mux_client_concurrent_tcp_flows(tmp_path: Path) -> None:
     for flow, size in enumerate(sizes):
         assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
     # Eight flows, at most eight per Mux connection: v2ray used one or two.
-    assert 1 <= server.mux_connections <= 2
+    assert 1 <= mux_connections(server) <= 2
     assert server.dispatch.tcp_dials == len(sizes)
 
 
@@ -286,7 +162,7 @@ async def test_udp_datagrams_through_mux(
     config = client_config(peer, [Route(socks_port, account, server_port=vmess_port)])
     if peer.name == "v2ray":
         config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
-    server = MuxServer()
+    server = mux_server()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             echoes = [await nursery.start(udp_echo) for _ in range(2)]
@@ -300,5 +176,5 @@ async def test_udp_datagrams_through_mux(
             nursery.cancel_scope.cancel()
     assert len(sent) == 20
     assert received == {digest: (LOOPBACK, port) for digest, port in sent.items()}
-    assert server.mux_connections == 1
+    assert mux_connections(server) == 1
     assert server.dispatch.udp_opens == udp_sessions
