@@ -84,6 +84,29 @@ def test_replay_is_remembered_for_the_whole_window() -> None:
         assert event.reason == "replayed auth ID"
 
 
+def test_replay_of_an_auth_id_from_a_fast_clock_is_still_caught() -> None:
+    # A client 120 s ahead: its EAuID stays in the window for 240 s of server
+    # time. Other connections set the filter's rotation phase (at -119 and
+    # +1 here); two 120 s generations would forget the EAuID by +121.
+    account = user()
+    validator = UserValidator([account], now=FIXED_NOW)
+
+    def connect(client_now: int, server_now: int, seed: int) -> bytes:
+        client, _, _ = pair(account, TCP, client_now=client_now, seed=seed)
+        wire = client.start()
+        server = ServerConnection(validator, now=server_now, random=seeded_random())
+        assert isinstance(accept(server, wire), RequestHeader)
+        return wire
+
+    connect(FIXED_NOW - 119, FIXED_NOW - 119, seed=1)
+    wire = connect(FIXED_NOW + 120, FIXED_NOW, seed=2)
+    connect(FIXED_NOW + 1, FIXED_NOW + 1, seed=3)
+    replay = ServerConnection(validator, now=FIXED_NOW + 121, random=seeded_random())
+    event = accept(replay, wire)
+    assert isinstance(event, Rejected)
+    assert event.reason == "replayed auth ID"
+
+
 @pytest.mark.parametrize("skew", [-120, 120])
 def test_time_window_edges_accepted(skew: int) -> None:
     wire, server, _ = first_packet(client_now=FIXED_NOW + skew)

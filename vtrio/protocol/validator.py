@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 # v2ray's cuckoo filters hold 100 000 IDs per generation; so do these sets.
 REPLAY_CAPACITY = 100_000
+# An EAuID stays acceptable for up to 240 s of server time (t - 120 .. t + 120
+# with t up to 120 s ahead), so it is remembered 240 to 480 s (spec 3.6);
+# v2ray's 120 s generations leave a window where a replay passes.
+AUTH_ID_MEMORY = 2 * TIME_WINDOW
 SESSION_HISTORY_SECONDS = 180
 # Users matched lately, tried before the full scan.
 RECENT_USERS = 256
@@ -70,7 +74,7 @@ class UserValidator:
         """
         self._records: dict[uuid.UUID, UserRecord] = {}
         self._legacy = LegacyTable()
-        self._auth_ids = RotatingSet(TIME_WINDOW, REPLAY_CAPACITY)
+        self._auth_ids = RotatingSet(AUTH_ID_MEMORY, REPLAY_CAPACITY)
         self._sessions = RotatingSet(SESSION_HISTORY_SECONDS, REPLAY_CAPACITY)
         self._drain_seed: int | None = None
         # Most recently matched last; at most RECENT_USERS entries.
