@@ -179,9 +179,11 @@ class VMessTestServer:
 async def vmess_echo(
     host: str, port: int, user: VMessUser, target_port: int, payload: bytes
 ) -> tuple[bytes, SwitchAccount | None]:
-    """One TCP request through a VMess server to ``LOOPBACK:target_port``.
+    """One TCP request through a VMess server to an echo at ``target_port``.
 
-    Sends ``payload`` with the header, half-closes, and reads to the end.
+    Sends ``payload`` with the header and reads until as many bytes came back
+    (or the server ended), then closes without a half-close: v2ray would
+    otherwise hold each tunnel for its ``uplinkOnly`` time.
 
     Returns:
         What came back and the response header's command.
@@ -195,10 +197,10 @@ async def vmess_echo(
     )
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
-        await stream.send_all(conn.start(payload) + conn.send_eof())
+        await stream.send_all(conn.start(payload))
         received = bytearray()
         command = None
-        while True:
+        while len(received) < len(payload):
             event = conn.next_event()
             if event is NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
@@ -208,7 +210,8 @@ async def vmess_echo(
                 received += event.data
             else:
                 assert isinstance(event, EndOfStream), event
-                return bytes(received), command
+                break
+        return bytes(received), command
 
 
 async def tcp_echo(stream: trio.SocketStream) -> None:
