@@ -132,8 +132,6 @@ class _Session:
         self.inbox_send, self.inbox = trio.open_memory_channel[Frame](SESSION_INBOX)
         self.scope = trio.CancelScope(deadline=trio.current_time() + idle)
         self.idle = idle
-        # The client sent End: its side is gone and we must not answer.
-        self.closed_by_client = False
 
     def touch(self) -> None:
         """Traffic moved: push the idle deadline forward."""
@@ -141,6 +139,8 @@ class _Session:
 
 
 class _MuxServer:
+    """The state of one serve_mux call: the open sub-sessions and the writer."""
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -213,7 +213,7 @@ class _MuxServer:
         session = self._sessions.pop(frame.session_id, None)
         if session is None:
             return
-        session.closed_by_client = True
+        # Out of the table, so the session will not answer with an End.
         if frame.error:
             session.scope.cancel()
         else:
