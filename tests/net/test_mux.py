@@ -299,3 +299,24 @@ async def test_client_eof_returns_and_closes_sub_sessions() -> None:
             await serve_mux(server_end, dispatch)
             assert dispatch.packets[0].closed
             nursery.cancel_scope.cancel()
+
+
+async def test_global_id_makes_any_session_xudp_frames_may_come_bytewise() -> (
+    None
+):
+    with trio.fail_after(5):
+        async with mux_session() as (client, _):
+            new = Frame(
+                5,
+                Status.NEW,
+                b"xy",
+                network=Network.UDP,
+                address=OTHER,
+                port=7,
+                global_id=bytes(8),
+            )
+            for byte in encode_frame(new):
+                await client.stream.send_all(bytes((byte,)))
+            assert await client.receive() == Frame(
+                5, Status.KEEP, b"yx", network=Network.UDP, address=OTHER, port=7
+            )
