@@ -23,7 +23,7 @@ from vtrio.config.model import (
     VMessInboundSettings,
     VMessUser,
 )
-from vtrio.errors import ConfigError
+from vtrio.errors import ConfigError, DialError
 from vtrio.net.dynamic_port import (
     MAX_VALID_MINUTES,
     DetourPorts,
@@ -223,6 +223,32 @@ def test_picker_round_robin_dedup_expiry_and_forget() -> None:
     servers.forget(learned)
     servers.forget(origin)
     assert {servers.pick(100).port for _ in range(3)} == {443}
+
+
+async def test_dial_falls_back_to_the_configured_server_when_a_detour_fails() -> None:
+    origin = Endpoint(LOOPBACK, 10086, ALICE)
+    servers = DynamicServers(origin)
+    servers.learn(command(20001), origin, now=0)
+    attempts: list[int] = []
+
+    async def dial(endpoint: Endpoint) -> str:
+        await trio.lowlevel.checkpoint()
+        attempts.append(endpoint.port)
+        if endpoint.port == 20001:
+            raise DialError("connection refused")
+        return "stream"
+
+    assert await servers.dial(dial, now=1) == (origin, "stream")
+    assert await servers.dial(dial, now=1) == (origin, "stream")
+    assert attempts == [10086, 20001, 10086]
+    assert servers.learned == ()
+
+    async def refuse(endpoint: Endpoint) -> str:
+        await trio.lowlevel.checkpoint()
+        raise OSError("refused")
+
+    with pytest.raises(OSError, match="refused"):
+        await servers.dial(refuse, now=1)
 
 
 async def test_picker_falls_back_after_valid_minutes(

@@ -37,19 +37,21 @@ import os
 import random
 import uuid
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
 from vtrio.config.model import Inbound, VMessInboundSettings, VMessUser
-from vtrio.errors import ConfigError
+from vtrio.errors import ConfigError, DialError
 from vtrio.protocol.commands import SwitchAccount
 from vtrio.protocol.validator import UserValidator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 LOGGER = logging.getLogger("vtrio.net.dynamic_port")
+
+DialT = TypeVar("DialT")
 
 # v2ray reports 9999 minutes for an always-on detour; the wire field is a byte.
 MAX_VALID_MINUTES = 255
@@ -353,3 +355,34 @@ class DynamicServers:
     def learned(self) -> tuple[Endpoint, ...]:
         """The dynamic entries currently remembered (for logs and tests)."""
         return tuple(self._learned.values())
+
+    async def dial(
+        self, dial: Callable[[Endpoint], Awaitable[DialT]], *, now: float
+    ) -> tuple[Endpoint, DialT]:
+        """Dial the next endpoint; if a learned one fails, forget it and dial
+        the configured server instead.
+
+        Args:
+            dial: opens a connection to one endpoint (the outbound's dialer).
+            now: the time for :meth:`pick`.
+
+        Returns:
+            The endpoint used (pass it to :meth:`learn` with the response's
+            command) and what ``dial`` returned.
+
+        Raises:
+            DialError, OSError: the configured server failed too.
+        """
+        endpoint = self.pick(now)
+        if endpoint is not self.origin:
+            try:
+                return endpoint, await dial(endpoint)
+            except (DialError, OSError) as exc:
+                LOGGER.info(
+                    "detour port %s:%d failed (%s); back to the configured server",
+                    endpoint.host,
+                    endpoint.port,
+                    exc,
+                )
+                self.forget(endpoint)
+        return self.origin, await dial(self.origin)
