@@ -1,0 +1,245 @@
+"""Every cipher VMess needs, behind one small interface.
+
+Theory of operation: this is the only module that touches a crypto library, so
+the cost of each operation can be measured and tuned in one place. VMess seals
+every body chunk with a fresh nonce under a per-connection key, so the AEAD
+objects here take the key once and the nonce per call.
+
+Two backends implement the AEADs: pycryptodome (always installed) and, when the
+optional ``cryptography`` package is importable, OpenSSL through it, which
+accepts a nonce per call on a reused key object and so avoids pycryptodome's
+per-object set-up cost (research/crypto-cost.md). ``VTRIO_CRYPTO_BACKEND``
+(``pycryptodome`` or ``cryptography``) forces one. Both produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from Crypto.Cipher import AES, ChaCha20_Poly1305
+from Crypto.Hash import SHAKE128
+
+from vtrio.errors import RemoteProtocolError
+
+Buffer = bytes | bytearray | memoryview
+TAG_SIZE = 16
+
+
+class AEAD(Protocol):
+    """An AEAD with a fixed key; the nonce comes with every call."""
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        """Encrypt and authenticate; returns ciphertext followed by the 16-byte tag."""
+        ...
+
+    def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
+        """Verify and decrypt ciphertext followed by its tag.
+
+        Raises:
+            RemoteProtocolError: the tag does not match or the input is too short.
+        """
+        ...
+
+
+class _OneShotAEAD(Protocol):
+    """The part of a pycryptodome AEAD object used here."""
+
+    def update(self, aad: bytes) -> object: ...
+    def encrypt_and_digest(self, plaintext: Buffer) -> tuple[bytes, bytes]: ...
+    def decrypt_and_verify(self, ciphertext: Buffer, tag: Buffer) -> bytes: ...
+
+
+class _PyCryptodomeAEAD:
+    """pycryptodome binds the nonce at object creation: one object per call."""
+
+    __slots__ = ("_key", "_new")
+
+    def __init__(self, key: bytes, chacha: bool) -> None:
+        self._key = bytes(key)
+        if chacha:
+            self._new = self._new_chacha
+        else:
+            self._new = self._new_gcm
+
+    def _new_gcm(self, nonce: bytes) -> _OneShotAEAD:
+        return AES.new(self._key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
+
+    def _new_chacha(self, nonce: bytes) -> _OneShotAEAD:
+        return ChaCha20_Poly1305.new(key=self._key, nonce=nonce)
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        cipher = self._new(nonce)
+        if aad:
+            cipher.update(aad)
+        ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+        return bytes(ciphertext) + bytes(tag)
+
+    def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise RemoteProtocolError("sealed data shorter than its tag")
+        view = memoryview(sealed)
+        cipher = self._new(nonce)
+        if aad:
+            cipher.update(aad)
+        try:
+            return bytes(cipher.decrypt_and_verify(view[:-TAG_SIZE], view[-TAG_SIZE:]))
+        except ValueError as exc:
+            raise RemoteProtocolError("authentication tag mismatch") from exc
+
+
+def _choose_backend() -> str:
+    wanted = os.environ.get("VTRIO_CRYPTO_BACKEND", "")
+    if wanted == "pycryptodome":
+        return wanted
+    try:
+        import cryptography.hazmat.primitives.ciphers.aead  # noqa: F401
+    except ImportError:
+        if wanted == "cryptography":
+            raise
+        return "pycryptodome"
+    return "cryptography"
+
+
+_BACKEND = _choose_backend()
+
+
+def backend_name() -> str:
+    """The AEAD backend in use: ``pycryptodome`` or ``cryptography``."""
+    return _BACKEND
+
+
+class _OpenSSLAEAD:
+    """``cryptography``'s AEAD objects take the nonce per call: reuse one per key."""
+
+    __slots__ = ("_aead", "_invalid")
+
+    def __init__(self, key: bytes, chacha: bool) -> None:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import (
+            AESGCM,
+            ChaCha20Poly1305,
+        )
+
+        self._aead: AESGCM | ChaCha20Poly1305 = (
+            ChaCha20Poly1305(key) if chacha else AESGCM(key)
+        )
+        self._invalid = InvalidTag
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        return self._aead.encrypt(nonce, bytes(plaintext), aad or None)
+
+    def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise RemoteProtocolError("sealed data shorter than its tag")
+        try:
+            return self._aead.decrypt(nonce, bytes(sealed), aad or None)
+        except self._invalid as exc:
+            raise RemoteProtocolError("authentication tag mismatch") from exc
+
+
+def _aead(key: bytes, chacha: bool) -> AEAD:
+    if _BACKEND == "cryptography":
+        return _OpenSSLAEAD(key, chacha)
+    return _PyCryptodomeAEAD(key, chacha)
+
+
+def aes_128_gcm(key: bytes) -> AEAD:
+    """AES-128-GCM with a 12-byte nonce and a 16-byte tag."""
+    return _aead(key, chacha=False)
+
+
+def chacha20_poly1305(key: bytes) -> AEAD:
+    """IETF ChaCha20-Poly1305 with a 32-byte key and a 12-byte nonce."""
+    return _aead(key, chacha=True)
+
+
+class BlockCipher:
+    """Single AES blocks (the AEAD auth ID, spec section 3.2)."""
+
+    __slots__ = ("_ecb",)
+
+    def __init__(self, key: bytes) -> None:
+        self._ecb = AES.new(key, AES.MODE_ECB)
+
+    def encrypt(self, block: bytes) -> bytes:
+        return bytes(self._ecb.encrypt(block))
+
+    def decrypt(self, block: bytes) -> bytes:
+        return bytes(self._ecb.decrypt(block))
+
+
+def aes_128_ecb(key: bytes) -> BlockCipher:
+    """An AES-128 block cipher keyed once; callers keep one per user."""
+    return BlockCipher(key)
+
+
+class StreamCipher:
+    """Full-block AES-128-CFB as Go implements it, continuing across calls.
+
+    One object serves one direction, so it is either an encryptor or a
+    decryptor; the first call decides which.
+    """
+
+    __slots__ = ("_cipher", "_iv", "_key", "_mode")
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._key = key
+        self._iv = iv
+        self._cipher = AES.new(key, AES.MODE_CFB, iv=iv, segment_size=128)
+        self._mode = ""
+
+    def _check(self, mode: str) -> None:
+        if self._mode != mode:
+            if self._mode:
+                from vtrio.errors import LocalProtocolError
+
+                raise LocalProtocolError("a CFB stream cannot both encrypt and decrypt")
+            self._mode = mode
+
+    def encrypt(self, data: Buffer) -> bytes:
+        self._check("encrypt")
+        return bytes(self._cipher.encrypt(data))
+
+    def decrypt(self, data: Buffer) -> bytes:
+        self._check("decrypt")
+        return bytes(self._cipher.decrypt(data))
+
+
+def aes_128_cfb(key: bytes, iv: bytes) -> StreamCipher:
+    """AES-128-CFB with 128-bit segments (pycryptodome defaults to 8)."""
+    return StreamCipher(key, iv)
+
+
+_XOF_BLOCK = 256
+
+
+class Xof:
+    """SHAKE128 output read incrementally, in the same order as Go's reader.
+
+    Reading from pycryptodome costs a few microseconds per call whatever the
+    size, and VMess draws 2 bytes per chunk, so bytes are squeezed in blocks
+    and handed out from a buffer; the stream is the same.
+    """
+
+    __slots__ = ("_buffer", "_offset", "_shake")
+
+    def __init__(self, seed: bytes) -> None:
+        self._shake = SHAKE128.new(seed)
+        self._buffer = b""
+        self._offset = 0
+
+    def read(self, n: int) -> bytes:
+        end = self._offset + n
+        if end > len(self._buffer):
+            rest = self._buffer[self._offset :]
+            self._buffer = rest + self._shake.read(max(_XOF_BLOCK, n))
+            self._offset, end = 0, n
+        out = self._buffer[self._offset : end]
+        self._offset = end
+        return out
+
+
+def shake128(seed: bytes) -> Xof:
+    """A SHAKE128 stream seeded with ``seed`` (spec section 6.2)."""
+    return Xof(seed)
