@@ -301,9 +301,7 @@ async def test_client_eof_returns_and_closes_sub_sessions() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_global_id_makes_any_session_xudp_frames_may_come_bytewise() -> (
-    None
-):
+async def test_global_id_makes_any_session_xudp_frames_may_come_bytewise() -> None:
     with trio.fail_after(5):
         async with mux_session() as (client, _):
             new = Frame(
