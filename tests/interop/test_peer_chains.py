@@ -1,0 +1,30 @@
+"""Peer-only chains: a real client against the other real server, no vtrio.
+
+Theory of operation: these cases run the very chain and traffic checks the
+vtrio matrix uses, with a real peer on both ends. If one of them fails, the
+harness (configs, ports, SOCKS5 client, echo target) is wrong, not vtrio; if
+they pass, they also record what v2ray 4.34 and sing-box 1.14 do together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from tests.interop.matrix import peer_chain_cases
+from tests.interop.scenario import run_case
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.interop.matrix import Case
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.mark.parametrize("case", peer_chain_cases(), ids=str)
+async def test_peer_chain(case: Case, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        await run_case(case, tmp_path)
