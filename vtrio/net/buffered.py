@@ -1,0 +1,84 @@
+"""A stream wrapper that can read exact sizes and lines, then acts as a stream.
+
+Theory of operation: the socks and http inbounds parse a small handshake and
+then hand the very same connection to the relay. A client may pipeline its
+first payload right behind the handshake, so whatever was read past the
+handshake stays in a buffer that the stream returns before reading further.
+"""
+
+from __future__ import annotations
+
+import trio
+
+RECEIVE_SIZE = 16384
+
+
+class BufferedStream(trio.abc.HalfCloseableStream):
+    """Wraps a stream; ``receive_exactly`` / ``receive_line`` for handshakes."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.transport_stream = stream
+        self._buffer = bytearray()
+
+    async def _fill(self) -> None:
+        data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("the peer closed during the handshake")
+        self._buffer += data
+
+    async def receive_exactly(self, size: int) -> bytes:
+        """Exactly ``size`` bytes.
+
+        Raises:
+            trio.BrokenResourceError: the peer closed first.
+        """
+        while len(self._buffer) < size:
+            await self._fill()
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    async def receive_until(self, delimiter: bytes, limit: int) -> bytes:
+        """Bytes up to and including ``delimiter``.
+
+        Raises:
+            trio.BrokenResourceError: the peer closed first.
+            ValueError: more than ``limit`` bytes without the delimiter.
+        """
+        start = 0
+        while True:
+            index = self._buffer.find(delimiter, start)
+            if index >= 0:
+                end = index + len(delimiter)
+                out = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return out
+            if len(self._buffer) > limit:
+                raise ValueError(f"no {delimiter!r} within {limit} bytes")
+            start = max(0, len(self._buffer) - len(delimiter) + 1)
+            await self._fill()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._buffer:
+            await trio.lowlevel.checkpoint()
+            size = len(self._buffer) if max_bytes is None else max_bytes
+            out = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            return out
+        return bytes(await self.transport_stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        stream = self.transport_stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        else:
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()

@@ -1,0 +1,494 @@
+"""Outbounds: where a tunnel's traffic leaves (freedom, blackhole, vmess).
+
+Theory of operation: every inbound, after its handshake, knows a
+:class:`Destination` and a :class:`Session` (who asked, through which inbound).
+The :class:`Dispatcher` routes it (``vtrio.routing``) to one outbound handler,
+which returns a Trio stream for TCP or a :class:`PacketConnection` for UDP.
+Handlers raise :class:`DialError` when they cannot reach the destination, so
+inbounds can answer with the right reply code (a SOCKS error, an HTTP 502).
+
+UDP keeps a destination per datagram (SOCKS UDP ASSOCIATE, XUDP). A VMess UDP
+request carries one fixed destination (command 2), so the vmess outbound opens
+one VMess connection per destination it is asked to reach.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import trio
+
+from vtrio import routing
+from vtrio.config.model import (
+    BlackholeSettings,
+    FreedomSettings,
+    VMessOutboundSettings,
+)
+from vtrio.errors import DialError
+from vtrio.net import transport
+from vtrio.net.dynamic_port import DynamicServers, Endpoint
+from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
+from vtrio.protocol.address import Address
+from vtrio.protocol.instruction import Command, Request
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from vtrio.config.model import Config, Outbound, StreamSettings
+
+LOGGER = logging.getLogger("vtrio.net.outbound")
+
+# How long an outbound may take to connect (v2ray's dialer uses 16 s).
+CONNECT_TIMEOUT = 16.0
+# Datagrams waiting to be read from a UDP outbound.
+PACKET_BACKLOG = 64
+MAX_DATAGRAM = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a client wants to go."""
+
+    address: Address
+    port: int
+    network: Literal["tcp", "udp"] = "tcp"
+
+    @property
+    def host(self) -> str:
+        """The address as text (IPs without brackets)."""
+        return str(self.address)
+
+    def __str__(self) -> str:
+        if isinstance(self.address, ipaddress.IPv6Address):
+            return f"{self.network}:[{self.address}]:{self.port}"
+        return f"{self.network}:{self.address}:{self.port}"
+
+
+@dataclass(slots=True)
+class Session:
+    """Who opened a tunnel: for routing, policy and the access log."""
+
+    inbound_tag: str
+    source: str
+    email: str = ""
+    level: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def parse_address(text: str) -> Address:
+    """An IP address object for IP literals, else the domain text."""
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text
+
+
+class PacketConnection(Protocol):
+    """A UDP socket of the outbound side, with a destination per datagram."""
+
+    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
+        """Send one datagram to ``address:port`` (a domain is resolved)."""
+
+    async def receive_from(self) -> tuple[bytes, Address, int]:
+        """The next datagram and the address and port it came from."""
+
+    async def aclose(self) -> None:
+        """Release the socket."""
+
+
+class OutboundHandler(Protocol):
+    """One configured outbound."""
+
+    tag: str
+
+    async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
+        """A stream to the destination.
+
+        Raises:
+            DialError: it could not be reached.
+        """
+
+    async def open_udp(
+        self, destination: Destination, nursery: trio.Nursery
+    ) -> PacketConnection:
+        """A packet connection whose first datagram goes to ``destination``.
+
+        Tasks it needs run in ``nursery`` (the tunnel's own).
+        """
+
+
+# --- freedom ------------------------------------------------------------------
+
+
+async def _resolve(host: str, port: int, family: int = 0) -> tuple[str, int]:
+    """The first address ``host`` resolves to, as a sockaddr-like pair."""
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_DGRAM
+        )
+    except OSError as exc:
+        raise DialError(f"cannot resolve {host}: {exc}") from exc
+    if not infos:
+        raise DialError(f"{host} has no address")
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+def _unmap(text: str) -> Address:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class _UDPSocket:
+    """A dual-stack UDP socket: one per tunnel, any destination per datagram."""
+
+    def __init__(self, family_strategy: int) -> None:
+        self._sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self._family = family_strategy
+
+    async def bind(self) -> None:
+        await self._sock.bind(("::", 0))
+
+    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
+        if isinstance(address, str):
+            host, port = await _resolve(address, port, self._family)
+            target: Address = ipaddress.ip_address(host.split("%")[0])
+        else:
+            target = address
+        if isinstance(target, ipaddress.IPv4Address):
+            target = ipaddress.IPv6Address(f"::ffff:{target}")
+        await self._sock.sendto(payload, (str(target), port))
+
+    async def receive_from(self) -> tuple[bytes, Address, int]:
+        data, sockaddr = await self._sock.recvfrom(MAX_DATAGRAM)
+        return data, _unmap(sockaddr[0]), int(sockaddr[1])
+
+    async def aclose(self) -> None:
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+class Freedom:
+    """Connects directly to the destination."""
+
+    def __init__(self, tag: str, settings: FreedomSettings) -> None:
+        self.tag = tag
+        self._settings = settings
+        self._family = {
+            "UseIPv4": socket.AF_INET,
+            "UseIPv6": socket.AF_INET6,
+        }.get(settings.domain_strategy, 0)
+
+    def _target(self, destination: Destination) -> tuple[str, int]:
+        redirect = self._settings.redirect
+        if redirect:
+            host, _, port = redirect.rpartition(":")
+            return host.strip("[]") or destination.host, int(port or destination.port)
+        return destination.host, destination.port
+
+    async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
+        host, port = self._target(destination)
+        try:
+            if self._family and isinstance(parse_address(host), str):
+                host, _ = await _resolve(host, port, self._family)
+            return await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise DialError(f"{host}:{port}: {exc.strerror or exc}") from exc
+
+    async def open_udp(
+        self, destination: Destination, nursery: trio.Nursery
+    ) -> PacketConnection:
+        del destination, nursery
+        conn = _UDPSocket(self._family)
+        await conn.bind()
+        return conn
+
+
+# --- blackhole ----------------------------------------------------------------
+
+_HTTP_403 = (
+    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nCache-Control: max-age=3600,"
+    b" public\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+class _BlackholeStream(trio.abc.HalfCloseableStream):
+    """Swallows what it is sent; answers with nothing or an HTTP 403, then EOF."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        out, self._answer = self._answer, b""
+        return out
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _BlackholePackets:
+    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_from(self) -> tuple[bytes, Address, int]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class Blackhole:
+    """Drops everything (with an optional HTTP 403 answer)."""
+
+    def __init__(self, tag: str, settings: BlackholeSettings) -> None:
+        self.tag = tag
+        self._answer = _HTTP_403 if settings.response == "http" else b""
+
+    async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
+        del destination
+        await trio.lowlevel.checkpoint()
+        return _BlackholeStream(self._answer)
+
+    async def open_udp(
+        self, destination: Destination, nursery: trio.Nursery
+    ) -> PacketConnection:
+        del destination, nursery
+        await trio.lowlevel.checkpoint()
+        return _BlackholePackets()
+
+
+# --- vmess --------------------------------------------------------------------
+
+
+class _VMessPackets:
+    """UDP through VMess: one command-2 tunnel per destination, replies merged."""
+
+    def __init__(self, outbound: VMessOutbound, nursery: trio.Nursery) -> None:
+        self._outbound = outbound
+        self._nursery = nursery
+        self._tunnels: dict[tuple[Address, int], VMessDatagramChannel] = {}
+        self._send, self._receive = trio.open_memory_channel[
+            tuple[bytes, "Address", int]
+        ](PACKET_BACKLOG)
+
+    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
+        key = (address, port)
+        tunnel = self._tunnels.get(key)
+        if tunnel is None:
+            tunnel = await self._outbound.open_datagram_tunnel(
+                Destination(address, port, "udp")
+            )
+            self._tunnels[key] = tunnel
+            await tunnel.send(payload)
+            self._nursery.start_soon(self._pump, tunnel, address, port)
+            return
+        await tunnel.send(payload)
+
+    async def _pump(
+        self, tunnel: VMessDatagramChannel, address: Address, port: int
+    ) -> None:
+        try:
+            while (payload := await tunnel.receive()) is not None:
+                await self._send.send((payload, address, port))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            LOGGER.debug("UDP tunnel to %s:%d ended: %s", address, port, exc)
+
+    async def receive_from(self) -> tuple[bytes, Address, int]:
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        for tunnel in self._tunnels.values():
+            await tunnel.aclose()
+        self._tunnels.clear()
+        await self._send.aclose()
+
+
+class VMessOutbound:
+    """Tunnels to VMess servers; picks a server and user per connection.
+
+    Servers are taken round-robin and a failed dial moves on to the next one;
+    a user is picked round-robin within the server. Accounts a server offers
+    through SwitchAccount (dynamic port, spec section 8) are used for later
+    connections while they are valid.
+    """
+
+    def __init__(
+        self, tag: str, settings: VMessOutboundSettings, stream: StreamSettings
+    ) -> None:
+        self.tag = tag
+        self._stream_settings = stream
+        self._endpoints = [
+            DynamicServers(Endpoint(server.address, server.port, user))
+            for server in settings.servers
+            for user in server.users
+        ]
+        if not self._endpoints:
+            raise DialError(f"vmess outbound {tag!r} has no server")
+        self._turn = itertools.count()
+
+    async def _connect(self) -> tuple[DynamicServers, Endpoint, trio.abc.Stream]:
+        first = next(self._turn)
+        errors: list[str] = []
+        for offset in range(len(self._endpoints)):
+            servers = self._endpoints[(first + offset) % len(self._endpoints)]
+
+            async def dial(endpoint: Endpoint) -> trio.abc.Stream:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    return await transport.dial(
+                        self._stream_settings, endpoint.host, endpoint.port
+                    )
+
+            try:
+                endpoint, stream = await servers.dial(dial, now=time.monotonic())
+            except (OSError, DialError, trio.TooSlowError) as exc:
+                errors.append(f"{servers.origin.host}:{servers.origin.port}: {exc}")
+                continue
+            return servers, endpoint, stream
+        raise DialError("no vmess server reachable (" + "; ".join(errors) + ")")
+
+    async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
+        servers, endpoint, stream = await self._connect()
+        tunnel = VMessStream.client(
+            stream,
+            endpoint.user,
+            Request(Command.TCP, destination.address, destination.port),
+        )
+
+        def learn(command: object) -> None:
+            from vtrio.protocol.commands import SwitchAccount
+
+            if isinstance(command, SwitchAccount):
+                servers.learn(command, endpoint, time.monotonic())
+
+        tunnel.on_response = learn
+        return tunnel
+
+    async def open_datagram_tunnel(
+        self, destination: Destination
+    ) -> VMessDatagramChannel:
+        """A command-2 tunnel to one UDP destination."""
+        _, endpoint, stream = await self._connect()
+        return VMessDatagramChannel.client(
+            stream,
+            endpoint.user,
+            Request(Command.UDP, destination.address, destination.port),
+        )
+
+    async def open_udp(
+        self, destination: Destination, nursery: trio.Nursery
+    ) -> PacketConnection:
+        del destination
+        await trio.lowlevel.checkpoint()
+        return _VMessPackets(self, nursery)
+
+
+# --- dispatch -----------------------------------------------------------------
+
+
+def build_outbound(outbound: Outbound) -> OutboundHandler:
+    """The handler for one configured outbound."""
+    settings = outbound.settings
+    if isinstance(settings, FreedomSettings):
+        return Freedom(outbound.tag, settings)
+    if isinstance(settings, BlackholeSettings):
+        return Blackhole(outbound.tag, settings)
+    return VMessOutbound(outbound.tag, settings, outbound.stream)
+
+
+class Dispatcher:
+    """Routes each tunnel to an outbound handler (first outbound by default)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._handlers: Mapping[str, OutboundHandler] = {
+            outbound.tag: build_outbound(outbound) for outbound in config.outbounds
+        }
+        self._default = (
+            self._handlers[config.outbounds[0].tag] if config.outbounds else None
+        )
+
+    def handler_for(
+        self, session: Session, destination: Destination
+    ) -> OutboundHandler:
+        """The outbound a tunnel goes to.
+
+        Raises:
+            DialError: there is no outbound at all.
+        """
+        tag = routing.pick_outbound(
+            self._config.routing,
+            inbound_tag=session.inbound_tag,
+            address=destination.address,
+            port=destination.port,
+            network=destination.network,
+        )
+        if tag is not None and tag in self._handlers:
+            return self._handlers[tag]
+        if self._default is None:
+            raise DialError("no outbound is configured")
+        return self._default
+
+    async def dial_tcp(
+        self, destination: Destination, session: Session
+    ) -> trio.abc.HalfCloseableStream:
+        """A stream to ``destination`` through the routed outbound.
+
+        Raises:
+            DialError: the outbound could not connect in time.
+        """
+        handler = self.handler_for(session, destination)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                return await handler.dial_tcp(destination)
+        except trio.TooSlowError as exc:
+            raise DialError(f"{destination}: connect timed out") from exc
+
+    async def open_udp(
+        self, destination: Destination, session: Session, nursery: trio.Nursery
+    ) -> PacketConnection:
+        """A packet connection for UDP whose first datagram goes to ``destination``."""
+        handler = self.handler_for(session, destination)
+        return await handler.open_udp(destination, nursery)
+
+
+class MuxDispatch:
+    """The Mux server's view of a Dispatcher, bound to one tunnel."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, session: Session, nursery: trio.Nursery
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._session = session
+        self._nursery = nursery
+
+    async def dial_tcp(
+        self, address: Address, port: int
+    ) -> trio.abc.HalfCloseableStream:
+        return await self._dispatcher.dial_tcp(
+            Destination(address, port, "tcp"), self._session
+        )
+
+    async def open_udp(self, address: Address, port: int) -> PacketConnection:
+        return await self._dispatcher.open_udp(
+            Destination(address, port, "udp"), self._session, self._nursery
+        )

@@ -1,0 +1,111 @@
+"""Copy bytes both ways between two streams, with half-close and idle timeouts.
+
+Theory of operation: two pumps run in one nursery. When one side's input ends,
+its pump sends EOF to the other side (``send_eof``, or ``aclose`` for streams
+that cannot half-close) and the other direction keeps flowing. One idle
+``CancelScope`` covers both pumps; every move of bytes pushes its deadline
+forward by the policy's ``connIdle``, and once a direction has finished the
+window shrinks to ``downlinkOnly`` / ``uplinkOnly`` (spec section 10), so a
+tunnel whose peer went quiet cannot linger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from vtrio.config.model import LevelPolicy
+
+# The most bytes a pump asks for at once; the policy's buffer can only lower it.
+MAX_RECEIVE = 65536
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Bytes moved by a relay: up is client -> destination."""
+
+    up: int = 0
+    down: int = 0
+
+
+async def send_eof_or_close(stream: trio.abc.Stream) -> None:
+    """Half-close when the stream can, else close it."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_eof()
+    else:
+        await stream.aclose()
+
+
+class _IdleTimer:
+    """One deadline shared by both pumps, pushed forward on every move."""
+
+    def __init__(self, scope: trio.CancelScope, idle: float) -> None:
+        self.scope = scope
+        self.idle = idle
+        self.touch()
+
+    def touch(self) -> None:
+        self.scope.deadline = (
+            trio.current_time() + self.idle if math.isfinite(self.idle) else math.inf
+        )
+
+    def shrink(self, idle: float) -> None:
+        self.idle = min(self.idle, idle)
+        self.touch()
+
+
+async def relay(
+    client: trio.abc.Stream,
+    destination: trio.abc.Stream,
+    policy: LevelPolicy,
+    traffic: Traffic | None = None,
+) -> bool:
+    """Relay until both directions finished or the tunnel went idle.
+
+    Args:
+        client: the inbound side (its input is the uplink).
+        destination: the outbound side.
+        policy: connIdle, uplinkOnly, downlinkOnly and bufferSize.
+        traffic: counters to update as bytes move.
+
+    Returns:
+        True if both directions ended normally, False on an idle timeout.
+
+    Raises:
+        trio.BrokenResourceError: either side broke (reset, protocol error).
+    """
+    counters = traffic if traffic is not None else Traffic()
+    receive_size = max(1024, min(MAX_RECEIVE, policy.buffer_size or MAX_RECEIVE))
+    with trio.CancelScope() as scope:
+        timer = _IdleTimer(scope, policy.conn_idle)
+
+        async def pump(
+            source: trio.abc.Stream,
+            sink: trio.abc.Stream,
+            upward: bool,
+        ) -> None:
+            while True:
+                data = await source.receive_some(receive_size)
+                if not data:
+                    break
+                timer.touch()
+                await sink.send_all(data)
+                if upward:
+                    counters.up += len(data)
+                else:
+                    counters.down += len(data)
+                timer.touch()
+            await send_eof_or_close(sink)
+            # Uplink done: the downlink gets downlinkOnly; and the reverse.
+            timer.shrink(policy.downlink_only if upward else policy.uplink_only)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, destination, True)
+            nursery.start_soon(pump, destination, client, False)
+    return not scope.cancelled_caught

@@ -1,0 +1,330 @@
+"""VMessStream: a Trio stream that speaks VMess over any transport stream.
+
+Theory of operation: the sans-IO connection (``vtrio.protocol.connection``)
+does all the parsing and sealing; this class only moves bytes between it and
+the transport, the way ``trio.SSLStream`` wraps its ``transport_stream``.
+Because it is itself a ``HalfCloseableStream`` it stacks on TCP, TLS or
+WebSocket, and on another VMessStream.
+
+The client side sends nothing until the first ``send_all`` (or ``send_eof``),
+so the request header leaves together with the first payload in one write
+(sing-box servers want the whole header in their first read, spec 3.3). The
+server side writes its response header together with the first response data
+(spec 5.4). ``send_eof`` writes VMess's end-of-stream chunk; the transport
+itself stays open until ``aclose`` because peers do not expect a TCP half-close.
+
+UDP (command 2) uses :class:`VMessDatagramChannel` on the same connection
+objects: one datagram per chunk in both directions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from vtrio.errors import LocalProtocolError, RemoteProtocolError
+from vtrio.protocol.connection import ClientConnection, ServerConnection
+from vtrio.protocol.events import (
+    NEED_DATA,
+    Data,
+    Datagram,
+    EndOfStream,
+    Event,
+    Rejected,
+    RequestHeader,
+    ResponseHeader,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vtrio.config.model import VMessUser
+    from vtrio.protocol.commands import SwitchAccount
+    from vtrio.protocol.instruction import Request
+
+RECEIVE_SIZE = 65536
+MACHINE = platform.machine()
+
+
+class _ConflictGuard:
+    """Raises BusyResourceError when two tasks use one direction at once."""
+
+    __slots__ = ("_busy", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._busy = False
+        self._what = what
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._busy = False
+
+
+class _VMessBase:
+    """Shared driver: feed the transport into the connection, pull events."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        connection: ClientConnection | ServerConnection,
+    ) -> None:
+        self.transport_stream = transport
+        self._conn = connection
+        self._closed = False
+        self._broken = False
+        self._send_guard = _ConflictGuard("sending")
+        self._receive_guard = _ConflictGuard("receiving")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the VMess stream is closed")
+        if self._broken:
+            raise trio.BrokenResourceError("the VMess stream is broken")
+
+    async def _next_event(self) -> Event:
+        """The next protocol event, reading the transport as needed."""
+        try:
+            while True:
+                event = self._conn.next_event()
+                if event is not NEED_DATA:
+                    return event
+                data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                self._conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError(f"VMess: {exc}") from exc
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.transport_stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+            raise
+
+    async def aclose(self) -> None:
+        """Close the transport; a closed stream stays closed."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        await self.transport_stream.aclose()
+
+
+class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
+    """A VMess TCP (or Mux) tunnel as a half-closeable Trio stream.
+
+    Build it with :meth:`client` or :meth:`accept`.
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        connection: ClientConnection | ServerConnection,
+    ) -> None:
+        super().__init__(transport, connection)
+        self._started = False  # client: header sent; server: response sent
+        self._pending = b""  # received data beyond max_bytes
+        self._eof_received = False
+        self._eof_sent = False
+        self.response_command: SwitchAccount | None = None
+        self.on_response: Callable[[SwitchAccount | None], None] | None = None
+
+    @classmethod
+    def client(
+        cls,
+        transport: trio.abc.Stream,
+        account: VMessUser,
+        request: Request,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> VMessStream:
+        """A client tunnel; the header leaves with the first send.
+
+        Args:
+            transport: a connected stream to the VMess server.
+            account: the outbound user (id, alterId, security, experiments).
+            request: command and destination.
+            random: source of keys, nonces and padding.
+        """
+        connection = ClientConnection(
+            account, request, now=int(time.time()), random=random, machine=MACHINE
+        )
+        return cls(transport, connection)
+
+    @classmethod
+    async def accept(
+        cls,
+        transport: trio.abc.Stream,
+        connection: ServerConnection,
+    ) -> tuple[VMessStream, RequestHeader] | Rejected:
+        """Read a client's request header.
+
+        Args:
+            transport: the accepted stream.
+            connection: a fresh server connection for this inbound.
+
+        Returns:
+            The tunnel and its request, or ``Rejected`` (drain, then close).
+
+        Raises:
+            trio.BrokenResourceError: the peer sent invalid bytes or went away
+                before the header was complete.
+        """
+        stream = cls(transport, connection)
+        event = await stream._next_event()
+        if isinstance(event, Rejected | RequestHeader):
+            if isinstance(event, Rejected):
+                return event
+            return stream, event
+        raise LocalProtocolError(f"unexpected {type(event).__name__} before a header")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_guard:
+            self._check_open()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("send_eof was already called")
+            conn = self._conn
+            if not self._started:
+                self._started = True
+                if isinstance(conn, ClientConnection):
+                    await self._write(conn.start(data))
+                    return
+                header = conn.send_response(self.response_command)
+                await self._write(header + conn.send_data(data) if data else header)
+                return
+            if data:
+                await self._write(conn.send_data(data))
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        with self._send_guard:
+            self._check_open()
+            if self._eof_sent:
+                await trio.lowlevel.checkpoint()
+                return
+            self._eof_sent = True
+            conn = self._conn
+            out = b""
+            if not self._started:
+                self._started = True
+                if isinstance(conn, ClientConnection):
+                    out = conn.start()
+                else:
+                    out = conn.send_response(self.response_command)
+            await self._write(out + conn.send_eof())
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        with self._receive_guard:
+            self._check_open()
+            if max_bytes is not None and max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
+            if not self._pending:
+                if self._eof_received:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                self._pending = await self._receive_data()
+                if not self._pending:
+                    return b""
+            else:
+                await trio.lowlevel.checkpoint()
+            size = len(self._pending) if max_bytes is None else max_bytes
+            out, self._pending = self._pending[:size], self._pending[size:]
+            return out
+
+    async def _receive_data(self) -> bytes:
+        while True:
+            event = await self._next_event()
+            if isinstance(event, Data):
+                return event.data
+            if isinstance(event, EndOfStream):
+                self._eof_received = True
+                return b""
+            if isinstance(event, ResponseHeader):
+                if self.on_response is not None:
+                    self.on_response(event.command)
+                continue
+            raise LocalProtocolError(f"unexpected {type(event).__name__} in a stream")
+
+
+class VMessDatagramChannel(_VMessBase):
+    """A VMess UDP tunnel (command 2): one datagram per chunk, one destination."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        connection: ClientConnection | ServerConnection,
+    ) -> None:
+        super().__init__(transport, connection)
+        self._started = False
+
+    @classmethod
+    def client(
+        cls,
+        transport: trio.abc.Stream,
+        account: VMessUser,
+        request: Request,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> VMessDatagramChannel:
+        """A client UDP tunnel to ``request``'s destination."""
+        connection = ClientConnection(
+            account, request, now=int(time.time()), random=random, machine=MACHINE
+        )
+        return cls(transport, connection)
+
+    @classmethod
+    def from_stream(cls, stream: VMessStream) -> VMessDatagramChannel:
+        """Reuse an accepted server stream whose request was UDP."""
+        channel = cls(stream.transport_stream, stream._conn)
+        return channel
+
+    async def send(self, payload: bytes) -> None:
+        """Send one datagram (empty ones cannot be carried and are dropped)."""
+        with self._send_guard:
+            self._check_open()
+            conn = self._conn
+            if not self._started:
+                self._started = True
+                if isinstance(conn, ClientConnection):
+                    await self._write(conn.start(payload))
+                    return
+                header = conn.send_response()
+                await self._write(
+                    header + conn.send_datagram(payload) if payload else header
+                )
+                return
+            if payload:
+                await self._write(conn.send_datagram(payload))
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> bytes | None:
+        """The next datagram, or None when the peer ended the tunnel."""
+        with self._receive_guard:
+            self._check_open()
+            while True:
+                event = await self._next_event()
+                if isinstance(event, Datagram):
+                    return event.payload
+                if isinstance(event, Data):
+                    # A zero/unchunked UDP body has no datagram boundaries.
+                    return event.data
+                if isinstance(event, EndOfStream):
+                    return None
+                if isinstance(event, ResponseHeader):
+                    continue
+                raise LocalProtocolError(
+                    f"unexpected {type(event).__name__} in a UDP tunnel"
+                )

@@ -1,0 +1,81 @@
+"""Routing: which outbound a tunnel takes. A pure function of the config.
+
+Theory of operation: v2ray's field rules are tried in order; a rule matches
+when every condition it has matches (inbound tag, domain, IP, port, network),
+and the first match names the outbound. Domain conditions only look at domain
+destinations and IP conditions only at IP destinations (domainStrategy
+``AsIs``: vtrio does not resolve to route). No match means the first outbound.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from vtrio.config.model import DomainMatcher, Routing, RoutingRule
+    from vtrio.protocol.address import Address
+
+
+def _domain_matches(matcher: DomainMatcher, domain: str) -> bool:
+    value = matcher.value.lower()
+    if matcher.kind == "full":
+        return domain == value
+    if matcher.kind == "domain":
+        return domain == value or domain.endswith("." + value)
+    if matcher.kind == "keyword":
+        return value in domain
+    return matcher.pattern is not None and matcher.pattern.search(domain) is not None
+
+
+def _rule_matches(
+    rule: RoutingRule,
+    inbound_tag: str,
+    address: Address,
+    port: int,
+    network: Literal["tcp", "udp"],
+) -> bool:
+    if rule.inbound_tags and inbound_tag not in rule.inbound_tags:
+        return False
+    if rule.networks and network not in rule.networks:
+        return False
+    if rule.ports and not any(low <= port <= high for low, high in rule.ports):
+        return False
+    if rule.domains:
+        if not isinstance(address, str):
+            return False
+        domain = address.lower().rstrip(".")
+        if not any(_domain_matches(m, domain) for m in rule.domains):
+            return False
+    if rule.ips:
+        if isinstance(address, str):
+            return False
+        ip = address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if not any(ip.version == net.version and ip in net for net in rule.ips):
+            return False
+    return True
+
+
+def pick_outbound(
+    routing: Routing,
+    *,
+    inbound_tag: str,
+    address: Address,
+    port: int,
+    network: Literal["tcp", "udp"],
+) -> str | None:
+    """The outbound tag of the first matching rule, or None for the default.
+
+    Args:
+        routing: the config's routing section.
+        inbound_tag: tag of the inbound the tunnel came in on.
+        address: destination IP or domain.
+        port: destination port.
+        network: "tcp" or "udp".
+    """
+    for rule in routing.rules:
+        if _rule_matches(rule, inbound_tag, address, port, network):
+            return rule.outbound_tag
+    return None
