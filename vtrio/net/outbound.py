@@ -456,7 +456,17 @@ class Dispatcher:
         Raises:
             DialError: the outbound could not connect in time.
         """
-        handler = self.handler_for(session, destination)
+        return await self.connect(self.handler_for(session, destination), destination)
+
+    @staticmethod
+    async def connect(
+        handler: OutboundHandler, destination: Destination
+    ) -> trio.abc.HalfCloseableStream:
+        """A stream to ``destination`` through ``handler``, under the timeout.
+
+        Raises:
+            DialError: the outbound could not connect in time.
+        """
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 return await handler.dial_tcp(destination)

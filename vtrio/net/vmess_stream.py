@@ -137,6 +137,11 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
         self.response_command: SwitchAccount | None = None
         self.on_response: Callable[[SwitchAccount | None], None] | None = None
 
+    @property
+    def started(self) -> bool:
+        """Whether the header (client) or response header (server) went out."""
+        return self._started
+
     @classmethod
     def client(
         cls,

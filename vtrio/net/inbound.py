@@ -1,0 +1,336 @@
+"""Inbounds: listeners, the per-connection error boundary, the vmess handler.
+
+Theory of operation: :func:`serve_inbound` binds an inbound's ports, reports
+them through ``task_status.started`` and runs ``trio.serve_listeners`` with
+handlers spawned into the server's *connections* nursery, so tunnels outlive
+their listener during a graceful shutdown. :func:`handle_connection` is the one
+broad catch of the runtime: whatever a peer does, it logs one line and closes
+that connection, and the server keeps running.
+
+The vmess handler runs the transport's server side (TLS/WebSocket) and the
+VMess header under the handshake deadline. A failed handshake is answered with
+silence: the bytes the core asks for are read and dropped (the anti-probing
+drain of spec 9.1), then the connection is closed, on every failure branch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from vtrio.config.model import (
+    DokodemoInboundSettings,
+    HttpInboundSettings,
+    SocksInboundSettings,
+    VMessInboundSettings,
+)
+from vtrio.errors import DialError, VtrioError
+from vtrio.net import transport
+from vtrio.net.http_proxy import handle_http
+from vtrio.net.mux import serve_mux
+from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
+
+if TYPE_CHECKING:
+    from vtrio.net.outbound import PacketConnection
+from vtrio.net.relay import Traffic
+from vtrio.net.socks import handle_socks
+from vtrio.net.tunnel import run_tunnel
+from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
+from vtrio.protocol.connection import ServerConnection
+from vtrio.protocol.events import Rejected
+from vtrio.protocol.instruction import Command
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from vtrio.config.model import Inbound
+    from vtrio.net.context import ServerContext
+    from vtrio.net.dynamic_port import DetourPorts
+    from vtrio.protocol.events import RequestHeader
+    from vtrio.protocol.validator import UserValidator
+
+LOGGER = logging.getLogger("vtrio.net.inbound")
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SocketStream):
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "?"
+
+
+def _looks_like(data: bytes) -> str:
+    """A hint for the log when the first bytes belong to another protocol."""
+    if data[:1] == b"\x16" and data[1:2] == b"\x03":
+        return " (looks like TLS: wrong transport or security setting?)"
+    head = data.split(b" ", 1)[0]
+    if head in (b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS"):
+        return " (looks like HTTP: wrong transport, or a WebSocket client?)"
+    return ""
+
+
+async def handle_connection(
+    handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
+    inbound_tag: str,
+    stream: trio.abc.Stream,
+) -> None:
+    """The error boundary of one accepted connection.
+
+    Nothing a peer does escapes it: protocol, transport and dial errors are
+    logged in one line, anything else with a traceback, and the stream is
+    always closed. Cancellation passes through.
+    """
+    source = _peer_name(stream)
+    try:
+        await handler(stream, source)
+    except* trio.TooSlowError:
+        LOGGER.info("%s [%s]: handshake timed out", source, inbound_tag)
+    except* (
+        VtrioError,
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+        OSError,
+    ) as group:
+        LOGGER.info(
+            "%s [%s]: %s",
+            source,
+            inbound_tag,
+            "; ".join(str(exc) or type(exc).__name__ for exc in group.exceptions),
+        )
+    except* Exception:
+        LOGGER.exception("%s [%s]: unexpected error", source, inbound_tag)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+class VMessHandler:
+    """Serves the vmess protocol for one inbound (or one detour port)."""
+
+    def __init__(
+        self,
+        context: ServerContext,
+        inbound: Inbound,
+        settings: VMessInboundSettings,
+        validator: UserValidator,
+        detour: DetourPorts | None = None,
+    ) -> None:
+        self._context = context
+        self._inbound = inbound
+        self._settings = settings
+        self._validator = validator
+        self._detour = detour
+
+    async def __call__(self, raw: trio.abc.Stream, source: str) -> None:
+        context = self._context
+        tag = self._inbound.tag
+        deadline = trio.current_time() + context.handshake_timeout()
+        with trio.CancelScope(deadline=deadline) as scope:
+            assert isinstance(raw, trio.SocketStream)
+            stream = await transport.accept_stream(self._inbound.stream, raw)
+            connection = ServerConnection(
+                self._validator,
+                now=int(time.time()),
+                random=os.urandom,
+                disable_insecure_encryption=self._settings.disable_insecure_encryption,
+                aead_forced=self._settings.aead_forced,
+            )
+            accepted = await VMessStream.accept(stream, connection)
+            if isinstance(accepted, Rejected):
+                context.log_rejection(source, tag, accepted.reason)
+                await _drain(stream, accepted.drain)
+                return
+        if scope.cancelled_caught:
+            context.log_rejection(source, tag, "handshake timed out")
+            return
+        # The scope was not cancelled, so the header was accepted.
+        assert not isinstance(accepted, Rejected)
+        vmess, request = accepted
+        user = request.user
+        session = Session(
+            inbound_tag=tag, source=source, email=user.email, level=user.level
+        )
+        if self._detour is not None:
+            vmess.response_command = self._detour.switch_account(
+                user, now=int(time.time())
+            )
+        if request.command is Command.MUX:
+            async with trio.open_nursery() as nursery:
+                dispatch = MuxDispatch(context.dispatcher, session, nursery)
+                await serve_mux(
+                    vmess, dispatch, session_idle=context.policy(user.level).conn_idle
+                )
+                nursery.cancel_scope.cancel()
+            return
+        assert request.address is not None
+        if request.command is Command.UDP:
+            await _serve_udp(context, vmess, request, session)
+            return
+        await run_tunnel(
+            context, vmess, Destination(request.address, request.port, "tcp"), session
+        )
+
+
+async def _drain(stream: trio.abc.Stream, size: int) -> None:
+    """Read and drop ``size`` bytes (or until EOF), then return; never write."""
+    while size > 0:
+        data = await stream.receive_some(min(size, 4096))
+        if not data:
+            return
+        size -= len(data)
+
+
+async def _serve_udp(
+    context: ServerContext,
+    vmess: VMessStream,
+    request: RequestHeader,
+    session: Session,
+) -> None:
+    """UDP over VMess (command 2): one destination, one datagram per chunk."""
+    assert request.address is not None
+    destination = Destination(request.address, request.port, "udp")
+    channel = VMessDatagramChannel.from_stream(vmess)
+    traffic = Traffic()
+    idle = context.policy(session.level).conn_idle
+    handler = context.dispatcher.handler_for(session, destination)
+    try:
+        async with trio.open_nursery() as nursery:
+            outbound = await context.dispatcher.open_udp(destination, session, nursery)
+            try:
+                await _relay_datagrams(channel, outbound, destination, idle, traffic)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await outbound.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        context.log_access(session, destination, handler.tag, traffic)
+
+
+async def _relay_datagrams(
+    channel: VMessDatagramChannel,
+    outbound: PacketConnection,
+    destination: Destination,
+    idle: float,
+    traffic: Traffic,
+) -> None:
+    """Datagrams both ways until the client ends the tunnel or it goes idle."""
+    with trio.CancelScope() as scope:
+        scope.deadline = trio.current_time() + idle
+        async with trio.open_nursery() as nursery:
+
+            async def downlink() -> None:
+                while True:
+                    payload, _, _ = await outbound.receive_from()
+                    scope.deadline = trio.current_time() + idle
+                    traffic.down += len(payload)
+                    await channel.send(payload)
+
+            nursery.start_soon(downlink)
+            while (payload := await channel.receive()) is not None:
+                scope.deadline = trio.current_time() + idle
+                traffic.up += len(payload)
+                try:
+                    await outbound.send_to(
+                        payload, destination.address, destination.port
+                    )
+                except (DialError, OSError) as exc:
+                    LOGGER.debug("UDP to %s failed: %s", destination, exc)
+            nursery.cancel_scope.cancel()
+
+
+async def _handle_dokodemo(
+    context: ServerContext,
+    inbound: Inbound,
+    settings: DokodemoInboundSettings,
+    stream: trio.abc.Stream,
+    source: str,
+) -> None:
+    if settings.address is None or settings.port is None:
+        raise DialError(
+            "dokodemo-door needs address and port (followRedirect is not supported)"
+        )
+    destination = Destination(parse_address(settings.address), settings.port, "tcp")
+    await run_tunnel(
+        context, stream, destination, Session(inbound_tag=inbound.tag, source=source)
+    )
+
+
+def make_handler(
+    context: ServerContext, inbound: Inbound
+) -> Callable[[trio.abc.Stream, str], Awaitable[None]]:
+    """The connection handler of a (non-detour) inbound."""
+    settings = inbound.settings
+    if isinstance(settings, VMessInboundSettings):
+        raise TypeError("vmess inbounds are built with VMessHandler")
+    if isinstance(settings, SocksInboundSettings):
+        return functools.partial(handle_socks, context, inbound, settings)
+    if isinstance(settings, HttpInboundSettings):
+        return functools.partial(handle_http, context, inbound, settings)
+    return functools.partial(_handle_dokodemo, context, inbound, settings)
+
+
+async def serve_ports(
+    handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
+    inbound: Inbound,
+    ports: tuple[int, ...],
+    connections: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``ports`` of ``inbound`` until cancelled.
+
+    Handlers run in ``connections``, so cancelling this task closes only the
+    listeners. Reports the bound (host, port) pairs.
+
+    Raises:
+        OSError: a port could not be bound.
+    """
+    listeners: list[trio.SocketListener] = []
+    for port in ports:
+        listeners += await transport.open_listeners(
+            inbound.stream, inbound.listen, port
+        )
+    bound = [
+        (str(listener.socket.getsockname()[0]), int(listener.socket.getsockname()[1]))
+        for listener in listeners
+    ]
+    LOGGER.info(
+        "inbound %s (%s) listening on %s",
+        inbound.tag or "-",
+        inbound.protocol,
+        ", ".join(f"{host}:{port}" for host, port in bound),
+    )
+    boundary = functools.partial(handle_connection, handler, inbound.tag)
+    try:
+        await trio.serve_listeners(
+            boundary,
+            listeners,
+            handler_nursery=connections,
+            task_status=_ReportBound(task_status, bound),
+        )
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+class _ReportBound:
+    """Adapts serve_listeners' started(listeners) to report (host, port) pairs."""
+
+    def __init__(
+        self,
+        status: trio.TaskStatus[list[tuple[str, int]]],
+        bound: list[tuple[str, int]],
+    ) -> None:
+        self._status = status
+        self._bound = bound
+
+    def started(self, value: object = None) -> None:
+        del value
+        self._status.started(self._bound)
