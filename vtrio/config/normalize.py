@@ -1,0 +1,941 @@
+"""Dialect structs -> the frozen model, plus the checks msgspec cannot express.
+
+Theory of operation: :class:`Normalizer` walks a decoded :class:`RootV2`,
+decodes each protocol's raw ``settings`` / ``streamSettings`` with the struct
+of that protocol, and builds ``model`` objects. Every problem becomes a
+:class:`ConfigError` carrying the JSON path, and problems are *collected*, so a
+person sees every mistake of a file at once instead of one per run. Anything
+vtrio does not implement is refused by path, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+import msgspec
+
+from vtrio.config import model
+from vtrio.config.v2ray import (
+    IGNORED_SECTIONS,
+    BlackholeV2,
+    DokodemoInboundV2,
+    FreedomV2,
+    HttpInboundV2,
+    InboundV2,
+    OutboundV2,
+    PolicyV2,
+    RootV2,
+    RoutingV2,
+    RuleV2,
+    SocksInboundV2,
+    StreamV2,
+    VMessInboundV2,
+)
+from vtrio.config.xray import VMessOutboundXray
+from vtrio.errors import ConfigError, ConfigErrors, LocalProtocolError
+from vtrio.protocol.ids import parse_user_id
+
+if TYPE_CHECKING:
+    from vtrio.config.v2ray import AccountV2, Port
+
+LOGGER = logging.getLogger("vtrio.config")
+
+T = TypeVar("T")
+
+INBOUND_PROTOCOLS = {
+    "vmess": "vmess",
+    "socks": "socks",
+    "http": "http",
+    "dokodemo-door": "dokodemo-door",
+    "tunnel": "dokodemo-door",  # Xray's alias
+}
+OUTBOUND_PROTOCOLS = {
+    "vmess": "vmess",
+    "freedom": "freedom",
+    "blackhole": "blackhole",
+}
+NOT_SUPPORTED_NETWORKS = {
+    "kcp": "mKCP",
+    "mkcp": "mKCP",
+    "quic": "QUIC",
+    "http": "HTTP/2",
+    "h2": "HTTP/2",
+    "grpc": "gRPC",
+    "gun": "gRPC",
+    "httpupgrade": "HTTPUpgrade",
+    "xhttp": "XHTTP",
+    "splithttp": "SplitHTTP",
+    "domainsocket": "domain sockets",
+    "ds": "domain sockets",
+}
+SECURITIES = {s.value: s for s in model.Security}
+EXPERIMENTS = ("AuthenticatedLength", "NoTerminationSignal")
+PRIVATE_NETWORKS = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
+V5_HINT = (
+    "this looks like a v2fly v5 (jsonv5) config; vtrio reads the v4 / Xray JSON dialect"
+)
+AEAD_FORCED_ENV = ("V2RAY_VMESS_AEAD_FORCED", "v2ray.vmess.aead.forced")
+DEFAULT_LISTEN = "0.0.0.0"
+
+
+def aead_forced_from_env(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment forces AEAD headers (spec 9.3: value ``true``)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name, "").strip().lower() == "true" for name in AEAD_FORCED_ENV)
+
+
+def parse_ports(
+    value: Port, path: str, environ: dict[str, str] | None = None
+) -> tuple[int, ...]:
+    """Ports from a number, "80", "1000-2000", "80,443", mixes, or "env:NAME".
+
+    Raises:
+        ConfigError: not a port, range or list of them.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(value, int):
+        text = str(value)
+    else:
+        text = value.strip()
+        if text.startswith("env:"):
+            name = text[4:]
+            if name not in env:
+                raise ConfigError(
+                    f"environment variable {name!r} is not set", path=path
+                )
+            text = env[name].strip()
+    ports: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low_text, sep, high_text = part.partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if sep else low
+        except ValueError:
+            raise ConfigError(
+                "expected a port, a range like 1000-2000 or a list like 80,443,"
+                f" got {value!r}",
+                path=path,
+            ) from None
+        if not (0 <= low <= high <= 65535):
+            raise ConfigError(f"port {part!r} is out of 0..65535", path=path)
+        ports.extend(range(low, high + 1))
+    if not ports:
+        raise ConfigError("expected a port", path=path)
+    return tuple(dict.fromkeys(ports))
+
+
+def parse_id(text: str, path: str) -> uuid.UUID:
+    """A user id: a UUID, or Xray's 1-30 byte string mapped to UUIDv5.
+
+    Raises:
+        ConfigError: empty or too long, with a hint.
+    """
+    if not text.strip():
+        raise ConfigError("id is empty: generate one with `vtrio uuid`", path=path)
+    try:
+        return parse_user_id(text)
+    except LocalProtocolError:
+        raise ConfigError(
+            "expected a UUID or a custom id of 1 to 30 bytes (see `vtrio uuid -i`)",
+            path=path,
+        ) from None
+
+
+def parse_security(text: str, path: str) -> model.Security:
+    """A client security string; unknown ones become auto like v2ray."""
+    security = SECURITIES.get(text.strip().lower())
+    if security is None:
+        LOGGER.warning(
+            "%s: unknown security %r, using auto (as v2ray does)", path, text
+        )
+        return model.Security.AUTO
+    return security
+
+
+def parse_experiments(text: str | None) -> frozenset[str]:
+    """v2ray matches experiment names by substring; any separator works."""
+    return frozenset(name for name in EXPERIMENTS if text and name in text)
+
+
+def _msgspec_path(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """Split msgspec's "message - at `$.a.b`" into (path, message)."""
+    text = str(exc)
+    match = re.search(r" - at `\$(.*)`$", text)
+    if match is None:
+        return prefix, text
+    return prefix + match.group(1), text[: match.start()]
+
+
+class Normalizer:
+    """Builds the model, collecting every error it meets."""
+
+    def __init__(self, source: str, environ: dict[str, str] | None = None) -> None:
+        self.source = source
+        self.environ = dict(os.environ) if environ is None else environ
+        self.errors: list[ConfigError] = []
+
+    def error(self, message: str, path: str) -> None:
+        self.errors.append(ConfigError(message, path=path, source=self.source))
+
+    def decode(self, raw: msgspec.Raw, type_: type[T], path: str) -> T | None:
+        """Decode a raw section with ``type_``; errors get ``path`` as prefix."""
+        try:
+            return msgspec.json.decode(raw or b"{}", type=type_)
+        except msgspec.ValidationError as exc:
+            where, message = _msgspec_path(exc, path)
+            self.error(message, where)
+            return None
+
+    def run(self, root: RootV2) -> model.Config:
+        for name in IGNORED_SECTIONS:
+            if getattr(root, name):
+                LOGGER.warning(
+                    "%s: section %r is not used by vtrio; ignored", self.source, name
+                )
+        inbounds = [
+            inbound
+            for index, raw in enumerate(root.inbounds)
+            if (inbound := self.inbound(raw, f"$.inbounds[{index}]")) is not None
+        ]
+        outbounds = [
+            outbound
+            for index, raw in enumerate(root.outbounds)
+            if (outbound := self.outbound(raw, f"$.outbounds[{index}]")) is not None
+        ]
+        config = model.Config(
+            inbounds=tuple(inbounds),
+            outbounds=tuple(outbounds),
+            routing=self.routing(root.routing),
+            policy=self.policy(root.policy),
+            log=self.log(root),
+            sources=tuple(self.source.split(" + ")),
+        )
+        self.check(config, root)
+        if self.errors:
+            raise ConfigErrors(self.errors)
+        return config
+
+    # --- sections -------------------------------------------------------------
+
+    def log(self, root: RootV2) -> model.Log:
+        log = root.log
+        if log is None:
+            return model.Log()
+        level = log.loglevel.lower()
+        if level not in ("debug", "info", "warning", "error", "none"):
+            self.error(
+                "expected one of debug, info, warning, error, none", "$.log.loglevel"
+            )
+            level = "warning"
+        return model.Log(
+            level=cast("Literal['debug', 'info', 'warning', 'error', 'none']", level),
+            access=log.access or None,
+            error=log.error or None,
+        )
+
+    def policy(self, policy: PolicyV2 | None) -> model.Policy:
+        if policy is None:
+            return model.Policy()
+        levels: dict[int, model.LevelPolicy] = {}
+        base = model.DEFAULT_LEVEL_POLICY
+        for key, level in policy.levels.items():
+            path = f"$.policy.levels.{key}"
+            if not key.isdigit():
+                self.error('level keys are numbers like "0"', path)
+                continue
+            buffer = base.buffer_size
+            if level.buffer_size is not None:
+                buffer = 0 if level.buffer_size < 0 else level.buffer_size * 1024
+            levels[int(key)] = model.LevelPolicy(
+                handshake=base.handshake
+                if level.handshake is None
+                else level.handshake,
+                conn_idle=base.conn_idle
+                if level.conn_idle is None
+                else level.conn_idle,
+                uplink_only=base.uplink_only
+                if level.uplink_only is None
+                else level.uplink_only,
+                downlink_only=base.downlink_only
+                if level.downlink_only is None
+                else level.downlink_only,
+                buffer_size=buffer,
+            )
+        return model.Policy(levels=levels)
+
+    def routing(self, routing: RoutingV2 | None) -> model.Routing:
+        if routing is None:
+            return model.Routing()
+        strategy = routing.domain_strategy
+        if strategy not in ("AsIs", "IPIfNonMatch", "IPOnDemand"):
+            self.error(
+                "expected AsIs, IPIfNonMatch or IPOnDemand", "$.routing.domainStrategy"
+            )
+            strategy = "AsIs"
+        rules = [
+            rule
+            for index, raw in enumerate(routing.rules)
+            if (rule := self.rule(raw, f"$.routing.rules[{index}]")) is not None
+        ]
+        return model.Routing(
+            domain_strategy=cast(
+                "Literal['AsIs', 'IPIfNonMatch', 'IPOnDemand']", strategy
+            ),
+            rules=tuple(rules),
+        )
+
+    def rule(self, rule: RuleV2, path: str) -> model.RoutingRule | None:
+        if rule.type != "field":
+            self.error('only rules of type "field" exist', f"{path}.type")
+            return None
+        if rule.balancer_tag is not None:
+            self.error("balancers are not supported yet", f"{path}.balancerTag")
+            return None
+        if not rule.outbound_tag:
+            self.error("a rule needs an outboundTag", path)
+            return None
+        for name in ("source", "source_port", "user", "protocol", "attrs"):
+            if getattr(rule, name):
+                self.error(f"rule condition {name!r} is not supported yet", path)
+                return None
+        domains = self.domains(
+            _as_list(rule.domain) + (rule.domains or []), f"{path}.domain"
+        )
+        ips = self.ips(_as_list(rule.ip), f"{path}.ip")
+        ports: tuple[tuple[int, int], ...] = ()
+        if rule.port is not None:
+            try:
+                ports = _ranges(parse_ports(rule.port, f"{path}.port", self.environ))
+            except ConfigError as exc:
+                self.error(exc.message, exc.path)
+        networks = {n for n in (rule.network or "").replace(" ", "").split(",") if n}
+        if not networks <= {"tcp", "udp"}:
+            self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
+            networks &= {"tcp", "udp"}
+        return model.RoutingRule(
+            outbound_tag=rule.outbound_tag,
+            inbound_tags=frozenset(_as_list(rule.inbound_tag)),
+            domains=domains,
+            ips=ips,
+            ports=ports,
+            networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
+        )
+
+    def domains(self, values: list[str], path: str) -> tuple[model.DomainMatcher, ...]:
+        matchers = []
+        for index, value in enumerate(values):
+            where = f"{path}[{index}]"
+            kind, sep, rest = value.partition(":")
+            if not sep:
+                matchers.append(model.DomainMatcher("keyword", value.lower()))
+            elif kind in ("full", "domain", "keyword"):
+                matchers.append(model.DomainMatcher(kind, rest.lower()))  # type: ignore[arg-type]
+            elif kind == "regexp":
+                try:
+                    pattern = re.compile(rest)
+                except re.error as exc:
+                    self.error(f"bad regular expression: {exc}", where)
+                    continue
+                matchers.append(model.DomainMatcher("regexp", rest, pattern))
+            elif kind in ("geosite", "ext"):
+                self.error(
+                    f"{kind}: lists need geosite data files, which vtrio does not read",
+                    where,
+                )
+            else:
+                self.error(f"unknown domain matcher {kind!r}", where)
+        return tuple(matchers)
+
+    def ips(self, values: list[str], path: str) -> tuple[model.IPNetwork, ...]:
+        networks: list[model.IPNetwork] = []
+        for index, value in enumerate(values):
+            where = f"{path}[{index}]"
+            if value == "geoip:private":
+                networks += [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
+                continue
+            if value.startswith(("geoip:", "ext:")):
+                self.error(
+                    "geoip lists need data files vtrio does not read; use CIDRs", where
+                )
+                continue
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                self.error(f"expected an IP or CIDR, got {value!r}", where)
+        return tuple(networks)
+
+    # --- inbounds ---------------------------------------------------------------
+
+    def inbound(self, raw: InboundV2, path: str) -> model.Inbound | None:
+        protocol = INBOUND_PROTOCOLS.get(raw.protocol)
+        if protocol is None:
+            self.error(
+                f"inbound protocol {raw.protocol!r} is not supported"
+                " (vtrio serves vmess, socks, http and dokodemo-door)",
+                f"{path}.protocol",
+            )
+            return None
+        if raw.port is None:
+            self.error("an inbound needs a port", f"{path}.port")
+            return None
+        try:
+            ports = parse_ports(raw.port, f"{path}.port", self.environ)
+        except ConfigError as exc:
+            self.error(exc.message, exc.path)
+            return None
+        settings_path = f"{path}.settings"
+        settings: model.InboundSettings | None
+        if protocol == "vmess":
+            settings = self.vmess_inbound(raw.settings, settings_path)
+        elif protocol == "socks":
+            settings = self.socks_inbound(raw.settings, settings_path)
+        elif protocol == "http":
+            settings = self.http_inbound(raw.settings, settings_path)
+        else:
+            settings = self.dokodemo_inbound(raw.settings, settings_path)
+        stream = self.stream(raw.stream_settings, f"{path}.streamSettings", server=True)
+        allocate = model.Allocate()
+        if raw.allocate is not None:
+            strategy = raw.allocate.strategy
+            if strategy not in ("always", "random"):
+                self.error('expected "always" or "random"', f"{path}.allocate.strategy")
+                strategy = "always"
+            allocate = model.Allocate(
+                strategy=cast("Literal['always', 'random']", strategy),
+                refresh_minutes=max(1, raw.allocate.refresh),
+                concurrency=max(1, raw.allocate.concurrency),
+            )
+        if settings is None or stream is None:
+            return None
+        return model.Inbound(
+            tag=raw.tag,
+            protocol=cast(
+                "Literal['vmess', 'socks', 'http', 'dokodemo-door']", protocol
+            ),
+            listen=raw.listen or DEFAULT_LISTEN,
+            ports=ports,
+            settings=settings,
+            stream=stream,
+            allocate=allocate,
+        )
+
+    def vmess_inbound(
+        self, raw: msgspec.Raw, path: str
+    ) -> model.VMessInboundSettings | None:
+        if raw and _looks_like_v5_users(raw):
+            self.error(
+                V5_HINT + ' (write "clients": [{"id": ...}])',
+                f"{path}.users",
+            )
+            return None
+        settings = self.decode(raw, VMessInboundV2, path)
+        if settings is None:
+            return None
+        key = "clients" if settings.clients is not None else "users"
+        clients = (
+            settings.clients if settings.clients is not None else settings.users or []
+        )
+        users = []
+        for index, client in enumerate(clients):
+            where = f"{path}.{key}[{index}]"
+            try:
+                user_id = parse_id(client.id, f"{where}.id")
+            except ConfigError as exc:
+                self.error(exc.message, exc.path)
+                continue
+            if client.alter_id < 0 or client.alter_id > 65535:
+                self.error("alterId must be in 0..65535", f"{where}.alterId")
+                continue
+            users.append(
+                model.VMessUser(
+                    id=user_id,
+                    alter_id=client.alter_id,
+                    level=client.level,
+                    email=client.email,
+                )
+            )
+        detour = settings.detour or (
+            settings.features.detour if settings.features else None
+        )
+        default = settings.default
+        return model.VMessInboundSettings(
+            users=tuple(users),
+            default=model.DefaultUser(default.alter_id, default.level)
+            if default
+            else model.DefaultUser(),
+            detour_to=detour.to if detour else None,
+            disable_insecure_encryption=settings.disable_insecure_encryption,
+            aead_forced=settings.aead_forced or aead_forced_from_env(self.environ),
+        )
+
+    def _accounts(self, accounts: list[AccountV2]) -> tuple[model.Account, ...]:
+        return tuple(model.Account(a.user, a.pass_) for a in accounts)
+
+    def socks_inbound(
+        self, raw: msgspec.Raw, path: str
+    ) -> model.SocksInboundSettings | None:
+        settings = self.decode(raw, SocksInboundV2, path)
+        if settings is None:
+            return None
+        if settings.auth not in ("noauth", "password"):
+            self.error('expected "noauth" or "password"', f"{path}.auth")
+            return None
+        if settings.auth == "password" and not settings.accounts:
+            self.error(
+                'auth is "password" but no accounts are given', f"{path}.accounts"
+            )
+            return None
+        return model.SocksInboundSettings(
+            auth=cast("Literal['noauth', 'password']", settings.auth),
+            accounts=self._accounts(settings.accounts),
+            udp=settings.udp,
+            ip=settings.ip,
+        )
+
+    def http_inbound(
+        self, raw: msgspec.Raw, path: str
+    ) -> model.HttpInboundSettings | None:
+        settings = self.decode(raw, HttpInboundV2, path)
+        if settings is None:
+            return None
+        return model.HttpInboundSettings(
+            accounts=self._accounts(settings.accounts),
+            allow_transparent=settings.allow_transparent,
+        )
+
+    def dokodemo_inbound(
+        self, raw: msgspec.Raw, path: str
+    ) -> model.DokodemoInboundSettings | None:
+        settings = self.decode(raw, DokodemoInboundV2, path)
+        if settings is None:
+            return None
+        networks = {n.strip() for n in settings.network.split(",") if n.strip()}
+        if not networks <= {"tcp", "udp"}:
+            self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
+            return None
+        if settings.follow_redirect:
+            self.error(
+                "followRedirect (transparent proxy) is not supported yet",
+                f"{path}.followRedirect",
+            )
+            return None
+        port = None
+        if settings.port is not None:
+            try:
+                port = parse_ports(settings.port, f"{path}.port", self.environ)[0]
+            except ConfigError as exc:
+                self.error(exc.message, exc.path)
+                return None
+        if not settings.address or port is None:
+            self.error("dokodemo-door needs an address and a port", path)
+            return None
+        return model.DokodemoInboundSettings(
+            address=settings.address,
+            port=port,
+            networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
+        )
+
+    # --- outbounds --------------------------------------------------------------
+
+    def outbound(self, raw: OutboundV2, path: str) -> model.Outbound | None:
+        protocol = OUTBOUND_PROTOCOLS.get(raw.protocol)
+        if protocol is None:
+            self.error(
+                f"outbound protocol {raw.protocol!r} is not supported"
+                " (vtrio has vmess, freedom and blackhole)",
+                f"{path}.protocol",
+            )
+            return None
+        if raw.mux:
+            LOGGER.warning(
+                "%s: %s.mux: client-side Mux is not supported; ignored",
+                self.source,
+                path,
+            )
+        if raw.proxy_settings:
+            self.error(
+                "proxySettings (chained outbounds) is not supported yet",
+                f"{path}.proxySettings",
+            )
+            return None
+        settings_path = f"{path}.settings"
+        settings: model.OutboundSettings | None
+        if protocol == "vmess":
+            settings = self.vmess_outbound(raw.settings, settings_path)
+        elif protocol == "freedom":
+            freedom = self.decode(raw.settings, FreedomV2, settings_path)
+            settings = None
+            if freedom is not None:
+                strategy = freedom.domain_strategy
+                if strategy not in ("AsIs", "UseIP", "UseIPv4", "UseIPv6"):
+                    self.error(
+                        "expected AsIs, UseIP, UseIPv4 or UseIPv6",
+                        f"{settings_path}.domainStrategy",
+                    )
+                    strategy = "AsIs"
+                settings = model.FreedomSettings(
+                    domain_strategy=cast(
+                        "Literal['AsIs', 'UseIP', 'UseIPv4', 'UseIPv6']", strategy
+                    ),
+                    redirect=freedom.redirect or None,
+                )
+        else:
+            blackhole = self.decode(raw.settings, BlackholeV2, settings_path)
+            settings = None
+            if blackhole is not None:
+                kind = blackhole.response.type if blackhole.response else "none"
+                settings = model.BlackholeSettings(
+                    response="http" if kind == "http" else "none"
+                )
+        stream = self.stream(
+            raw.stream_settings, f"{path}.streamSettings", server=False
+        )
+        if settings is None or stream is None:
+            return None
+        return model.Outbound(
+            tag=raw.tag,
+            protocol=cast("Literal['vmess', 'freedom', 'blackhole']", protocol),
+            settings=settings,
+            stream=stream,
+        )
+
+    def vmess_outbound(
+        self, raw: msgspec.Raw, path: str
+    ) -> model.VMessOutboundSettings | None:
+        if raw and b'"uuid"' in bytes(raw):
+            self.error(
+                V5_HINT + ' (write "vnext", or Xray\'s "address", "port", "id")',
+                f"{path}.uuid",
+            )
+            return None
+        settings = self.decode(raw, VMessOutboundXray, path)
+        if settings is None:
+            return None
+        servers = []
+        if settings.vnext is not None:
+            for index, vnext in enumerate(settings.vnext):
+                where = f"{path}.vnext[{index}]"
+                users = []
+                for number, user in enumerate(vnext.users):
+                    account = self.vmess_account(
+                        user.id,
+                        user.alter_id,
+                        user.security,
+                        user.level,
+                        user.email,
+                        user.experiments,
+                        f"{where}.users[{number}]",
+                    )
+                    if account is not None:
+                        users.append(account)
+                server = self.server(vnext.address, vnext.port, users, where)
+                if server is not None:
+                    servers.append(server)
+        elif settings.address is not None:
+            if settings.id is None or settings.port is None:
+                self.error("the flat form needs address, port and id", path)
+                return None
+            account = self.vmess_account(
+                settings.id,
+                settings.alter_id,
+                settings.security,
+                settings.level,
+                settings.email,
+                settings.experiments,
+                path,
+            )
+            server = self.server(
+                settings.address, settings.port, [account] if account else [], path
+            )
+            if server is not None:
+                servers.append(server)
+        if not servers:
+            self.error(
+                'expected "vnext" with at least one server,'
+                ' or Xray\'s flat "address"/"port"/"id"',
+                path,
+            )
+            return None
+        return model.VMessOutboundSettings(servers=tuple(servers))
+
+    def server(
+        self, address: str, port: Port, users: list[model.VMessUser], path: str
+    ) -> model.VMessServer | None:
+        if not address.strip():
+            self.error(
+                "address is empty: the server's host name or IP", f"{path}.address"
+            )
+            return None
+        try:
+            (number,) = parse_ports(port, f"{path}.port", self.environ)[:1]
+        except ConfigError as exc:
+            self.error(exc.message, exc.path)
+            return None
+        if not users:
+            return None
+        return model.VMessServer(
+            address=address.strip(), port=number, users=tuple(users)
+        )
+
+    def vmess_account(
+        self,
+        user_id: str,
+        alter_id: int,
+        security: str,
+        level: int,
+        email: str,
+        experiments: str,
+        path: str,
+    ) -> model.VMessUser | None:
+        try:
+            parsed = parse_id(user_id, f"{path}.id")
+        except ConfigError as exc:
+            self.error(exc.message, exc.path)
+            return None
+        return model.VMessUser(
+            id=parsed,
+            alter_id=alter_id,
+            level=level,
+            email=email,
+            security=parse_security(security, f"{path}.security"),
+            experiments=parse_experiments(experiments),
+        )
+
+    # --- stream settings --------------------------------------------------------
+
+    def stream(
+        self, raw: msgspec.Raw, path: str, *, server: bool
+    ) -> model.StreamSettings | None:
+        if not raw:
+            return model.StreamSettings()
+        if b'"transport"' in bytes(raw) and b'"network"' not in bytes(raw):
+            self.error(
+                V5_HINT,
+                f"{path}.transport",
+            )
+            return None
+        stream = self.decode(raw, StreamV2, path)
+        if stream is None:
+            return None
+        network = stream.network.lower()
+        if network in NOT_SUPPORTED_NETWORKS:
+            self.error(
+                f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
+                " (vtrio has tcp, ws and tls)",
+                f"{path}.network",
+            )
+            return None
+        if network not in ("tcp", "raw", "ws", "websocket"):
+            self.error(f"unknown network {stream.network!r}", f"{path}.network")
+            return None
+        tcp = stream.tcp_settings or stream.raw_settings
+        if tcp is not None and tcp.header is not None and tcp.header.type != "none":
+            self.error(
+                "HTTP header obfuscation is not supported yet",
+                f"{path}.tcpSettings.header.type",
+            )
+            return None
+        security = stream.security.lower() or "none"
+        if security not in ("none", "tls"):
+            self.error(
+                f"security {stream.security!r} is not supported yet (none or tls)",
+                f"{path}.security",
+            )
+            return None
+        tls = self.tls(
+            stream, f"{path}.tlsSettings", server=server and security == "tls"
+        )
+        ws = self.websocket(stream)
+        accept_proxy = bool(
+            (tcp is not None and tcp.accept_proxy_protocol)
+            or (
+                stream.ws_settings is not None
+                and stream.ws_settings.accept_proxy_protocol
+            )
+        )
+        if accept_proxy:
+            self.error("acceptProxyProtocol is not supported yet", path)
+            return None
+        if tls is None:
+            return None
+        return model.StreamSettings(
+            network="ws" if network in ("ws", "websocket") else "tcp",
+            security=cast("Literal['none', 'tls']", security),
+            tls=tls,
+            ws=ws,
+        )
+
+    def tls(
+        self, stream: StreamV2, path: str, *, server: bool
+    ) -> model.TLSSettings | None:
+        tls = stream.tls_settings
+        if tls is None:
+            if server:
+                self.error("security is tls but tlsSettings has no certificates", path)
+                return None
+            return model.TLSSettings()
+        certificates = []
+        for index, cert in enumerate(tls.certificates or []):
+            where = f"{path}.certificates[{index}]"
+            if cert.usage not in ("encipherment", "verify", "issue"):
+                self.error("expected encipherment, verify or issue", f"{where}.usage")
+                continue
+            pem = "\n".join(cert.certificate) if cert.certificate else None
+            key = "\n".join(cert.key) if cert.key else None
+            if not (cert.certificate_file or pem):
+                self.error("a certificate needs certificateFile or certificate", where)
+                continue
+            if cert.usage == "encipherment" and not (cert.key_file or key):
+                self.error("a certificate needs keyFile or key", where)
+                continue
+            certificates.append(
+                model.Certificate(
+                    certificate_file=cert.certificate_file,
+                    key_file=cert.key_file,
+                    certificate_pem=pem,
+                    key_pem=key,
+                    usage=cast(
+                        "Literal['encipherment', 'verify', 'issue']", cert.usage
+                    ),
+                )
+            )
+        if server and not any(c.usage == "encipherment" for c in certificates):
+            self.error(
+                "a TLS server needs a certificate with its key", f"{path}.certificates"
+            )
+            return None
+        return model.TLSSettings(
+            server_name=tls.server_name,
+            alpn=tuple(tls.alpn or ()),
+            certificates=tuple(certificates),
+            allow_insecure=tls.allow_insecure,
+            disable_system_root=tls.disable_system_root,
+            min_version=tls.min_version,
+        )
+
+    def websocket(self, stream: StreamV2) -> model.WebSocketSettings:
+        ws = stream.ws_settings
+        if ws is None:
+            return model.WebSocketSettings()
+        path, _, query = ws.path.partition("?")
+        max_early = ws.max_early_data
+        header = ws.early_data_header_name
+        for part in query.split("&"):
+            name, _, value = part.partition("=")
+            if name == "ed" and value.isdigit():
+                # Xray's ?ed=N: early data in Sec-WebSocket-Protocol.
+                max_early, header = int(value), ""
+        headers = dict(ws.headers or {})
+        host = ws.host or headers.pop("Host", None) or headers.pop("host", None)
+        return model.WebSocketSettings(
+            path=path or "/",
+            host=host,
+            headers=tuple(headers.items()),
+            max_early_data=max_early,
+            early_data_header_name=header,
+        )
+
+    # --- cross-field checks -----------------------------------------------------
+
+    def check(self, config: model.Config, root: RootV2) -> None:
+        if not config.inbounds and not self.errors:
+            self.error("a config needs at least one inbound", "$.inbounds")
+        for kind, tags in (
+            ("inbounds", [i.tag for i in config.inbounds]),
+            ("outbounds", [o.tag for o in config.outbounds]),
+        ):
+            seen: set[str] = set()
+            for index, tag in enumerate(tags):
+                if tag and tag in seen:
+                    self.error(f"tag {tag!r} is used twice", f"$.{kind}[{index}].tag")
+                seen.add(tag)
+        inbound_tags = {i.tag for i in config.inbounds}
+        outbound_tags = {o.tag for o in config.outbounds}
+        for index, rule in enumerate(config.routing.rules):
+            path = f"$.routing.rules[{index}]"
+            if rule.outbound_tag not in outbound_tags:
+                self.error(
+                    f"no outbound is tagged {rule.outbound_tag!r}",
+                    f"{path}.outboundTag",
+                )
+            for tag in sorted(rule.inbound_tags - inbound_tags):
+                self.error(f"no inbound is tagged {tag!r}", f"{path}.inboundTag")
+        for index, inbound in enumerate(config.inbounds):
+            settings = inbound.settings
+            if (
+                not isinstance(settings, model.VMessInboundSettings)
+                or not settings.detour_to
+            ):
+                continue
+            path = f"$.inbounds[{index}].settings.detour.to"
+            try:
+                target = config.inbound(settings.detour_to)
+            except KeyError:
+                self.error(f"no inbound is tagged {settings.detour_to!r}", path)
+                continue
+            if target.protocol != "vmess":
+                self.error(
+                    f"detour target {target.tag!r} must be a vmess inbound", path
+                )
+            elif len(target.ports) < 2:
+                self.error(
+                    f"detour target {target.tag!r} needs a port range"
+                    ' like "10000-10010"',
+                    path,
+                )
+            elif (
+                target.allocate.strategy == "random"
+                and target.allocate.concurrency >= len(target.ports)
+            ):
+                self.error(
+                    f"detour target {target.tag!r}: allocate.concurrency must be"
+                    " less than its number of ports",
+                    path,
+                )
+        del root
+
+
+def _as_list(value: list[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _ranges(ports: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Consecutive ports folded back into inclusive ranges."""
+    ranges: list[tuple[int, int]] = []
+    for port in sorted(ports):
+        if ranges and ranges[-1][1] == port - 1:
+            ranges[-1] = (ranges[-1][0], port)
+        else:
+            ranges.append((port, port))
+    return tuple(ranges)
+
+
+def _looks_like_v5_users(raw: msgspec.Raw) -> bool:
+    try:
+        data: Any = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    users = data.get("users") if isinstance(data, dict) else None
+    return isinstance(users, list) and any(isinstance(u, str) for u in users)
