@@ -1,21 +1,303 @@
 """The ``vtrio`` command line: serve, client, check, uuid, link, version.
 
 Every command turns vtrio's own errors into a message on stderr and an exit
-code; a traceback is always a bug.
+code (2 for a bad config or argument); a traceback is always a bug.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import uuid
+from typing import Annotated, NoReturn
+
 import typer
+
+from vtrio import __version__
+from vtrio.config import load
+from vtrio.config.links import (
+    Link,
+    client_config,
+    config_links,
+    demo_server_config,
+    parse_link,
+)
+from vtrio.config.model import (
+    Config,
+    Log,
+    SocksInboundSettings,
+    StreamSettings,
+    TLSSettings,
+    VMessInboundSettings,
+    VMessOutboundSettings,
+    VMessUser,
+    WebSocketSettings,
+)
+from vtrio.config.normalize import parse_id, parse_ports, parse_security
+from vtrio.errors import ConfigError, ConfigErrors
 
 app = typer.Typer(
     name="vtrio",
     help="VMess proxy server and client on Trio (v2ray, Xray, sing-box compatible).",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+LogLevel = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help="debug, info, warning, error or none (overrides the config).",
+    ),
+]
 
 
 def main() -> None:
     """Entry point of the ``vtrio`` console script and ``python -m vtrio``."""
     app()
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(paths: list[str]) -> Config:
+    try:
+        return load(paths)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        raise typer.Exit(code=2) from None
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _setup_logging(log: Log, override: str | None) -> None:
+    level_name = (override or log.level).lower()
+    if level_name not in ("debug", "info", "warning", "error", "none"):
+        _fail(
+            "--log-level: expected debug, info, warning, error or none,"
+            f" got {override!r}"
+        )
+    level = (
+        logging.CRITICAL + 1
+        if level_name == "none"
+        else getattr(logging, level_name.upper())
+    )
+    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    error_handler: logging.Handler = (
+        logging.FileHandler(log.error)
+        if log.error
+        else logging.StreamHandler(sys.stderr)
+    )
+    error_handler.setFormatter(fmt)
+    root.addHandler(error_handler)
+    root.setLevel(level)
+    access = logging.getLogger("vtrio.access")
+    access.handlers.clear()
+    access.propagate = not log.access
+    if log.access:
+        handler = logging.FileHandler(log.access)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+
+
+def _run(config: Config, workers: int) -> None:
+    from vtrio.server import serve_main
+
+    try:
+        serve_main(config, workers=workers)
+    except ValueError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _summary(config: Config) -> list[str]:
+    lines = []
+    for inbound in config.inbounds:
+        settings = inbound.settings
+        ports = inbound.ports
+        port_text = str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+        detail = ""
+        if isinstance(settings, VMessInboundSettings):
+            legacy = sum(1 for u in settings.users if u.alter_id)
+            detail = f", {len(settings.users)} user(s), {legacy} legacy"
+            if settings.detour_to:
+                detail += f", detour to {settings.detour_to}"
+        elif isinstance(settings, SocksInboundSettings):
+            detail = f", auth {settings.auth}, udp {'on' if settings.udp else 'off'}"
+        lines.append(
+            f"inbound  {inbound.tag or '-':<12} {inbound.protocol:<13}"
+            f" {inbound.listen}:{port_text} {_transport(inbound.stream)}{detail}"
+        )
+    for outbound in config.outbounds:
+        detail = ""
+        if isinstance(outbound.settings, VMessOutboundSettings):
+            detail = ", ".join(
+                f"{s.address}:{s.port} ({len(s.users)} user(s),"
+                f" {s.users[0].security.value if s.users else '-'})"
+                for s in outbound.settings.servers
+            )
+        lines.append(
+            f"outbound {outbound.tag or '-':<12} {outbound.protocol:<13}"
+            f" {_transport(outbound.stream)} {detail}".rstrip()
+        )
+    lines.append(f"routing  {len(config.routing.rules)} rule(s)")
+    return lines
+
+
+def _transport(stream: StreamSettings) -> str:
+    text: str = stream.network
+    if stream.network == "ws":
+        text += f"({stream.ws.path})"
+    return text + ("+tls" if stream.security == "tls" else "")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        list[str] | None,
+        typer.Argument(help="Config files (v2ray 4 / Xray JSON, comments allowed)."),
+    ] = None,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("-c", "--config", help="More config files, merged in order."),
+    ] = None,
+    log_level: LogLevel = None,
+    workers: Annotated[int, typer.Option(help="Event-loop processes.")] = 1,
+) -> None:
+    """Run a server or client from config files; with none, a demo VMess server."""
+    paths = [*(config or []), *(extra or [])]
+    if paths:
+        loaded = _load(paths)
+    else:
+        user_id = uuid.uuid4()
+        loaded = demo_server_config(user_id)
+        link = next(iter(config_links(loaded)))
+        typer.echo("vtrio demo server: VMess (AEAD, auto) on 127.0.0.1:10086")
+        typer.echo(f"share link: {link}")
+        typer.echo(f"client:     vtrio client '{link}' --listen 127.0.0.1:1080")
+    _setup_logging(loaded.log, log_level)
+    _run(loaded, workers)
+
+
+@app.command()
+def client(
+    link: Annotated[str | None, typer.Argument(help="A vmess:// share link.")] = None,
+    server: Annotated[str | None, typer.Option(help="Server HOST:PORT.")] = None,
+    id: Annotated[
+        str | None, typer.Option("--id", help="User id (UUID or custom).")
+    ] = None,
+    security: Annotated[
+        str, typer.Option(help="auto, aes-128-gcm, chacha20-poly1305, none, zero.")
+    ] = "auto",
+    alter_id: Annotated[
+        int, typer.Option(help="alterId; > 0 uses the legacy header.")
+    ] = 0,
+    network: Annotated[str, typer.Option(help="tcp or ws.")] = "tcp",
+    path: Annotated[str, typer.Option(help="WebSocket path.")] = "/",
+    host: Annotated[str | None, typer.Option(help="WebSocket Host header.")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Use TLS.")] = False,
+    sni: Annotated[str | None, typer.Option(help="TLS server name.")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Skip certificate checks.")
+    ] = False,
+    listen: Annotated[
+        str, typer.Option(help="Local SOCKS5 HOST:PORT.")
+    ] = "127.0.0.1:1080",
+    log_level: LogLevel = None,
+) -> None:
+    """A local SOCKS5 entry (CONNECT and UDP) tunnelling to a VMess server."""
+    try:
+        if link:
+            parsed = parse_link(link)
+        elif server and id:
+            address, _, port_text = server.rpartition(":")
+            if not address:
+                raise ConfigError("expected HOST:PORT", path="--server")
+            user = VMessUser(
+                id=parse_id(id, "--id"),
+                alter_id=alter_id,
+                security=parse_security(security, "--security"),
+            )
+            if network not in ("tcp", "ws"):
+                raise ConfigError("expected tcp or ws", path="--network")
+            stream = StreamSettings(
+                network="ws" if network == "ws" else "tcp",
+                security="tls" if tls else "none",
+                tls=TLSSettings(server_name=sni, allow_insecure=insecure),
+                ws=WebSocketSettings(path=path, host=host),
+            )
+            port = parse_ports(port_text, "--server")[0]
+            parsed = Link(address.strip("[]"), port, user, stream)
+        else:
+            raise ConfigError(
+                "give a vmess:// link, or --server and --id", path="client"
+            )
+        config = client_config(parsed, listen)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _setup_logging(config.log, log_level)
+    typer.echo(
+        f"vtrio client: SOCKS5 on {listen} -> vmess {parsed.address}:{parsed.port}"
+        f" ({parsed.user.security.value}, {_transport(parsed.stream)})"
+    )
+    _run(config, 1)
+
+
+@app.command()
+def check(
+    config: Annotated[list[str], typer.Argument(help="Config files to validate.")],
+) -> None:
+    """Validate config files (like `v2ray -test`) and print a summary."""
+    loaded = _load(config)
+    for line in _summary(loaded):
+        typer.echo(line)
+    typer.echo("Configuration OK.")
+
+
+@app.command("uuid")
+def uuid_command(
+    input: Annotated[
+        str | None,
+        typer.Option("-i", "--input", help="Map this custom id to its UUIDv5 (Xray)."),
+    ] = None,
+) -> None:
+    """Print a random UUID, or the UUID of a custom id string."""
+    if input is None:
+        typer.echo(str(uuid.uuid4()))
+        return
+    try:
+        typer.echo(str(parse_id(input, "-i")))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def link(
+    config: Annotated[list[str], typer.Argument(help="Server config files.")],
+    address: Annotated[
+        str | None,
+        typer.Option(help="Host clients dial (default: the listen address)."),
+    ] = None,
+) -> None:
+    """Print vmess:// share links for the users of a config's vmess inbounds."""
+    links = list(config_links(_load(config), address))
+    if not links:
+        _fail("the config has no vmess inbound with users")
+    for text in links:
+        typer.echo(text)
+
+
+@app.command()
+def version() -> None:
+    """Print vtrio's version."""
+    typer.echo(f"vtrio {__version__}")
