@@ -198,8 +198,12 @@ async def check_udp(
             for round_ in range(DATAGRAM_ROUNDS):
                 datagram = payload(size, f"{case}-{size}-{round_}")
                 await udp.send_to(target_host, target_port, datagram)
-                with trio.fail_after(DATAGRAM_WAIT):
+                echoed = b""
+                with trio.move_on_after(DATAGRAM_WAIT) as waiting:
                     _, _, echoed = await udp.receive_from()
+                assert not waiting.cancelled_caught, (
+                    f"no echo of a {size}-byte datagram (round {round_})"
+                )
                 assert len(echoed) == size
                 assert echoed == datagram
 
