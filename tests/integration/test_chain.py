@@ -42,9 +42,7 @@ def server_config(*, policy: model.LevelPolicy | None = None) -> model.Config:
                 settings=model.VMessInboundSettings(users=users),
             ),
         ),
-        outbounds=(
-            model.Outbound("direct", "freedom", model.FreedomSettings()),
-        ),
+        outbounds=(model.Outbound("direct", "freedom", model.FreedomSettings()),),
         policy=model.Policy({0: policy} if policy else {}),
     )
 
@@ -92,7 +90,8 @@ async def start_chain(
     bound = await nursery.start(
         server.run, client_config(vmess_port, security, legacy=legacy)
     )
-    return bound["socks-in"][0][1]
+    port: int = bound["socks-in"][0][1]
+    return port
 
 
 async def exchange(stream: trio.abc.Stream, data: bytes) -> bytes:
@@ -180,7 +179,9 @@ async def test_failed_dial_gives_the_socks_refused_code() -> None:
             await listener.bind((LOOPBACK, 0))
             closed_port = listener.getsockname()[1]
             listener.close()
-            with pytest.raises((SocksError, trio.BrokenResourceError, EOFError, OSError)):
+            with pytest.raises(
+                (SocksError, trio.BrokenResourceError, EOFError, OSError)
+            ):
                 stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, closed_port)
                 async with stream:
                     await stream.send_all(b"ping")

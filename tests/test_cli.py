@@ -1,0 +1,85 @@
+"""The command line through typer's CliRunner: outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from typer.testing import CliRunner
+
+from vtrio import __version__
+from vtrio.cli import app
+from vtrio.config.links import parse_link
+
+RUNNER = CliRunner()
+
+
+def test_uuid_maps_custom_ids_like_xray() -> None:
+    result = RUNNER.invoke(app, ["uuid", "-i", "我爱🍉老师1314"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "5783a3e7-e373-51cd-8642-c83782b807c5"
+    assert len(RUNNER.invoke(app, ["uuid"]).stdout.strip()) == 36
+
+
+def test_uuid_refuses_an_over_long_custom_id() -> None:
+    result = RUNNER.invoke(app, ["uuid", "-i", "x" * 31])
+    assert result.exit_code == 2
+    assert "1 to 30 bytes" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_check_prints_a_summary() -> None:
+    result = RUNNER.invoke(app, ["check", "configs/server.json"])
+    assert result.exit_code == 0, result.output
+    assert "vmess-in" in result.stdout and "2 user(s), 1 legacy" in result.stdout
+    assert result.stdout.rstrip().endswith("Configuration OK.")
+
+
+def test_check_reports_each_problem_on_its_own_line(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "inbounds": [
+                    {
+                        "protocol": "vmess",
+                        "port": 1,
+                        "settings": {"clients": [{"id": ""}]},
+                    },
+                    {"protocol": "trojan", "port": 2},
+                ]
+            }
+        )
+    )
+    result = RUNNER.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{bad}: $.inbounds[0].settings.clients[0].id: id is empty: generate one with `vtrio uuid`",
+        f"{bad}: $.inbounds[1].protocol: inbound protocol 'trojan' is not supported"
+        " (vtrio serves vmess, socks, http and dokodemo-door)",
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_link_prints_one_link_per_user() -> None:
+    result = RUNNER.invoke(
+        app, ["link", "configs/server.json", "--address", "vpn.example"]
+    )
+    assert result.exit_code == 0
+    links = [parse_link(line) for line in result.stdout.split()]
+    assert [(l.address, l.port, l.user.alter_id) for l in links] == [
+        ("vpn.example", 10086, 0),
+        ("vpn.example", 10086, 4),
+    ]
+
+
+def test_client_with_a_bad_link_exits_2() -> None:
+    result = RUNNER.invoke(app, ["client", "vmess://nonsense!"])
+    assert result.exit_code == 2
+    assert "link" in result.stderr and "Traceback" not in result.output
+
+
+def test_version() -> None:
+    result = RUNNER.invoke(app, ["version"])
+    assert result.stdout.strip() == f"vtrio {__version__}"
