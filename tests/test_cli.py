@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import pathlib
+from typing import TYPE_CHECKING
 
 from typer.testing import CliRunner
 
 from vtrio import __version__
 from vtrio.cli import app
 from vtrio.config.links import parse_link
+
+if TYPE_CHECKING:
+    import pathlib
 
 RUNNER = CliRunner()
 
@@ -31,7 +34,8 @@ def test_uuid_refuses_an_over_long_custom_id() -> None:
 def test_check_prints_a_summary() -> None:
     result = RUNNER.invoke(app, ["check", "configs/server.json"])
     assert result.exit_code == 0, result.output
-    assert "vmess-in" in result.stdout and "2 user(s), 1 legacy" in result.stdout
+    assert "vmess-in" in result.stdout
+    assert "2 user(s), 1 legacy" in result.stdout
     assert result.stdout.rstrip().endswith("Configuration OK.")
 
 
@@ -68,7 +72,7 @@ def test_link_prints_one_link_per_user() -> None:
     )
     assert result.exit_code == 0
     links = [parse_link(line) for line in result.stdout.split()]
-    assert [(l.address, l.port, l.user.alter_id) for l in links] == [
+    assert [(x.address, x.port, x.user.alter_id) for x in links] == [
         ("vpn.example", 10086, 0),
         ("vpn.example", 10086, 4),
     ]
@@ -77,7 +81,8 @@ def test_link_prints_one_link_per_user() -> None:
 def test_client_with_a_bad_link_exits_2() -> None:
     result = RUNNER.invoke(app, ["client", "vmess://nonsense!"])
     assert result.exit_code == 2
-    assert "link" in result.stderr and "Traceback" not in result.output
+    assert "link" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_version() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 from vtrio.config import model
 from vtrio.config.links import Link, client_config, make_link, parse_link
 from vtrio.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 USER = uuid.UUID("b831381d-6324-4d53-ad4f-8cda48b30811")
 
@@ -137,9 +140,7 @@ def test_client_config_is_a_socks_entry_to_the_server() -> None:
         "127.0.0.1",
         (1081,),
     )
-    assert (
-        isinstance(inbound.settings, model.SocksInboundSettings)
-        and inbound.settings.udp
-    )
+    assert isinstance(inbound.settings, model.SocksInboundSettings)
+    assert inbound.settings.udp
     with pytest.raises(ConfigError):
         client_config(link, "1081")

@@ -169,22 +169,37 @@ async def test_half_close_keeps_the_other_direction_flowing() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def closed_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind((LOOPBACK, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
 async def test_failed_dial_gives_the_socks_refused_code() -> None:
+    """socks -> freedom: a refused destination is SOCKS reply code 5."""
+    config = model.Config(
+        inbounds=client_config(1, model.Security.AUTO).inbounds,
+        outbounds=(model.Outbound("direct", "freedom", model.FreedomSettings()),),
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.run, config)
+            port = await closed_port()
+            with pytest.raises(SocksError, match="reply code 5"):
+                await open_connect(LOOPBACK, bound["socks-in"][0][1], LOOPBACK, port)
+            nursery.cancel_scope.cancel()
+
+
+async def test_failed_dial_behind_vmess_closes_the_client() -> None:
+    """The VMess server cannot reach the target: the client sees EOF, no data."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
-            # A direct SOCKS -> freedom config would answer 5 too; through VMess
-            # the server just closes, so the client sees its tunnel fail.
-            listener = trio.socket.socket()
-            await listener.bind((LOOPBACK, 0))
-            closed_port = listener.getsockname()[1]
-            listener.close()
-            with pytest.raises(
-                (SocksError, trio.BrokenResourceError, EOFError, OSError)
-            ):
-                stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, closed_port)
-                async with stream:
-                    await stream.send_all(b"ping")
-                    assert await stream.receive_some(10) == b""
-                    raise EOFError
+            port = await closed_port()
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, port)
+            async with stream:
+                await stream.send_all(b"ping")
+                assert await stream.receive_some(10) == b""
             nursery.cancel_scope.cancel()

@@ -80,22 +80,31 @@ def unpack_socks_address(data: bytes, offset: int) -> tuple[Address, int, int]:
     return address, port, end + 2
 
 
+def _first_errno(exc: BaseException | None) -> int | None:
+    """The errno behind a dial failure, looking through causes and groups
+    (``trio.open_tcp_stream`` raises one OSError for all its attempts)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        seen += 1
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        else:
+            exc = exc.__cause__
+    return None
+
+
 def reply_code(exc: BaseException) -> int:
     """The SOCKS reply for a failed dial."""
-    cause = exc.__cause__ if isinstance(exc, DialError) else exc
-    if isinstance(cause, socket.gaierror):
+    if isinstance(exc.__cause__, socket.gaierror):
         return HOST_UNREACHABLE
-    if isinstance(cause, OSError):
-        if cause.errno == errno.ECONNREFUSED:
-            return CONNECTION_REFUSED
-        if cause.errno == errno.ENETUNREACH:
-            return NETWORK_UNREACHABLE
-        if cause.errno in (errno.EHOSTUNREACH, errno.ETIMEDOUT):
-            return HOST_UNREACHABLE
-        # trio.open_tcp_stream raises an OSError grouping every attempt.
-        if "refused" in str(cause).lower():
-            return CONNECTION_REFUSED
-    return GENERAL_FAILURE
+    return {
+        errno.ECONNREFUSED: CONNECTION_REFUSED,
+        errno.ENETUNREACH: NETWORK_UNREACHABLE,
+        errno.EHOSTUNREACH: HOST_UNREACHABLE,
+        errno.ETIMEDOUT: HOST_UNREACHABLE,
+    }.get(_first_errno(exc) or 0, GENERAL_FAILURE)
 
 
 def _reply(code: int, address: Address = UNSPECIFIED, port: int = 0) -> bytes:
