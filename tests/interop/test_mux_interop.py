@@ -1,18 +1,16 @@
-"""Mux.Cool and XUDP from real clients into vtrio's serve_mux.
+"""Mux.Cool and XUDP from real clients into vtrio's server (server.run).
 
 v2ray 4.34 with ``"mux": {"enabled": true, "concurrency": 8}`` carries several
-concurrent TCP flows through one VMess connection; sing-box 1.14 with
+concurrent TCP flows, and UDP, through Mux sessions; sing-box 1.14 with
 ``packet_encoding: "xudp"`` carries UDP as an XUDP session. Both enter through
-their SOCKS inbounds, and every byte is checksummed at the far end.
+their SOCKS inbounds, every byte is checksummed at the far end, and the Mux
+server's debug log shows which sub-sessions it opened.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import ipaddress
-import struct
-import time
+import logging
 import uuid
 from typing import TYPE_CHECKING
 
@@ -28,16 +26,10 @@ from tests.interop.peers import (
     open_peer,
     require_peer,
 )
-from tests.net.test_mux_helpers import (
-    VMessTestServer,
-    receive_exactly,
-    socks_request,
-    tcp_echo,
-    udp_echo,
-)
-from vtrio.config.model import VMessUser
-from vtrio.protocol.instruction import Command
-from vtrio.protocol.validator import UserValidator
+from tests.support.echo import serve_tcp_echo, serve_udp_echo
+from tests.support.socks5 import open_connect, open_udp_associate, receive_exactly
+from vtrio import server
+from vtrio.config import model
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,13 +39,29 @@ pytestmark = pytest.mark.interop
 USER = uuid.UUID("b831381d-6324-4d53-ad4f-8cda48b30811")
 
 
-def mux_server() -> VMessTestServer:
-    return VMessTestServer(UserValidator([VMessUser(USER)], now=int(time.time())))
+def vtrio_server_config() -> model.Config:
+    return model.Config(
+        inbounds=(
+            model.Inbound(
+                tag="vmess-in",
+                protocol="vmess",
+                listen=LOOPBACK,
+                ports=(0,),
+                settings=model.VMessInboundSettings(users=(model.VMessUser(USER),)),
+            ),
+        ),
+        outbounds=(model.Outbound("direct", "freedom", model.FreedomSettings()),),
+    )
 
 
-def mux_connections(server: VMessTestServer) -> int:
-    assert all(header.command is Command.MUX for header in server.accepted)
-    return len(server.accepted)
+def opened_sessions(caplog: pytest.LogCaptureFixture, network: str) -> list[str]:
+    """The Mux sub-sessions vtrio opened, from its debug log."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "vtrio.net.mux"
+        and "opened, " + network in record.getMessage()
+    ]
 
 
 def payload_of(flow: int, size: int) -> bytes:
@@ -62,9 +70,8 @@ def payload_of(flow: int, size: int) -> bytes:
 
 async def echo_flow(socks_port: int, echo_port: int, flow: int, size: int) -> bytes:
     """One TCP flow through SOCKS; returns the sha256 of what came back."""
-    stream = await trio.open_tcp_stream(LOOPBACK, socks_port)
+    stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
     async with stream:
-        await socks_request(stream, 1, LOOPBACK, echo_port)
         data = payload_of(flow, size)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream.send_all, data)
@@ -72,28 +79,26 @@ async def echo_flow(socks_port: int, echo_port: int, flow: int, size: int) -> by
     return hashlib.sha256(echoed).digest()
 
 
-async def test_v2ray_mux_client_concurrent_tcp_flows(tmp_path: Path) -> None:
+async def test_v2ray_mux_client_concurrent_tcp_flows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The handler takes the level set last: DEBUG, for the Mux log.
+    caplog.set_level(logging.INFO, logger="vtrio.access")
+    caplog.set_level(logging.DEBUG, logger="vtrio.net.mux")
     peer = require_peer("v2ray", "4.34")
-    socks_port, vmess_port = free_ports(2)
-    config = client_config(
-        peer, [Route(socks_port, Account(str(USER)), server_port=vmess_port)]
-    )
-    config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
-    server = mux_server()
+    (socks_port,) = free_ports(1)
     sizes = [1, 1000, 8192, 8193, 100_000, 300_000, 65536, 5]
+    digests: dict[int, bytes] = {}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            echo_listeners = await nursery.start(
-                functools.partial(trio.serve_tcp, tcp_echo, 0, host=LOOPBACK)
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, vtrio_server_config())
+            route = Route(
+                socks_port, Account(str(USER)), server_port=bound["vmess-in"][0][1]
             )
-            echo_port = echo_listeners[0].socket.getsockname()[1]
-            await nursery.start(
-                functools.partial(
-                    trio.serve_tcp, server.handle, vmess_port, host=LOOPBACK
-                )
-            )
+            config = client_config(peer, [route])
+            config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
             async with open_peer(peer, "client", config, tmp_path, [socks_port]):
-                digests: dict[int, bytes] = {}
 
                 async def run(flow: int, size: int) -> None:
                     digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
@@ -104,9 +109,10 @@ async def test_v2ray_mux_client_concurrent_tcp_flows(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     for flow, size in enumerate(sizes):
         assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
-    # Eight flows, at most eight per Mux connection: v2ray used one or two.
-    assert 1 <= mux_connections(server) <= 2
-    assert server.dispatch.tcp_dials == len(sizes)
+    # Every flow was a Mux sub-session, none a plain VMess tunnel (those
+    # write an access line).
+    assert len(opened_sessions(caplog, "TCP")) == len(sizes)
+    assert not [r for r in caplog.records if r.name == "vtrio.access"]
 
 
 async def udp_exchange(
@@ -118,25 +124,17 @@ async def udp_exchange(
         sha256 of each payload sent -> its echo port, and sha256 of each reply
         -> the address SOCKS said it came from.
     """
-    control = await trio.open_tcp_stream(LOOPBACK, socks_port)
-    async with control:
-        relay = await socks_request(control, 3, "0.0.0.0", 0)
-        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
-            await sock.bind((LOOPBACK, 0))
-            sent: dict[bytes, int] = {}
-            received: dict[bytes, tuple[str, int]] = {}
-            for index in range(count):
-                payload = payload_of(index, 100 + 50 * index)
-                target = echo_ports[index % len(echo_ports)]
-                header = b"\x00\x00\x00\x01" + ipaddress.IPv4Address(LOOPBACK).packed
-                await sock.sendto(header + struct.pack(">H", target) + payload, relay)
-                sent[hashlib.sha256(payload).digest()] = target
-                # One at a time: UDP through a proxy may drop under a burst.
-                reply, _ = await sock.recvfrom(65536)
-                assert reply[:4] == b"\x00\x00\x00\x01", reply[:10]
-                source = str(ipaddress.IPv4Address(reply[4:8]))
-                port = struct.unpack(">H", reply[8:10])[0]
-                received[hashlib.sha256(reply[10:]).digest()] = (source, port)
+    sent: dict[bytes, int] = {}
+    received: dict[bytes, tuple[str, int]] = {}
+    async with await open_udp_associate(LOOPBACK, socks_port) as association:
+        for index in range(count):
+            data = payload_of(index, 100 + 50 * index)
+            target = echo_ports[index % len(echo_ports)]
+            await association.send_to(LOOPBACK, target, data)
+            sent[hashlib.sha256(data).digest()] = target
+            # One at a time: UDP through a proxy may drop under a burst.
+            host, port, reply = await association.receive_from()
+            received[hashlib.sha256(reply).digest()] = (host, port)
     return sent, received
 
 
@@ -151,30 +149,27 @@ async def udp_exchange(
 )
 async def test_udp_datagrams_through_mux(
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     peer_name: str,
     version: str,
     packet_encoding: str,
     udp_sessions: int,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="vtrio.net.mux")
     peer = require_peer(peer_name, version)
-    socks_port, vmess_port = free_ports(2)
+    (socks_port,) = free_ports(1)
     account = Account(str(USER), packet_encoding=packet_encoding)
-    config = client_config(peer, [Route(socks_port, account, server_port=vmess_port)])
-    if peer.name == "v2ray":
-        config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
-    server = mux_server()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            echoes = [await nursery.start(udp_echo) for _ in range(2)]
-            await nursery.start(
-                functools.partial(
-                    trio.serve_tcp, server.handle, vmess_port, host=LOOPBACK
-                )
-            )
+            echoes = [await nursery.start(serve_udp_echo, LOOPBACK) for _ in "ab"]
+            bound = await nursery.start(server.run, vtrio_server_config())
+            route = Route(socks_port, account, server_port=bound["vmess-in"][0][1])
+            config = client_config(peer, [route])
+            if peer.name == "v2ray":
+                config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
             async with open_peer(peer, "client", config, tmp_path, [socks_port]):
                 sent, received = await udp_exchange(socks_port, echoes, 20)
             nursery.cancel_scope.cancel()
     assert len(sent) == 20
     assert received == {digest: (LOOPBACK, port) for digest, port in sent.items()}
-    assert mux_connections(server) == 1
-    assert server.dispatch.udp_opens == udp_sessions
+    assert len(opened_sessions(caplog, "UDP")) == udp_sessions

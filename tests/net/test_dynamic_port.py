@@ -6,15 +6,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import logging
 import random
-import time
 import uuid
 
 import pytest
 import trio
 
 from tests.interop.peers import free_ports
-from tests.net.test_mux_helpers import LOOPBACK, VMessTestServer, tcp_echo, vmess_echo
+from tests.support.echo import serve_tcp_echo
+from tests.support.socks5 import open_connect, receive_exactly
+from vtrio import server
+from vtrio.config import model
 from vtrio.config.model import (
     Allocate,
     DefaultUser,
@@ -32,11 +35,11 @@ from vtrio.net.dynamic_port import (
     Endpoint,
 )
 from vtrio.protocol.commands import SwitchAccount
-from vtrio.protocol.validator import UserValidator
 
 ALICE = VMessUser(uuid.UUID("11111111-2222-4333-8444-555555555555"), email="Alice@x")
 BOB = VMessUser(uuid.UUID("66666666-7777-4888-9999-aaaaaaaaaaaa"), email="bob@x")
 NOW = 1_700_000_000
+LOOPBACK = "127.0.0.1"
 
 
 def detour_inbound(
@@ -265,71 +268,70 @@ async def test_picker_falls_back_after_valid_minutes(
 # --- vtrio client <-> vtrio server over loopback ------------------------------
 
 
-class DetourListeners:
-    """serve_worker for the stand-in server: real loopback listeners."""
+def detour_server_config(
+    user: VMessUser, ports: list[int], alter_id: int
+) -> model.Config:
+    """vmess inbound "main" with a detour to "dynamic" (random, 2 of the ports)."""
+    main = Inbound(
+        tag="main",
+        protocol="vmess",
+        listen=LOOPBACK,
+        ports=(0,),
+        settings=VMessInboundSettings(users=(user,), detour_to="dynamic"),
+    )
+    dynamic = detour_inbound(ports, concurrency=2, alter_id=alter_id)
+    direct = model.Outbound("direct", "freedom", model.FreedomSettings())
+    return model.Config(inbounds=(main, dynamic), outbounds=(direct,))
 
-    def __init__(self, handler_nursery: trio.Nursery) -> None:
-        self.handler_nursery = handler_nursery
-        self.servers: dict[int, VMessTestServer] = {}
 
-    async def __call__(
-        self, worker: DetourWorker, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        server = VMessTestServer(worker.validator)
-        self.servers[worker.port] = server
-        listeners = await trio.open_tcp_listeners(worker.port, host=LOOPBACK)
-        task_status.started()
-        await trio.serve_listeners(
-            server.handle, listeners, handler_nursery=self.handler_nursery
-        )
+def socks_client_config(server_port: int, user: VMessUser) -> model.Config:
+    socks = Inbound("socks-in", "socks", LOOPBACK, (0,), SocksInboundSettings())
+    vmess = model.VMessOutboundSettings(
+        (model.VMessServer(LOOPBACK, server_port, (user,)),)
+    )
+    return model.Config(
+        inbounds=(socks,), outbounds=(model.Outbound("proxy", "vmess", vmess),)
+    )
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, inbound_tag: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "vtrio.access" and f"[{inbound_tag} ->" in record.getMessage()
+    ]
 
 
 @pytest.mark.parametrize("alter_id", [0, 4])
-async def test_vtrio_client_switches_to_a_detour_port(alter_id: int) -> None:
+async def test_vtrio_client_switches_to_a_detour_port(
+    alter_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vtrio.access")
     user = VMessUser(ALICE.id, alter_id=alter_id, email="alice@x")
-    main_port, *ports = free_ports(5)
-    detour = DetourPorts(detour_inbound(ports, concurrency=2, alter_id=alter_id))
-    main = VMessTestServer(
-        UserValidator([user], now=int(time.time())),
-        lambda u: detour.switch_account(u, now=int(time.time())),
-    )
+    ports = free_ports(4)
+    connections = 6
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            listeners = DetourListeners(nursery)
-            await nursery.start(
-                functools.partial(detour.run, listeners, now=lambda: int(time.time()))
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(
+                server.run, detour_server_config(user, ports, alter_id)
             )
-            (echo,) = await nursery.start(
-                functools.partial(trio.serve_tcp, tcp_echo, 0, host=LOOPBACK)
+            main_port = bound["main"][0][1]
+            bound = await nursery.start(
+                server.run, socks_client_config(main_port, VMessUser(user.id, alter_id))
             )
-            await nursery.start(
-                functools.partial(trio.serve_tcp, main.handle, main_port, host=LOOPBACK)
-            )
-            servers = DynamicServers(Endpoint(LOOPBACK, main_port, user))
-            dialled = []
-            for index in range(6):
-                endpoint = servers.pick(trio.current_time())
-                dialled.append(endpoint.port)
-                payload = hashlib.sha256(b"%d" % index).digest() * 1000
-                echoed, switch = await vmess_echo(
-                    endpoint.host,
-                    endpoint.port,
-                    endpoint.user,
-                    echo.socket.getsockname()[1],
-                    payload,
-                )
-                assert echoed == payload
-                if switch is not None:
-                    servers.learn(switch, endpoint, trio.current_time())
+            socks_port = bound["socks-in"][0][1]
+            for index in range(connections):
+                data = hashlib.sha256(b"%d" % index).digest() * 1000
+                stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo)
+                async with stream:
+                    await stream.send_all(data)
+                    assert await receive_exactly(stream, len(data)) == data
             nursery.cancel_scope.cancel()
-    # The main server answered every connection with a command; later
-    # connections alternated with detour ports, where the generated account
-    # (default alterId) was accepted.
-    assert dialled[0] == main_port
-    assert set(dialled[1:]) - {main_port} <= set(ports)
-    assert dialled.count(main_port) < 6
-    detour_accepted = [h for s in listeners.servers.values() for h in s.accepted]
-    assert len(detour_accepted) == 6 - dialled.count(main_port)
-    assert {h.user.email for h in detour_accepted} == {"alice@x"}
-    assert {h.user.alter_id for h in detour_accepted} == {alter_id}
-    assert {h.legacy for h in detour_accepted} == {alter_id > 0}
+    # The first connection went to the main port and brought a SwitchAccount;
+    # the client then alternated between the main port and the detour account.
+    on_main = access_lines(caplog, "main")
+    on_detour = access_lines(caplog, "dynamic")
+    assert len(on_main) + len(on_detour) == connections
+    assert len(on_detour) >= connections // 3
+    assert all("email: alice@x" in line for line in on_main + on_detour)

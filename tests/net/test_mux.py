@@ -11,14 +11,13 @@ import pytest
 import trio
 import trio.testing
 
+from tests.net.test_mux_helpers import MuxClient
 from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.mux import serve_mux
 from vtrio.protocol.address import Address
-from vtrio.protocol.events import NEED_DATA
 from vtrio.protocol.mux import (
     MAX_STREAM_FRAME_DATA,
     Frame,
-    MuxDecoder,
     Network,
     Status,
     encode_frame,
@@ -101,23 +100,6 @@ class FakeDispatch:
         self.dialed.append((address, port))
         self.packets.append(FakePackets())
         return self.packets[-1]
-
-
-class MuxClient:
-    """The client end of a Mux stream, speaking through the frame codec."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.decoder = MuxDecoder()
-
-    async def send(self, *frames: Frame) -> None:
-        await self.stream.send_all(b"".join(encode_frame(f) for f in frames))
-
-    async def receive(self) -> Frame:
-        while (frame := self.decoder.next_frame()) is NEED_DATA:
-            self.decoder.receive_data(await self.stream.receive_some(65536))
-        assert isinstance(frame, Frame)
-        return frame
 
 
 @asynccontextmanager

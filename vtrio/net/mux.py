@@ -189,6 +189,14 @@ class _MuxServer:
             return
         session = _Session(frame, self._idle)
         self._sessions[session.id] = session
+        assert frame.network is not None  # decode_meta sets it on New frames
+        LOGGER.debug(
+            "mux: session %d opened, %s to %s:%d",
+            session.id,
+            frame.network.name,
+            frame.address,
+            frame.port,
+        )
         if frame.data:
             # The first payload goes to the New frame's own destination.
             session.inbox_send.send_nowait(
