@@ -120,6 +120,29 @@ async def test_random_strategy_rotates_and_keeps_two_generations(
     assert listeners.live() == set()
 
 
+async def test_expired_ports_are_reused_when_the_range_is_tight(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Two generations of two ports fill the range: every refresh must first
+    # close the generation that is 2R old to find two free ports.
+    detour = DetourPorts(
+        detour_inbound(range(21000, 21004), concurrency=2, refresh=1),
+        rng=random.Random(7),
+    )
+    listeners = FakeListeners()
+    sizes = []
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(detour.run, listeners, now=unix_now))
+            start = trio.current_time()
+            for minute in range(5):
+                await trio.sleep_until(start + 60 * minute + 1)
+                sizes.append(len(detour.workers))
+                assert len(listeners.live()) == (4 if minute else 2)
+            nursery.cancel_scope.cancel()
+    assert sizes == [2] * 5
+
+
 async def test_switch_account_per_email_and_valid_minutes(
     autojump_clock: trio.abc.Clock,
 ) -> None:

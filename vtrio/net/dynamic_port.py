@@ -139,6 +139,7 @@ class DetourPorts:
         self._generation: list[DetourWorker] = []
         self._refreshed = -math.inf
         self._ports_in_use: set[int] = set()
+        self._live: list[_Generation] = []
 
     @property
     def workers(self) -> tuple[DetourWorker, ...]:
@@ -214,6 +215,9 @@ class DetourPorts:
             refresh = allocate.refresh_minutes * 60.0
             started = False
             while True:
+                # Close generations 2R old first, so their ports are free
+                # again (and unbound) before the new ones are picked.
+                await self._retire_expired()
                 free = sorted(set(self._inbound.ports) - self._ports_in_use)
                 ports = self._rng.sample(free, min(allocate.concurrency, len(free)))
                 workers = [
@@ -232,6 +236,12 @@ class DetourPorts:
                     started = True
                 await trio.sleep(refresh)
 
+    async def _retire_expired(self) -> None:
+        for generation in list(self._live):
+            if generation.scope.deadline <= trio.current_time():
+                generation.scope.cancel()
+                await generation.closed.wait()
+
     def _new_user_table(self, now: int) -> UserTable:
         return UserTable(UserValidator(self._settings.users, now=now))
 
@@ -249,8 +259,9 @@ class DetourPorts:
         Raises:
             OSError: none of them could be bound.
         """
+        generation = _Generation({worker.port for worker in workers}, lifetime)
         listening: list[DetourWorker] = await nursery.start(
-            self._serve_generation, serve_worker, workers, lifetime
+            self._serve_generation, serve_worker, workers, generation
         )
         self._generation = listening
         self._refreshed = trio.current_time()
@@ -264,15 +275,16 @@ class DetourPorts:
         self,
         serve_worker: ServeWorker,
         workers: list[DetourWorker],
-        lifetime: float,
+        generation: _Generation,
         *,
         task_status: trio.TaskStatus[list[DetourWorker]],
     ) -> None:
-        ports = {worker.port for worker in workers}
+        ports = generation.ports
         self._ports_in_use |= ports
+        self._live.append(generation)
         listening: list[DetourWorker] = []
         try:
-            with trio.move_on_after(lifetime):
+            with generation.scope:
                 async with trio.open_nursery() as nursery:
                     for worker in workers:
                         try:
@@ -288,6 +300,17 @@ class DetourPorts:
                 raise OSError(f"no detour port of {sorted(ports)} could listen")
         finally:
             self._ports_in_use -= ports
+            self._live.remove(generation)
+            generation.closed.set()
+
+
+class _Generation:
+    """The listeners started together, and when they stop listening."""
+
+    def __init__(self, ports: set[int], lifetime: float) -> None:
+        self.ports = ports
+        self.scope = trio.CancelScope(deadline=trio.current_time() + lifetime)
+        self.closed = trio.Event()
 
 
 # --- client side --------------------------------------------------------------
