@@ -7,6 +7,7 @@ code (2 for a bad config or argument); a traceback is always a bug.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import uuid
 from typing import Annotated, NoReturn
@@ -107,10 +108,15 @@ def _setup_logging(log: Log, override: str | None) -> None:
         access.setLevel(logging.INFO)
 
 
-def _run(config: Config, workers: int) -> None:
+def _run(config: Config, workers: int, banner: list[str]) -> None:
     from vtrio.server import serve_main
 
+    # A SIGTERM that arrives before the server watches for it waits, blocked,
+    # until server.run unblocks it; it then stops the server gracefully.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
+        for line in banner:
+            typer.echo(line)
         serve_main(config, workers=workers)
     except ValueError as exc:
         _fail(str(exc))
@@ -176,17 +182,19 @@ def serve(
 ) -> None:
     """Run a server or client from config files; with none, a demo VMess server."""
     paths = [*(config or []), *(extra or [])]
+    banner = []
     if paths:
         loaded = _load(paths)
     else:
-        user_id = uuid.uuid4()
-        loaded = demo_server_config(user_id)
+        loaded = demo_server_config(uuid.uuid4())
         link = next(iter(config_links(loaded)))
-        typer.echo("vtrio demo server: VMess (AEAD, auto) on 127.0.0.1:10086")
-        typer.echo(f"share link: {link}")
-        typer.echo(f"client:     vtrio client '{link}' --listen 127.0.0.1:1080")
+        banner = [
+            "vtrio demo server: VMess (AEAD, auto) on 127.0.0.1:10086",
+            f"share link: {link}",
+            f"client:     vtrio client '{link}' --listen 127.0.0.1:1080",
+        ]
     _setup_logging(loaded.log, log_level)
-    _run(loaded, workers)
+    _run(loaded, workers, banner)
 
 
 @app.command()
@@ -246,11 +254,11 @@ def client(
     except ConfigError as exc:
         _fail(str(exc))
     _setup_logging(config.log, log_level)
-    typer.echo(
+    banner = [
         f"vtrio client: SOCKS5 on {listen} -> vmess {parsed.address}:{parsed.port}"
         f" ({parsed.user.security.value}, {_transport(parsed.stream)})"
-    )
-    _run(config, 1)
+    ]
+    _run(config, 1, banner)
 
 
 @app.command()

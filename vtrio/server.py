@@ -170,9 +170,10 @@ async def _wait_empty(nursery: trio.Nursery) -> None:
 
 
 async def _watch_signals(listeners: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(
-        signal.SIGINT, signal.SIGTERM, signal.SIGHUP
-    ) as signals:
+    watched = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    with trio.open_signal_receiver(*watched) as signals:
+        # The CLI blocks SIGTERM until here, so an early one is not lost.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
         async for signum in signals:
             if signum == signal.SIGHUP:
                 LOGGER.warning("SIGHUP: reloading is not supported; restart vtrio")

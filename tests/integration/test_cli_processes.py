@@ -1,0 +1,138 @@
+"""The chain between separate processes started through the CLI.
+
+``vtrio serve server.json`` and ``vtrio client LINK`` run as child processes;
+a checksummed payload crosses SOCKS5 -> client -> server -> echo, then SIGTERM
+stops both with exit code 0 (listeners first, then a grace period).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import trio
+
+from tests.support.echo import serve_tcp_echo
+from tests.support.socks5 import open_connect
+from vtrio.config import loads
+from vtrio.config.links import config_links
+
+if TYPE_CHECKING:
+    import pathlib
+
+LOOPBACK = "127.0.0.1"
+USER = "b831381d-6324-4d53-ad4f-8cda48b30811"
+
+
+async def free_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind((LOOPBACK, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def wait_for_port(port: int) -> None:
+    while True:
+        try:
+            stream = await trio.open_tcp_stream(LOOPBACK, port)
+        except OSError:
+            await trio.sleep(0.05)
+            continue
+        await stream.aclose()
+        return
+
+
+async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
+    tmp_path: pathlib.Path,
+) -> None:
+    server_port, socks_port = await free_port(), await free_port()
+    server_json = {
+        "inbounds": [
+            {
+                "tag": "vmess-in",
+                "listen": LOOPBACK,
+                "port": server_port,
+                "protocol": "vmess",
+                "settings": {"clients": [{"id": USER, "email": "cli@test"}]},
+            }
+        ],
+        "outbounds": [{"protocol": "freedom"}],
+    }
+    config_file = tmp_path / "server.json"
+    config_file.write_text(json.dumps(server_json))
+    (link,) = config_links(loads(json.dumps(server_json)))
+    data = hashlib.shake_256(b"cli").digest(1_500_000)
+    python = sys.executable
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            server = await trio.lowlevel.open_process(
+                [python, "-m", "vtrio", "serve", str(config_file)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            client = await trio.lowlevel.open_process(
+                [
+                    python,
+                    "-m",
+                    "vtrio",
+                    "client",
+                    link,
+                    "--listen",
+                    f"{LOOPBACK}:{socks_port}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                await wait_for_port(server_port)
+                await wait_for_port(socks_port)
+                stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+                async with stream:
+                    await stream.send_all(data)
+                    await stream.send_eof()
+                    received = bytearray()
+                    while chunk := await stream.receive_some(65536):
+                        received += chunk
+                assert (
+                    hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+                )
+            finally:
+                for process in (client, server):
+                    process.send_signal(signal.SIGTERM)
+                codes = [await client.wait(), await server.wait()]
+            assert client.stdout is not None
+            banner = await client.stdout.receive_some(4096)
+            assert f"SOCKS5 on {LOOPBACK}:{socks_port}" in banner.decode()
+            assert codes == [0, 0]
+            nursery.cancel_scope.cancel()
+
+
+async def test_demo_serve_prints_a_working_link() -> None:
+    """`vtrio serve` with no config: a link and a client command, then it serves."""
+    python = sys.executable
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [python, "-m", "vtrio", "serve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert process.stdout is not None
+            output = b""
+            while b"client:" not in output:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, output
+                output += chunk
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await process.wait()
+    text = output.decode()
+    assert "share link: vmess://" in text
+    assert "vtrio client 'vmess://" in text
+    assert code == 0
