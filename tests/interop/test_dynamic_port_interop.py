@@ -14,6 +14,7 @@ All payloads are checksummed end to end.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import socket
@@ -32,14 +33,11 @@ from tests.interop.peers import (
     open_peer,
     require_peer,
 )
-from tests.net.test_dynamic_port import (
-    access_lines,
-    detour_server_config,
-    socks_client_config,
-)
+from tests.net.test_dynamic_port import access_lines, socks_client_config
 from tests.support.echo import serve_tcp_echo
 from tests.support.socks5 import open_connect, receive_exactly
 from vtrio import server
+from vtrio.config import loads
 from vtrio.config.model import VMessUser
 
 if TYPE_CHECKING:
@@ -52,10 +50,14 @@ CONNECTIONS = 6
 
 
 def free_port_range(count: int) -> range:
-    """``count`` consecutive loopback ports that were all free a moment ago."""
+    """``count`` consecutive loopback ports that were all free a moment ago.
+
+    They lie below Linux's ephemeral range (32768-60999), so neither
+    ``free_ports`` nor outgoing connections can pick one of them meanwhile.
+    """
     rng = random.Random()
     for _ in range(50):
-        start = rng.randrange(20000, 60000 - count)
+        start = rng.randrange(20000, 32768 - count)
         sockets = []
         try:
             for port in range(start, start + count):
@@ -80,34 +82,6 @@ async def echo_through_socks(socks_port: int, echo_port: int) -> None:
             await stream.send_all(data)
             echoed = await receive_exactly(stream, len(data))
         assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
-
-
-@pytest.mark.parametrize("alter_id", [0, 4])
-async def test_v2ray_client_follows_vtrio_detour(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, alter_id: int
-) -> None:
-    caplog.set_level(logging.INFO, logger="vtrio.access")
-    peer = require_peer("v2ray", "4.34")
-    socks_port, *ports = free_ports(5)
-    user = VMessUser(USER, alter_id=alter_id, email="alice@x")
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(
-                server.run, detour_server_config(user, ports, alter_id)
-            )
-            account = Account(str(USER), alter_id=alter_id)
-            route = Route(socks_port, account, server_port=bound["main"][0][1])
-            config = client_config(peer, [route])
-            async with open_peer(peer, "client", config, tmp_path, [socks_port]):
-                await echo_through_socks(socks_port, echo)
-            nursery.cancel_scope.cancel()
-    on_main = access_lines(caplog, "main")
-    on_detour = access_lines(caplog, "dynamic")
-    assert len(on_main) + len(on_detour) == CONNECTIONS
-    assert len(on_detour) >= CONNECTIONS // 3, "v2ray never used the detour account"
-    # The generated detour account carries the user's e-mail (spec 8.1).
-    assert all("email: alice@x" in line for line in on_detour)
 
 
 def v2ray_detour_server(
@@ -139,6 +113,35 @@ def v2ray_detour_server(
         ],
         "outbounds": [{"protocol": "freedom"}],
     }
+
+
+@pytest.mark.parametrize("alter_id", [0, 4])
+async def test_v2ray_client_follows_vtrio_detour(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, alter_id: int
+) -> None:
+    caplog.set_level(logging.INFO, logger="vtrio.access")
+    peer = require_peer("v2ray", "4.34")
+    socks_port, main_port = free_ports(2)
+    # vtrio reads the very v2ray config the other test gives v2ray.
+    config = loads(
+        json.dumps(v2ray_detour_server(main_port, free_port_range(4), alter_id))
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            await nursery.start(server.run, config)
+            account = Account(str(USER), alter_id=alter_id)
+            route = Route(socks_port, account, server_port=main_port)
+            client = client_config(peer, [route])
+            async with open_peer(peer, "client", client, tmp_path, [socks_port]):
+                await echo_through_socks(socks_port, echo)
+            nursery.cancel_scope.cancel()
+    on_main = access_lines(caplog, "main")
+    on_detour = access_lines(caplog, "dynamic")
+    assert len(on_main) + len(on_detour) == CONNECTIONS
+    assert len(on_detour) >= CONNECTIONS // 3, "v2ray never used the detour account"
+    # The generated detour account carries the user's e-mail (spec 8.1).
+    assert all("email: alice@x" in line for line in on_main + on_detour)
 
 
 @pytest.mark.parametrize("alter_id", [0, 4])
