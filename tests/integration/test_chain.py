@@ -203,3 +203,30 @@ async def test_failed_dial_behind_vmess_closes_the_client() -> None:
                 await stream.send_all(b"ping")
                 assert await stream.receive_some(10) == b""
             nursery.cancel_scope.cancel()
+
+
+async def test_idle_tunnel_is_closed_after_conn_idle() -> None:
+    """The server's level-0 connIdle (0.5 s here) ends a silent tunnel."""
+    policy = model.LevelPolicy(conn_idle=0.5, uplink_only=0.2, downlink_only=0.2)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            socks_port = await start_chain(
+                nursery, model.Security.AES_128_GCM, policy=policy
+            )
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            async with stream:
+                await stream.send_all(b"hello")
+                assert await exchange_once(stream) == b"hello"
+                started = trio.current_time()
+                assert await stream.receive_some(10) == b""
+                waited = trio.current_time() - started
+            assert 0.4 < waited < 5
+            nursery.cancel_scope.cancel()
+
+
+async def exchange_once(stream: trio.abc.Stream) -> bytes:
+    received = b""
+    while len(received) < 5:
+        received += await stream.receive_some(100)
+    return received
