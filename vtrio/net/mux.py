@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from vtrio.errors import DialError, RemoteProtocolError, VtrioError
+from vtrio.protocol.body import MAX_CHUNK_PAYLOAD
 from vtrio.protocol.events import NEED_DATA
 from vtrio.protocol.mux import (
     MAX_STREAM_FRAME_DATA,
@@ -51,6 +52,11 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("vtrio.net.mux")
 
 RECEIVE_SIZE = 16384
+# A Keep frame's own bytes: MetaLen, SessionID, Status, Option, DataLen.
+KEEP_FRAME_OVERHEAD = 2 + 4 + 2
+# Read destinations in pieces whose Keep frame fills exactly one VMess chunk,
+# instead of an 8 KiB frame that spills a few bytes into a second chunk.
+DOWNLINK_READ = min(MAX_STREAM_FRAME_DATA, MAX_CHUNK_PAYLOAD - KEEP_FRAME_OVERHEAD)
 DEFAULT_MAX_SESSIONS = 128
 # Frames waiting for one sub-session; each carries at most 64 KiB.
 SESSION_INBOX = 4
@@ -270,7 +276,7 @@ class _MuxServer:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(uplink)
-            while data := await upstream.receive_some(MAX_STREAM_FRAME_DATA):
+            while data := await upstream.receive_some(DOWNLINK_READ):
                 session.touch()
                 await self._send(*stream_frames(session.id, data))
             nursery.cancel_scope.cancel()
