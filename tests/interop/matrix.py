@@ -23,7 +23,9 @@ LEGACY_ALTER_ID = 4
 TCP_PAYLOAD = 512 * 1024
 LARGE_TCP_PAYLOAD = 4 * 1024 * 1024
 
-Network = Literal["tcp", "udp"]
+# echo: TCP both ways at once; download: the target sends and closes first,
+# so the end of the response direction is checked; udp: datagrams.
+Traffic = Literal["echo", "download", "udp"]
 Target = Literal["127.0.0.1", "localhost", "::1"]
 
 
@@ -68,6 +70,11 @@ class PeerProfile:
 VTRIO_CLIENT_SECURITIES = ("aes-128-gcm", "chacha20-poly1305", "auto", "none", "zero")
 
 UDP_SIZES = (1, 512, 1400, 8000)
+
+# How the response direction ends differs by framing: an empty chunk or a
+# close (aes-128-gcm; sing never sends the empty chunk), or only a close
+# (sing's unframed `none`). A download case per framing proves both.
+END_SECURITIES = ("aes-128-gcm", "none")
 
 PROFILES: dict[str, PeerProfile] = {
     "v2ray": PeerProfile(
@@ -131,7 +138,7 @@ class Case:
     legacy: bool = False
     global_padding: bool = False
     authenticated_length: bool = False
-    network: Network = "tcp"
+    traffic: Traffic = "echo"
     target: Target = "127.0.0.1"
     # Run vtrio as `python -m vtrio serve config.json` instead of in-process.
     vtrio_process: bool = False
@@ -153,11 +160,11 @@ class Case:
             options.append("padding")
         if self.authenticated_length:
             options.append("authlen")
-        if self.network == "udp":
-            options.append("udp")
+        if self.traffic != "echo":
+            options.append(self.traffic)
         if self.target != "127.0.0.1":
             options.append(self.target)
-        if self.payload != TCP_PAYLOAD and self.network == "tcp":
+        if self.payload != TCP_PAYLOAD:
             options.append(f"{self.payload // (1024 * 1024)}MiB")
         if self.vtrio_process:
             options.append("subprocess")
@@ -203,7 +210,10 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
         Case(name, VTRIO, "aes-128-gcm", vtrio_process=True),
     ]
     cases += [
-        Case(name, VTRIO, security, network="udp", udp_sizes=profile.udp_client_sizes)
+        Case(name, VTRIO, security, traffic="download") for security in END_SECURITIES
+    ]
+    cases += [
+        Case(name, VTRIO, security, traffic="udp", udp_sizes=profile.udp_client_sizes)
         for security in ("aes-128-gcm", "none")
     ]
     return cases
@@ -229,7 +239,10 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
         Case(VTRIO, name, "aes-128-gcm", vtrio_process=True),
     ]
     cases += [
-        Case(VTRIO, name, security, network="udp", udp_sizes=profile.udp_server_sizes)
+        Case(VTRIO, name, security, traffic="download") for security in END_SECURITIES
+    ]
+    cases += [
+        Case(VTRIO, name, security, traffic="udp", udp_sizes=profile.udp_server_sizes)
         for security in ("aes-128-gcm", "none")
     ]
     return cases
@@ -252,8 +265,12 @@ def peer_chain_cases() -> list[Case]:
             if size in server_profile.udp_server_sizes
         )
         cases.append(
-            Case(client, server, "aes-128-gcm", network="udp", udp_sizes=udp_sizes)
+            Case(client, server, "aes-128-gcm", traffic="udp", udp_sizes=udp_sizes)
         )
+        cases += [
+            Case(client, server, security, traffic="download")
+            for security in END_SECURITIES
+        ]
     return cases
 
 

@@ -227,20 +227,41 @@ def require_ipv6_loopback() -> None:
         pytest.skip(problem)
 
 
+async def check_download(case: Case, socks_port: int, target_port: int) -> None:
+    """CONNECT to a source that sends and closes; read until a clean EOF."""
+    expected = payload(case.payload, str(case))
+    stream = await socks5.open_connect(
+        peers.LOOPBACK, socks_port, case.target, target_port
+    )
+    received = bytearray()
+    async with stream:
+        while chunk := await stream.receive_some(RECEIVE_SIZE):
+            received += chunk
+    assert len(received) == len(expected)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(expected).digest()
+
+
 async def run_case(case: Case, directory: Path) -> None:
-    """Start an echo target, the chain of ``case``, and check the traffic."""
+    """Start a target, the chain of ``case``, and check the traffic."""
     if case.target == "::1":
         require_ipv6_loopback()
     target_host = "::1" if case.target == "::1" else peers.LOOPBACK
     tap = Tap()
     async with trio.open_nursery() as nursery:
-        if case.network == "udp":
+        if case.traffic == "udp":
             target_port = await nursery.start(echo.serve_udp_echo, target_host)
+        elif case.traffic == "download":
+            source = payload(case.payload, str(case))
+            target_port = await nursery.start(
+                echo.serve_tcp_source, target_host, source
+            )
         else:
             target_port = await nursery.start(echo.serve_tcp_echo, target_host)
         async with open_chain(case, directory, tap) as socks_port:
-            if case.network == "udp":
+            if case.traffic == "udp":
                 await check_udp(case, socks_port, target_host, target_port)
+            elif case.traffic == "download":
+                await check_download(case, socks_port, target_port)
             else:
                 await check_tcp(case, socks_port, target_port)
         nursery.cancel_scope.cancel()

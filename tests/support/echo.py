@@ -1,8 +1,10 @@
-"""Loopback echo targets: the far end of a proxy chain in tests.
+"""Loopback targets: the far end of a proxy chain in tests.
 
-Theory of operation: a chain's target returns every byte (TCP) or datagram
+Theory of operation: an echo target returns every byte (TCP) or datagram
 (UDP) unchanged to its sender, so a test compares what it sent with what came
-back and needs no second channel. Both bind port 0 and report the port through
+back and needs no second channel. A source target writes fixed bytes and
+closes first, so a test also sees how the end of the response direction
+crosses the chain. All bind port 0 and report the port through
 ``task_status``, for ``nursery.start``.
 """
 
@@ -42,3 +44,20 @@ async def serve_udp_echo(
         while True:
             data, sender = await sock.recvfrom(MAX_DATAGRAM)
             await sock.sendto(data, sender)
+
+
+async def serve_tcp_source(
+    host: str,
+    payload: bytes,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Send ``payload`` to every TCP connection on ``host``, then close it."""
+
+    async def send(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(payload)
+
+    listeners = await trio.open_tcp_listeners(0, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(send, listeners)
