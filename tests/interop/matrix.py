@@ -12,7 +12,10 @@ its version, e.g. ``v2ray-4.34-client->vtrio-server[aes-128-gcm,aead]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 VTRIO = "vtrio"
 
@@ -75,6 +78,9 @@ UDP_SIZES = (1, 512, 1400, 8000)
 # close (aes-128-gcm; sing never sends the empty chunk), or only a close
 # (sing's unframed `none`). A download case per framing proves both.
 END_SECURITIES = ("aes-128-gcm", "none")
+
+# UDP keeps ChunkStream for `zero` (spec 6.7), so each is its own framing.
+UDP_SECURITIES = ("aes-128-gcm", "none", "zero")
 
 PROFILES: dict[str, PeerProfile] = {
     "v2ray": PeerProfile(
@@ -180,6 +186,33 @@ def _headers(profile: PeerProfile) -> tuple[bool, ...]:
     return (False, True) if profile.legacy_header else (False,)
 
 
+def _udp_cases(
+    client: str,
+    server: str,
+    securities: Sequence[str],
+    sizes: tuple[int, ...],
+    *,
+    legacy: bool,
+) -> list[Case]:
+    """UDP per framing (AEAD chunks, `none` chunks, `zero`), plus one legacy."""
+    cases = [
+        Case(client, server, security, traffic="udp", udp_sizes=sizes)
+        for security in securities
+    ]
+    if legacy:
+        cases.append(
+            Case(
+                client,
+                server,
+                "aes-128-gcm",
+                legacy=True,
+                traffic="udp",
+                udp_sizes=sizes,
+            )
+        )
+    return cases
+
+
 def peer_client_cases(profile: PeerProfile) -> list[Case]:
     """A real client of ``profile`` against a vtrio server."""
     name = profile.name
@@ -212,10 +245,10 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(name, VTRIO, security, traffic="download") for security in END_SECURITIES
     ]
-    cases += [
-        Case(name, VTRIO, security, traffic="udp", udp_sizes=profile.udp_client_sizes)
-        for security in ("aes-128-gcm", "none")
-    ]
+    securities = [s for s in UDP_SECURITIES if s in profile.client_securities]
+    cases += _udp_cases(
+        name, VTRIO, securities, profile.udp_client_sizes, legacy=profile.legacy_header
+    )
     return cases
 
 
@@ -241,10 +274,13 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(VTRIO, name, security, traffic="download") for security in END_SECURITIES
     ]
-    cases += [
-        Case(VTRIO, name, security, traffic="udp", udp_sizes=profile.udp_server_sizes)
-        for security in ("aes-128-gcm", "none")
-    ]
+    cases += _udp_cases(
+        VTRIO,
+        name,
+        UDP_SECURITIES,
+        profile.udp_server_sizes,
+        legacy=profile.legacy_header,
+    )
     return cases
 
 
