@@ -212,7 +212,8 @@ def check_header(case: Case, tap: Tap) -> None:
     """One VMess connection, with the header kind the case id claims."""
     assert len(tap.openings) == 1, f"expected 1 VMess connection: {tap.openings}"
     kind = header_kind(bytes(tap.openings[0]), USER_ID, case.alter_id, time.time())
-    assert kind == ("legacy" if case.legacy else "aead")
+    expected = "legacy" if case.legacy else "aead"
+    assert kind == expected, f"the request header was {kind}, the case says {expected}"
 
 
 def require_ipv6_loopback() -> None:
