@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -150,20 +151,46 @@ def require_peer(name: str, minor_version: str | None = None) -> Peer:
     pytest.skip(problem)
 
 
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """Ports that were free a moment ago, for configs that need a number.
+# Ports handed to configs come from below the kernel's ephemeral range, so an
+# outgoing connection of a concurrent test cannot take one between our check
+# and the peer's bind (port 0 would pick from inside that range).
+FIXED_PORTS = range(20000, 32768)
 
-    All sockets stay bound until every port is picked, so the ports differ.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+
+def _ephemeral_start() -> int:
     try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return FIXED_PORTS.stop
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether TCP and UDP can both bind ``port`` (a socks inbound uses both)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Distinct ports that were free a moment ago, for configs that need a number.
+
+    Raises:
+        RuntimeError: no free ports after many tries.
+    """
+    candidates = range(FIXED_PORTS.start, min(FIXED_PORTS.stop, _ephemeral_start()))
+    chosen: list[int] = []
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        if _bindable(host, port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"no {count} free ports in {candidates}")
 
 
 # --- config generators ------------------------------------------------------
