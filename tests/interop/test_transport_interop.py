@@ -29,10 +29,13 @@ where one side is vtrio and the other a real peer. Payloads are checksummed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import random
 import socket
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -73,17 +76,37 @@ TRANSPORTS = {
 }
 
 
-def v2ray_stream(transport: str, *, server: bool, directory: Path) -> peers.JSON:
-    """v2ray ``streamSettings`` for one side of ``transport``."""
+def v2ray_stream(
+    transport: str,
+    *,
+    server: bool,
+    directory: Path,
+    early: bool = False,
+    trust_ca: bool = False,
+) -> peers.JSON:
+    """v2ray ``streamSettings`` for one side of ``transport``.
+
+    ``early`` adds v2fly's ``maxEarlyData`` / ``earlyDataHeaderName`` (4.37+, so
+    only for vtrio); ``trust_ca`` makes a client verify the test CA instead of
+    setting ``allowInsecure``.
+    """
     network, security = TRANSPORTS[transport]
     stream: peers.JSON = {"network": network, "security": security}
     if network == "ws":
         stream["wsSettings"] = {"path": WS_PATH}
+        if early:
+            stream["wsSettings"] |= {
+                "maxEarlyData": SING_BOX_EARLY_DATA,
+                "earlyDataHeaderName": "Sec-WebSocket-Protocol",
+            }
     if security == "tls":
+        ca_file, cert_file, key_file = make_pki().write(directory)
         if server:
-            _, cert_file, key_file = make_pki().write(directory)
             certificate = {"certificateFile": str(cert_file), "keyFile": str(key_file)}
             stream["tlsSettings"] = {"certificates": [certificate]}
+        elif trust_ca:
+            ca = {"certificateFile": str(ca_file), "usage": "verify"}
+            stream["tlsSettings"] = {"serverName": SERVER_NAME, "certificates": [ca]}
         else:
             stream["tlsSettings"] = {"serverName": SERVER_NAME, "allowInsecure": True}
     return stream
@@ -322,3 +345,134 @@ async def test_sing_box_dials_vtrio_transport(
         upgrades = [r.getMessage() for r in caplog.records if "upgrade:" in r.msg]
         assert upgrades
         assert upgrades[-1].endswith(f", {len(prefixes[0])} bytes of early data")
+
+
+# --- VMess chains -------------------------------------------------------------
+
+VTRIO = "vtrio"
+ACCOUNT = peers.Account(
+    uuid="0f4c3a52-8a8b-4c51-9d54-9a77e3b6f2d1", security="aes-128-gcm"
+)
+
+
+async def start_side(
+    stack: AsyncExitStack,
+    who: str,
+    route: peers.Route,
+    *,
+    server: bool,
+    transport: str,
+    early: bool,
+    directory: Path,
+) -> None:
+    """Run one side of a VMess chain with ``transport`` on its VMess hop."""
+    role = "server" if server else "client"
+    if who == "sing-box":
+        peer = peers.require_peer(who, SING_BOX_VERSION)
+        config = (
+            peers.sing_box_server_config if server else peers.sing_box_client_config
+        )([route])
+        members = sing_box_transport(
+            transport, early, server=server, directory=directory
+        )
+        (config["inbounds"] if server else config["outbounds"])[0] |= members
+    else:
+        config = (peers.v2ray_server_config if server else peers.v2ray_client_config)(
+            [route]
+        )
+        # v2ray 4.34 has no early data; vtrio reads v2fly's 4.37 spelling.
+        stream = v2ray_stream(
+            transport,
+            server=server,
+            directory=directory,
+            early=early and who == VTRIO,
+            trust_ca=who == VTRIO,
+        )
+        (config["inbounds"] if server else config["outbounds"])[0]["streamSettings"] = (
+            stream
+        )
+    if who == VTRIO:
+        import vtrio.config
+        import vtrio.server
+
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        await nursery.start(vtrio.server.run, vtrio.config.loads(json.dumps(config)))
+        return
+    peer = peers.require_peer(
+        who, V2RAY_VERSION if who == "v2ray" else SING_BOX_VERSION
+    )
+    await stack.enter_async_context(
+        peers.open_peer(peer, role, config, directory, [route.port])
+    )
+
+
+async def run_vmess_chain(
+    client: str, server: str, transport: str, early: bool, directory: Path
+) -> None:
+    """SOCKS5 -> client ==VMess over transport==> server -> echo, checksummed."""
+    from tests.support import echo as echo_target
+    from tests.support import socks5
+
+    data = random.Random(f"{client}{server}{transport}").randbytes(PAYLOAD_SIZE)
+    socks_port, vmess_port = peers.free_ports(2)
+    server_route = peers.Route(port=vmess_port, account=ACCOUNT)
+    client_route = peers.Route(port=socks_port, account=ACCOUNT, server_port=vmess_port)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            target = await nursery.start(echo_target.serve_tcp_echo, peers.LOOPBACK)
+            async with AsyncExitStack() as stack:
+                side = functools.partial(
+                    start_side,
+                    stack,
+                    transport=transport,
+                    early=early,
+                    directory=directory,
+                )
+                await side(server, server_route, server=True)
+                await side(client, client_route, server=False)
+                stream = await socks5.open_connect(
+                    peers.LOOPBACK, socks_port, peers.LOOPBACK, target
+                )
+                async with stream:
+                    received = await exchange(stream, data)
+            nursery.cancel_scope.cancel()
+    assert_same(received, data)
+
+
+def vmess_cases() -> list[Any]:
+    cases = []
+    for peer, early_too in (("v2ray", False), ("sing-box", True)):
+        for transport in TRANSPORTS:
+            earlies = [False, True] if early_too and "ws" in transport else [False]
+            for early in earlies:
+                suffix = f"[{transport}{'-early' if early else ''}]"
+                label = (
+                    f"{peer}-{V2RAY_VERSION if peer == 'v2ray' else SING_BOX_VERSION}"
+                )
+                cases.append(
+                    pytest.param(
+                        peer,
+                        VTRIO,
+                        transport,
+                        early,
+                        id=f"{label}-client->vtrio-server{suffix}",
+                    )
+                )
+                cases.append(
+                    pytest.param(
+                        VTRIO,
+                        peer,
+                        transport,
+                        early,
+                        id=f"vtrio-client->{label}-server{suffix}",
+                    )
+                )
+    return cases
+
+
+@pytest.mark.parametrize(("client", "server", "transport", "early"), vmess_cases())
+async def test_vmess_over_transport(
+    client: str, server: str, transport: str, early: bool, tmp_path: Path
+) -> None:
+    await run_vmess_chain(client, server, transport, early, tmp_path)
