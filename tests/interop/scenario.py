@@ -2,7 +2,7 @@
 
 Theory of operation: every case is the same chain,
 
-    test (SOCKS5 client) -> client side -> VMess -> server side -> echo target
+    test (SOCKS5 client) -> client side -> VMess -> server side -> target
 
 where each side is a real peer process or vtrio (in-process through
 ``vtrio.server.run``, or ``python -m vtrio serve`` as a subprocess). vtrio
@@ -10,8 +10,9 @@ reads v2ray JSON, so a vtrio client or server gets exactly the config the
 v2ray generator writes for the same route. The server side is started first
 and the client side second, each only returning once its port accepts; then
 the test opens a SOCKS5 CONNECT (or UDP ASSOCIATE) through the client and
-checks that the echo comes back byte for byte (SHA-256 over the whole stream,
-and per datagram for UDP).
+checks the bytes byte for byte: an echo (SHA-256 over the whole stream), a
+download from a target that closes first (bytes, then a clean EOF), or
+datagram echoes (each compared whole).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import random
 import socket
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 import trio
@@ -98,6 +99,37 @@ def tapped(case: Case) -> bool:
     return case.server != "sing-box"
 
 
+async def _start_side(
+    stack: AsyncExitStack,
+    case: Case,
+    role: Literal["client", "server"],
+    route: peers.Route,
+    directory: Path,
+) -> None:
+    """Start the client or server side of ``case``; it stops with ``stack``."""
+    name = case.client if role == "client" else case.server
+    if name == VTRIO:
+        # vtrio reads v2ray JSON: it gets what a v2ray user would write.
+        config = (
+            peers.v2ray_client_config([route])
+            if role == "client"
+            else peers.v2ray_server_config([route])
+        )
+        await _start_vtrio(
+            stack, config, directory, route.port, process=case.vtrio_process
+        )
+        return
+    peer = peers.require_peer(name, PROFILES[name].version)
+    config = (
+        peers.client_config(peer, [route])
+        if role == "client"
+        else peers.server_config(peer, [route])
+    )
+    await stack.enter_async_context(
+        peers.open_peer(peer, role, config, directory, [route.port])
+    )
+
+
 @asynccontextmanager
 async def open_chain(case: Case, directory: Path, tap: Tap) -> AsyncIterator[int]:
     """Run both sides of ``case``; yield the client side's SOCKS5 port.
@@ -106,27 +138,9 @@ async def open_chain(case: Case, directory: Path, tap: Tap) -> AsyncIterator[int
     """
     socks_port, vmess_port = peers.free_ports(2)
     account = account_for(case)
-    server_route = peers.Route(port=vmess_port, account=account)
     async with AsyncExitStack() as stack:
-        if case.server == VTRIO:
-            await _start_vtrio(
-                stack,
-                peers.v2ray_server_config([server_route]),
-                directory,
-                vmess_port,
-                process=case.vtrio_process,
-            )
-        else:
-            server = peers.require_peer(case.server, PROFILES[case.server].version)
-            await stack.enter_async_context(
-                peers.open_peer(
-                    server,
-                    "server",
-                    peers.server_config(server, [server_route]),
-                    directory,
-                    [vmess_port],
-                )
-            )
+        server_route = peers.Route(port=vmess_port, account=account)
+        await _start_side(stack, case, "server", server_route, directory)
         if tapped(case):
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
@@ -136,25 +150,7 @@ async def open_chain(case: Case, directory: Path, tap: Tap) -> AsyncIterator[int
             account=account,
             server_port=tap.port if tapped(case) else vmess_port,
         )
-        if case.client == VTRIO:
-            await _start_vtrio(
-                stack,
-                peers.v2ray_client_config([client_route]),
-                directory,
-                socks_port,
-                process=case.vtrio_process,
-            )
-        else:
-            client = peers.require_peer(case.client, PROFILES[case.client].version)
-            await stack.enter_async_context(
-                peers.open_peer(
-                    client,
-                    "client",
-                    peers.client_config(client, [client_route]),
-                    directory,
-                    [socks_port],
-                )
-            )
+        await _start_side(stack, case, "client", client_route, directory)
         yield socks_port
 
 
