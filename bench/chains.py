@@ -42,7 +42,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def serve_target(*, task_status: trio.TaskStatus[int]) -> None:
-    """``D n``: send n bytes; ``U n``: read n bytes, answer their SHA-256; ``E``: echo."""
+    """``D n``: send n bytes; ``U n``: read n bytes, answer their SHA-256; else echo."""
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
@@ -475,7 +475,8 @@ def report(
         "KiB/tunnel s",
     ]
     print(
-        f"\nmedians of {args.rounds} interleaved round(s), {args.size} MB per transfer; "
+        f"\nmedians of {args.rounds} interleaved round(s),"
+        f" {args.size} MB per transfer; "
         "MB/s, CPU-s per GB (both proxies), RSS in KiB; (x) = ratio to v2ray's chain\n"
     )
     header = f"{'chain':<16}{'security':<19}" + "".join(f"{c:>16}" for c in columns)

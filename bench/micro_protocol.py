@@ -67,15 +67,20 @@ def chunk_costs(
 ) -> tuple[float, float]:
     """Encode and decode cost of one ``size``-byte chunk, same keys throughout."""
     framing = Framing.of(security, options, datagram=False)
-    keys = {"key": os.urandom(16), "iv": os.urandom(16)}
-    keys |= {"request_key": keys["key"], "request_iv": keys["iv"]}
-    encoder = ChunkEncoder(framing, random=os.urandom, **keys)
+    key, iv = os.urandom(16), os.urandom(16)
+
+    def encoder_of() -> ChunkEncoder:
+        return ChunkEncoder(
+            framing, random=os.urandom, key=key, iv=iv, request_key=key, request_iv=iv
+        )
+
+    encoder = encoder_of()
     payloads = [os.urandom(size)] * CHUNKS
     encode = per_item_us(payloads, encoder.encode_stream)
     # Decode a long run of chunks from one encoder, as a connection would.
-    source = ChunkEncoder(framing, random=os.urandom, **keys)
+    source = encoder_of()
     chunks = [source.encode_stream(p) for p in payloads]
-    decoder = ChunkDecoder(framing, **keys)
+    decoder = ChunkDecoder(framing, key=key, iv=iv, request_key=key, request_iv=iv)
 
     def decode_one(chunk: bytes) -> None:
         decoder.feed(chunk)

@@ -54,10 +54,18 @@ def framing_or_none(
 
 def codec(framing: Framing, seed: int = 0) -> tuple[ChunkEncoder, ChunkDecoder]:
     # A response direction: its own key and IV, the request's for AuthLength.
-    keys = {"key": OTHER_KEY, "iv": OTHER_IV, "request_key": KEY, "request_iv": IV}
     return (
-        ChunkEncoder(framing, random=seeded_random(seed), **keys),
-        ChunkDecoder(framing, **keys),
+        ChunkEncoder(
+            framing,
+            random=seeded_random(seed),
+            key=OTHER_KEY,
+            iv=OTHER_IV,
+            request_key=KEY,
+            request_iv=IV,
+        ),
+        ChunkDecoder(
+            framing, key=OTHER_KEY, iv=OTHER_IV, request_key=KEY, request_iv=IV
+        ),
     )
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from vtrio.protocol.ciphers import aes_128_cfb
 
 from vtrio.config.model import Security
 from vtrio.errors import LocalProtocolError, RemoteProtocolError
+from vtrio.protocol.ciphers import aes_128_cfb
 from vtrio.protocol.commands import SwitchAccount, decode_command, encode_command
 from vtrio.protocol.connection import ClientConnection, client_security
 from vtrio.protocol.events import (

@@ -101,11 +101,13 @@ def test_round_trip_both_directions(
         assert payload_of(body) == b"".join(messages)
 
     send_server = server.send_datagram if udp else server.send_data
-    command = SWITCH if switch else None
-    reply = server.send_response(command) + b"".join(send_server(m) for m in messages)
+    reply_command = SWITCH if switch else None
+    reply = server.send_response(reply_command) + b"".join(
+        send_server(m) for m in messages
+    )
     reply += server.send_eof()
     events = feed_all(client, split(reply, response_splits), eof=needs_eof)
-    assert events[0] == ResponseHeader(command)
+    assert events[0] == ResponseHeader(reply_command)
     assert isinstance(events[-1], EndOfStream)
     if udp:
         assert [e.payload for e in events[1:-1] if isinstance(e, Datagram)] == messages

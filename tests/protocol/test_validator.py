@@ -7,10 +7,10 @@ import struct
 import zlib
 
 import pytest
-from vtrio.protocol.ciphers import aes_128_ecb
 
 from vtrio.errors import AuthenticationError, LocalProtocolError
 from vtrio.protocol.auth_id import RotatingSet, auth_id_key, make_auth_id
+from vtrio.protocol.ciphers import aes_128_ecb
 from vtrio.protocol.ids import alter_ids, cmd_key
 from vtrio.protocol.legacy import MAX_ENTRIES, LegacyTable, legacy_auth
 from vtrio.protocol.validator import UserRecord, UserValidator

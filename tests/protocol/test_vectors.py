@@ -8,10 +8,10 @@ import hashlib
 import uuid
 
 import pytest
-from vtrio.protocol.ciphers import aes_128_ecb, shake128
 
 from vtrio.protocol.auth_id import auth_id_key, auth_id_time, make_auth_id
 from vtrio.protocol.body import ChunkDecoder, ChunkEncoder, Framing
+from vtrio.protocol.ciphers import aes_128_ecb, shake128
 from vtrio.protocol.header import (
     AeadRequestSealer,
     AeadResponseSealer,

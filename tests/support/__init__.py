@@ -1,0 +1,3 @@
+"""Loopback helpers shared by the test suites."""
+
+from __future__ import annotations
