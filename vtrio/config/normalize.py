@@ -631,6 +631,7 @@ class Normalizer:
         settings = self.decode(raw, VMessOutboundXray, path)
         if settings is None:
             return None
+        errors_before = len(self.errors)
         servers = []
         if settings.vnext is not None:
             for index, vnext in enumerate(settings.vnext):
@@ -669,12 +670,13 @@ class Normalizer:
             )
             if server is not None:
                 servers.append(server)
-        if not servers:
+        if not servers and len(self.errors) == errors_before:
             self.error(
                 'expected "vnext" with at least one server,'
                 ' or Xray\'s flat "address"/"port"/"id"',
                 path,
             )
+        if not servers:
             return None
         return model.VMessOutboundSettings(servers=tuple(servers))
 
