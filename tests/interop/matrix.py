@@ -25,6 +25,9 @@ LEGACY_ALTER_ID = 4
 
 TCP_PAYLOAD = 512 * 1024
 LARGE_TCP_PAYLOAD = 4 * 1024 * 1024
+# Many connections within one second: distinct auth IDs must not trip the
+# replay filter, and streams must not cross.
+CONCURRENT_STREAMS = 8
 
 # echo: TCP both ways at once; download: the target sends and closes first,
 # so the end of the response direction is checked; udp: datagrams.
@@ -149,6 +152,8 @@ class Case:
     # Run vtrio as `python -m vtrio serve config.json` instead of in-process.
     vtrio_process: bool = False
     payload: int = TCP_PAYLOAD
+    # Concurrent TCP connections (echo traffic only), each its own VMess one.
+    streams: int = 1
     udp_sizes: tuple[int, ...] = ()
 
     @property
@@ -170,6 +175,8 @@ class Case:
             options.append(self.traffic)
         if self.target != "127.0.0.1":
             options.append(self.target)
+        if self.streams > 1:
+            options.append(f"{self.streams}-streams")
         if self.payload != TCP_PAYLOAD:
             options.append(f"{self.payload // (1024 * 1024)}MiB")
         if self.vtrio_process:
@@ -238,6 +245,7 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
             )
     cases += [
         Case(name, VTRIO, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
+        Case(name, VTRIO, "aes-128-gcm", streams=CONCURRENT_STREAMS),
         Case(name, VTRIO, "aes-128-gcm", target="localhost"),
         Case(name, VTRIO, "aes-128-gcm", target="::1"),
         Case(name, VTRIO, "aes-128-gcm", vtrio_process=True),
@@ -267,6 +275,7 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
         ]
     cases += [
         Case(VTRIO, name, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
+        Case(VTRIO, name, "aes-128-gcm", streams=CONCURRENT_STREAMS),
         Case(VTRIO, name, "aes-128-gcm", target="localhost"),
         Case(VTRIO, name, "aes-128-gcm", target="::1"),
         Case(VTRIO, name, "aes-128-gcm", vtrio_process=True),

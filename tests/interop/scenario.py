@@ -174,15 +174,26 @@ async def exchange_tcp(stream: trio.abc.Stream, data: bytes) -> bytes:
 
 
 async def check_tcp(case: Case, socks_port: int, target_port: int) -> None:
-    """CONNECT through the chain and compare the echoed stream."""
-    data = payload(case.payload, str(case))
-    stream = await socks5.open_connect(
-        peers.LOOPBACK, socks_port, case.target, target_port
-    )
-    async with stream:
-        received = await exchange_tcp(stream, data)
-    assert len(received) == len(data)
-    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+    """CONNECT through the chain, ``case.streams`` at once; compare each echo.
+
+    Each stream carries different bytes, so crossed streams cannot pass.
+    """
+
+    async def one_stream(index: int) -> None:
+        data = payload(case.payload, f"{case}-{index}")
+        stream = await socks5.open_connect(
+            peers.LOOPBACK, socks_port, case.target, target_port
+        )
+        async with stream:
+            received = await exchange_tcp(stream, data)
+        assert len(received) == len(data), f"stream {index}"
+        assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest(), (
+            f"stream {index}"
+        )
+
+    async with trio.open_nursery() as nursery:
+        for index in range(case.streams):
+            nursery.start_soon(one_stream, index)
 
 
 async def check_udp(
@@ -205,11 +216,12 @@ async def check_udp(
 
 
 def check_header(case: Case, tap: Tap) -> None:
-    """One VMess connection, with the header kind the case id claims."""
-    assert len(tap.openings) == 1, f"expected 1 VMess connection: {tap.openings}"
-    kind = header_kind(bytes(tap.openings[0]), USER_ID, case.alter_id, time.time())
+    """One VMess connection per stream, each with the header kind of the case."""
+    assert len(tap.openings) == case.streams, f"VMess connections: {tap.openings}"
     expected = "legacy" if case.legacy else "aead"
-    assert kind == expected, f"the request header was {kind}, the case says {expected}"
+    for opening in tap.openings:
+        kind = header_kind(bytes(opening), USER_ID, case.alter_id, time.time())
+        assert kind == expected, f"a request header was {kind}, not {expected}"
 
 
 def require_ipv6_loopback() -> None:
