@@ -25,6 +25,8 @@ LEGACY_ALTER_ID = 4
 
 TCP_PAYLOAD = 512 * 1024
 LARGE_TCP_PAYLOAD = 4 * 1024 * 1024
+# A first payload far below sing-box's 100-byte first-read minimum.
+TINY_PAYLOAD = 1
 # Many connections within one second: distinct auth IDs must not trip the
 # replay filter, and streams must not cross.
 CONCURRENT_STREAMS = 8
@@ -178,11 +180,18 @@ class Case:
         if self.streams > 1:
             options.append(f"{self.streams}-streams")
         if self.payload != TCP_PAYLOAD:
-            options.append(f"{self.payload // (1024 * 1024)}MiB")
+            options.append(_size_label(self.payload))
         if self.vtrio_process:
             options.append("subprocess")
         pair = f"{_label(self.client)}-client->{_label(self.server)}-server"
         return f"{pair}[{','.join(options)}]"
+
+
+def _size_label(size: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
 
 
 def _label(name: str) -> str:
@@ -246,6 +255,7 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(name, VTRIO, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
         Case(name, VTRIO, "aes-128-gcm", streams=CONCURRENT_STREAMS),
+        *[Case(name, VTRIO, sec, payload=TINY_PAYLOAD) for sec in END_SECURITIES],
         Case(name, VTRIO, "aes-128-gcm", target="localhost"),
         Case(name, VTRIO, "aes-128-gcm", target="::1"),
         Case(name, VTRIO, "aes-128-gcm", vtrio_process=True),
@@ -276,6 +286,7 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(VTRIO, name, "aes-128-gcm", payload=LARGE_TCP_PAYLOAD),
         Case(VTRIO, name, "aes-128-gcm", streams=CONCURRENT_STREAMS),
+        *[Case(VTRIO, name, sec, payload=TINY_PAYLOAD) for sec in END_SECURITIES],
         Case(VTRIO, name, "aes-128-gcm", target="localhost"),
         Case(VTRIO, name, "aes-128-gcm", target="::1"),
         Case(VTRIO, name, "aes-128-gcm", vtrio_process=True),
