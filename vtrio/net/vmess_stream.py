@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import trio
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from vtrio.protocol.instruction import Request
 
 RECEIVE_SIZE = 65536
+Buffer = bytes | bytearray | memoryview
 MACHINE = platform.machine()
 
 
@@ -82,6 +83,49 @@ class _VMessBase:
         self._broken = False
         self._send_guard = _ConflictGuard("sending")
         self._receive_guard = _ConflictGuard("receiving")
+        self._started = False  # client: header sent; server: response sent
+        # Server side: a command (SwitchAccount) for the response header.
+        self.response_command: SwitchAccount | None = None
+
+    @classmethod
+    def client(
+        cls,
+        transport: trio.abc.Stream,
+        account: VMessUser,
+        request: Request,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> Self:
+        """A client tunnel; the request header leaves with the first send.
+
+        Args:
+            transport: a connected stream to the VMess server.
+            account: the outbound user (id, alterId, security, experiments).
+            request: command and destination.
+            random: source of keys, nonces and padding.
+        """
+        connection = ClientConnection(
+            account, request, now=int(time.time()), random=random, machine=MACHINE
+        )
+        return cls(transport, connection)
+
+    def _encode(self, payload: Buffer, encode: Callable[[Buffer], bytes]) -> bytes:
+        """The bytes to write for ``payload``; the first write carries the header."""
+        conn = self._conn
+        if self._started:
+            return encode(payload) if payload else b""
+        self._started = True
+        if isinstance(conn, ClientConnection):
+            return conn.start(payload)
+        header = conn.send_response(self.response_command)
+        return header + encode(payload) if payload else header
+
+    async def _send(self, payload: Buffer, encode: Callable[[Buffer], bytes]) -> None:
+        out = self._encode(payload, encode)
+        if out:
+            await self._write(out)
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -130,39 +174,15 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
         connection: ClientConnection | ServerConnection,
     ) -> None:
         super().__init__(transport, connection)
-        self._started = False  # client: header sent; server: response sent
         self._pending = b""  # received data beyond max_bytes
         self._eof_received = False
         self._eof_sent = False
-        self.response_command: SwitchAccount | None = None
         self.on_response: Callable[[SwitchAccount | None], None] | None = None
 
     @property
     def started(self) -> bool:
         """Whether the header (client) or response header (server) went out."""
         return self._started
-
-    @classmethod
-    def client(
-        cls,
-        transport: trio.abc.Stream,
-        account: VMessUser,
-        request: Request,
-        *,
-        random: Callable[[int], bytes] = os.urandom,
-    ) -> VMessStream:
-        """A client tunnel; the header leaves with the first send.
-
-        Args:
-            transport: a connected stream to the VMess server.
-            account: the outbound user (id, alterId, security, experiments).
-            request: command and destination.
-            random: source of keys, nonces and padding.
-        """
-        connection = ClientConnection(
-            account, request, now=int(time.time()), random=random, machine=MACHINE
-        )
-        return cls(transport, connection)
 
     @classmethod
     async def accept(
@@ -196,19 +216,7 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was already called")
-            conn = self._conn
-            if not self._started:
-                self._started = True
-                if isinstance(conn, ClientConnection):
-                    await self._write(conn.start(data))
-                    return
-                header = conn.send_response(self.response_command)
-                await self._write(header + conn.send_data(data) if data else header)
-                return
-            if data:
-                await self._write(conn.send_data(data))
-            else:
-                await trio.lowlevel.checkpoint()
+            await self._send(data, self._conn.send_data)
 
     async def send_eof(self) -> None:
         with self._send_guard:
@@ -218,14 +226,7 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
                 return
             self._eof_sent = True
             conn = self._conn
-            out = b""
-            if not self._started:
-                self._started = True
-                if isinstance(conn, ClientConnection):
-                    out = conn.start()
-                else:
-                    out = conn.send_response(self.response_command)
-            await self._write(out + conn.send_eof())
+            await self._write(self._encode(b"", conn.send_data) + conn.send_eof())
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
@@ -289,54 +290,18 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
 class VMessDatagramChannel(_VMessBase):
     """A VMess UDP tunnel (command 2): one datagram per chunk, one destination."""
 
-    def __init__(
-        self,
-        transport: trio.abc.Stream,
-        connection: ClientConnection | ServerConnection,
-    ) -> None:
-        super().__init__(transport, connection)
-        self._started = False
-
-    @classmethod
-    def client(
-        cls,
-        transport: trio.abc.Stream,
-        account: VMessUser,
-        request: Request,
-        *,
-        random: Callable[[int], bytes] = os.urandom,
-    ) -> VMessDatagramChannel:
-        """A client UDP tunnel to ``request``'s destination."""
-        connection = ClientConnection(
-            account, request, now=int(time.time()), random=random, machine=MACHINE
-        )
-        return cls(transport, connection)
-
     @classmethod
     def from_stream(cls, stream: VMessStream) -> VMessDatagramChannel:
         """Reuse an accepted server stream whose request was UDP."""
         channel = cls(stream.transport_stream, stream._conn)
+        channel.response_command = stream.response_command
         return channel
 
     async def send(self, payload: bytes) -> None:
         """Send one datagram (empty ones cannot be carried and are dropped)."""
         with self._send_guard:
             self._check_open()
-            conn = self._conn
-            if not self._started:
-                self._started = True
-                if isinstance(conn, ClientConnection):
-                    await self._write(conn.start(payload))
-                    return
-                header = conn.send_response()
-                await self._write(
-                    header + conn.send_datagram(payload) if payload else header
-                )
-                return
-            if payload:
-                await self._write(conn.send_datagram(payload))
-            else:
-                await trio.lowlevel.checkpoint()
+            await self._send(payload, self._conn.send_datagram)
 
     async def receive(self) -> bytes | None:
         """The next datagram, or None when the peer ended the tunnel."""
