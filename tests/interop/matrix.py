@@ -153,6 +153,8 @@ class Case:
     target: Target = "127.0.0.1"
     # Run vtrio as `python -m vtrio serve config.json` instead of in-process.
     vtrio_process: bool = False
+    # Run the vtrio client as `python -m vtrio client vmess://...`.
+    share_link: bool = False
     payload: int = TCP_PAYLOAD
     # Concurrent TCP connections (echo traffic only), each its own VMess one.
     streams: int = 1
@@ -183,6 +185,8 @@ class Case:
             options.append(_size_label(self.payload))
         if self.vtrio_process:
             options.append("subprocess")
+        if self.share_link:
+            options.append("vmess-link")
         pair = f"{_label(self.client)}-client->{_label(self.server)}-server"
         return f"{pair}[{','.join(options)}]"
 
@@ -290,6 +294,7 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
         Case(VTRIO, name, "aes-128-gcm", target="localhost"),
         Case(VTRIO, name, "aes-128-gcm", target="::1"),
         Case(VTRIO, name, "aes-128-gcm", vtrio_process=True),
+        Case(VTRIO, name, "chacha20-poly1305", legacy=True, share_link=True),
     ]
     cases += [
         Case(VTRIO, name, security, traffic="download") for security in END_SECURITIES

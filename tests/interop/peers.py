@@ -16,6 +16,7 @@ log appears exactly when it is needed.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -429,7 +430,7 @@ def print_log_tail(running: RunningPeer) -> None:
 async def open_process(
     label: str,
     command: Sequence[str],
-    config: JSON,
+    config: JSON | None,
     config_path: Path,
     ports: Sequence[int],
 ) -> AsyncIterator[RunningPeer]:
@@ -438,14 +439,16 @@ async def open_process(
     Args:
         label: a name for messages and the log file.
         command: the argv; ``config_path`` is where it expects the config.
-        config: the config, written as JSON to ``config_path``.
+        config: the config, written as JSON to ``config_path``; None for a
+            command that takes everything on its command line.
         config_path: the file to write; the log goes next to it.
         ports: TCP ports that must accept before the block starts.
 
     Yields:
         The running process.
     """
-    await trio.Path(config_path).write_text(json.dumps(config, indent=2))
+    if config is not None:
+        await trio.Path(config_path).write_text(json.dumps(config, indent=2))
     log_path = config_path.with_suffix(".log")
     async with (
         await trio.open_file(log_path, "wb") as log,
@@ -506,5 +509,38 @@ async def open_vtrio_process(
     command = [sys.executable, "-m", "vtrio", "serve", str(config_path)]
     async with open_process(
         "vtrio serve", command, config, config_path, ports
+    ) as running:
+        yield running
+
+
+def vmess_link(account: Account, host: str, port: int) -> str:
+    """A v2rayN-style ``vmess://`` share link (spec 12.5) for ``account``."""
+    fields = {
+        "v": "2",
+        "ps": "interop",
+        "add": host,
+        "port": str(port),
+        "id": account.uuid,
+        "aid": str(account.alter_id),
+        "scy": account.security,
+        "net": "tcp",
+        "type": "none",
+        "tls": "",
+    }
+    return "vmess://" + base64.b64encode(json.dumps(fields).encode()).decode()
+
+
+@asynccontextmanager
+async def open_vtrio_link_client(
+    link: str, directory: Path, socks_port: int
+) -> AsyncIterator[RunningPeer]:
+    """Run ``python -m vtrio client <link>`` with its SOCKS5 entry on ``socks_port``.
+
+    This proves the share-link path a user of a v2rayN-style client takes.
+    """
+    listen = f"{LOOPBACK}:{socks_port}"
+    command = [sys.executable, "-m", "vtrio", "client", link, "--listen", listen]
+    async with open_process(
+        "vtrio client", command, None, directory / "vtrio-client.json", [socks_port]
     ) as running:
         yield running

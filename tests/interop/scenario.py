@@ -108,6 +108,12 @@ async def _start_side(
 ) -> None:
     """Start the client or server side of ``case``; it stops with ``stack``."""
     name = case.client if role == "client" else case.server
+    if name == VTRIO and role == "client" and case.share_link:
+        link = peers.vmess_link(route.account, route.server_host, route.server_port)
+        await stack.enter_async_context(
+            peers.open_vtrio_link_client(link, directory, route.port)
+        )
+        return
     if name == VTRIO:
         # vtrio reads v2ray JSON: it gets what a v2ray user would write.
         config = (
