@@ -132,6 +132,7 @@ class VMessHandler:
         context = self._context
         tag = self._inbound.tag
         deadline = trio.current_time() + context.handshake_timeout()
+        rejected = False
         with trio.CancelScope(deadline=deadline) as scope:
             assert isinstance(raw, trio.SocketStream)
             stream = await transport.accept_stream(self._inbound.stream, raw)
@@ -142,17 +143,20 @@ class VMessHandler:
                 disable_insecure_encryption=self._settings.disable_insecure_encryption,
                 aead_forced=self._settings.aead_forced,
             )
-            accepted = await VMessStream.accept(stream, connection)
-            if isinstance(accepted, Rejected):
-                context.log_rejection(source, tag, accepted.reason)
-                await _drain(stream, accepted.drain)
+            vmess, request = await VMessStream.accept(stream, connection)
+            if isinstance(request, Rejected):
+                reason = request.reason + _looks_like(vmess.first_bytes)
+                context.log_rejection(source, tag, reason)
+                rejected = True
+                await _drain(stream, request.drain)
                 return
         if scope.cancelled_caught:
-            context.log_rejection(source, tag, "handshake timed out")
+            # A drain that the deadline ends was logged as its rejection.
+            if not rejected:
+                context.log_rejection(source, tag, "handshake timed out")
             return
         # The scope was not cancelled, so the header was accepted.
-        assert not isinstance(accepted, Rejected)
-        vmess, request = accepted
+        assert not isinstance(request, Rejected)
         user = request.user
         session = Session(
             inbound_tag=tag, source=source, email=user.email, level=user.level

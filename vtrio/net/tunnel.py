@@ -80,6 +80,9 @@ async def run_tunnel(
             traffic.up += await _send_first_payload(client, outbound)
         finished = await relay(client, outbound, context.policy(session.level), traffic)
         status = "closed" if finished else "idle-timeout"
+    except trio.Cancelled:
+        status = "cancelled"
+        raise
     except BaseException:
         status = "broken"
         raise

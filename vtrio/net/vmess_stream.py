@@ -84,6 +84,8 @@ class _VMessBase:
         self._send_guard = _ConflictGuard("sending")
         self._receive_guard = _ConflictGuard("receiving")
         self._started = False  # client: header sent; server: response sent
+        # The start of what the peer sent, for a rejection's log line.
+        self.first_bytes = b""
         # Server side: a command (SwitchAccount) for the response header.
         self.response_command: SwitchAccount | None = None
 
@@ -141,6 +143,8 @@ class _VMessBase:
                 if event is not NEED_DATA:
                     return event
                 data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                if not self.first_bytes:
+                    self.first_bytes = bytes(data[:16])
                 self._conn.receive_data(data)
         except RemoteProtocolError as exc:
             self._broken = True
@@ -189,7 +193,7 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
         cls,
         transport: trio.abc.Stream,
         connection: ServerConnection,
-    ) -> tuple[VMessStream, RequestHeader] | Rejected:
+    ) -> tuple[VMessStream, RequestHeader | Rejected]:
         """Read a client's request header.
 
         Args:
@@ -197,7 +201,8 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
             connection: a fresh server connection for this inbound.
 
         Returns:
-            The tunnel and its request, or ``Rejected`` (drain, then close).
+            The tunnel and its request, or ``Rejected`` (drain, then close;
+            ``first_bytes`` tells what the peer sent, for the log line).
 
         Raises:
             trio.BrokenResourceError: the peer sent invalid bytes or went away
@@ -206,8 +211,6 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
         stream = cls(transport, connection)
         event = await stream._next_event()
         if isinstance(event, Rejected | RequestHeader):
-            if isinstance(event, Rejected):
-                return event
             return stream, event
         raise LocalProtocolError(f"unexpected {type(event).__name__} before a header")
 
