@@ -17,7 +17,9 @@ otherwise need their users kept across the reload).
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -51,6 +53,7 @@ async def run(
     config: Config,
     *,
     grace: float = SHUTDOWN_GRACE,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config`` until cancelled or until SIGINT/SIGTERM.
@@ -58,6 +61,7 @@ async def run(
     Args:
         config: the loaded configuration.
         grace: seconds open tunnels get after a shutdown signal.
+        reuse_port: share the ports with other worker processes.
         task_status: receives ``{inbound tag (or index): [(host, port), ...]}``
             once every inbound listens.
 
@@ -88,7 +92,11 @@ async def run(
                     continue
                 handler = _handler(context, inbound, detours)
                 bound[inbound_key(inbound, index)] = await listeners.start(
-                    serve_ports, handler, inbound, inbound.ports, connections
+                    functools.partial(serve_ports, reuse_port=reuse_port),
+                    handler,
+                    inbound,
+                    inbound.ports,
+                    connections,
                 )
             root.start_soon(_watch_signals, listeners.cancel_scope)
             task_status.started(bound)
@@ -184,16 +192,63 @@ async def _watch_signals(listeners: trio.CancelScope) -> None:
 
 
 def serve_main(config: Config, *, workers: int = 1) -> None:
-    """Run ``config`` in this process until SIGINT or SIGTERM.
+    """Run ``config`` until SIGINT or SIGTERM, in this or ``workers`` processes.
+
+    With several workers, each is a forked process with its own Trio loop, and
+    the kernel spreads connections over their listeners (SO_REUSEPORT). The
+    price: every worker keeps its own auth-ID replay filter, so a replayed
+    first packet is caught only when it lands on the worker that saw the
+    original (with N workers, about one time in N).
 
     Args:
         config: the loaded configuration.
-        workers: event-loop processes sharing the ports (only 1 for now).
+        workers: event-loop processes sharing the ports.
 
     Raises:
-        ValueError: more than one worker was asked for.
+        ValueError: several workers with a port 0 or dynamic ports.
         OSError: an inbound could not bind its port.
     """
-    if workers != 1:
-        raise ValueError("--workers > 1 is not supported yet")
-    trio.run(run, config)
+    if workers <= 1:
+        trio.run(run, config)
+        return
+    if any(0 in inbound.ports for inbound in config.inbounds):
+        raise ValueError("--workers needs fixed ports (port 0 picks one per worker)")
+    if any(
+        isinstance(i.settings, VMessInboundSettings) and i.settings.detour_to
+        for i in config.inbounds
+    ):
+        raise ValueError("--workers cannot share dynamic ports (detour) yet")
+    _serve_forked(config, workers)
+
+
+def _serve_forked(config: Config, workers: int) -> None:
+    stop = {signal.SIGINT, signal.SIGTERM}
+    # Children inherit the mask; each unblocks in its own signal watcher.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                trio.run(functools.partial(run, config, reuse_port=True))
+            except OSError as exc:
+                LOGGER.error("worker %d: %s", os.getpid(), exc)
+                code = 2
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    LOGGER.info("%d workers: %s", workers, ", ".join(map(str, pids)))
+    failed = 0
+    while signal.sigtimedwait(stop, 0.2) is None:
+        done = [pid for pid in pids if os.waitpid(pid, os.WNOHANG)[0]]
+        if done:
+            failed = len(done)
+            pids = [pid for pid in pids if pid not in done]
+            break
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    if failed:
+        raise OSError(f"{failed} worker(s) exited early; see the log")

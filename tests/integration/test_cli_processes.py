@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -136,3 +137,81 @@ async def test_demo_serve_prints_a_working_link() -> None:
     assert "share link: vmess://" in text
     assert "vtrio client 'vmess://" in text
     assert code == 0
+
+
+async def test_workers_share_the_ports_and_stop_together(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`--workers 2`: two processes listen on one port; SIGTERM stops all."""
+    socks_port = await free_port()
+    config_file = tmp_path / "socks.json"
+    config_file.write_text(
+        json.dumps(
+            {
+                "inbounds": [
+                    {
+                        "tag": "socks",
+                        "listen": LOOPBACK,
+                        "port": socks_port,
+                        "protocol": "socks",
+                    }
+                ],
+                "outbounds": [{"protocol": "freedom"}],
+            }
+        )
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "vtrio",
+        "serve",
+        str(config_file),
+        "--workers",
+        "2",
+    ]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            process = await trio.lowlevel.open_process(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                await wait_for_port(socks_port)
+                owners = listening_pids(socks_port)
+                assert len(owners) == 2
+                assert process.pid not in owners
+                for number in range(20):
+                    stream = await open_connect(
+                        LOOPBACK, socks_port, LOOPBACK, echo_port
+                    )
+                    async with stream:
+                        message = f"message {number}".encode()
+                        await stream.send_all(message)
+                        assert await stream.receive_some(100) == message
+            finally:
+                process.send_signal(signal.SIGTERM)
+                code = await process.wait()
+            assert code == 0
+            nursery.cancel_scope.cancel()
+
+
+def listening_pids(port: int) -> set[int]:
+    """Processes with a listening socket on ``port`` (from /proc, Linux)."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                inodes.add(fields[9])
+    owners = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = {
+                os.readlink(f"/proc/{pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{pid}/fd")
+            }
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            owners.add(int(pid))
+    return owners

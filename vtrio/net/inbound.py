@@ -286,12 +286,14 @@ async def serve_ports(
     ports: tuple[int, ...],
     connections: trio.Nursery,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``ports`` of ``inbound`` until cancelled.
 
     Handlers run in ``connections``, so cancelling this task closes only the
-    listeners. Reports the bound (host, port) pairs.
+    listeners. Reports the bound (host, port) pairs. ``reuse_port`` lets
+    worker processes share the ports.
 
     Raises:
         OSError: a port could not be bound.
@@ -299,7 +301,7 @@ async def serve_ports(
     listeners: list[trio.SocketListener] = []
     for port in ports:
         listeners += await transport.open_listeners(
-            inbound.stream, inbound.listen, port
+            inbound.stream, inbound.listen, port, reuse_port=reuse_port
         )
     bound = [
         (str(listener.socket.getsockname()[0]), int(listener.socket.getsockname()[1]))

@@ -15,6 +15,7 @@ the access log; other streams do not have the attribute.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 async def open_listeners(
-    settings: StreamSettings, host: str, port: int
+    settings: StreamSettings, host: str, port: int, *, reuse_port: bool = False
 ) -> list[trio.SocketListener]:
     """Bind the TCP listeners of an inbound.
 
@@ -36,6 +37,8 @@ async def open_listeners(
         settings: the inbound's stream settings (they do not change binding).
         host: address to bind; "" or "0.0.0.0" / "::" mean every address.
         port: port to bind; 0 picks a free one.
+        reuse_port: set SO_REUSEPORT, so several worker processes share the
+            port and the kernel spreads connections over them.
 
     Returns:
         The bound listeners.
@@ -46,7 +49,34 @@ async def open_listeners(
     """
     if settings.security == "tls":
         server_context(settings.tls)
-    return await trio.open_tcp_listeners(port, host=host or None)
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    return await _open_shared_listeners(host, port)
+
+
+async def _open_shared_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with SO_REUSEPORT on every socket."""
+    infos = await trio.socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[trio.socket.SocketType] = []
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(
+            (i[0], i[1], i[2], i[3], i[4]) for i in infos
+        ):
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(sockaddr)
+            sock.listen(4096)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in sockets]
 
 
 async def accept_stream(
