@@ -54,6 +54,8 @@ class PeerProfile:
             (v2ray has none: it always pads gcm/chacha).
         udp_sizes: datagram payload sizes proven through its socks inbound
             (client) or its VMess inbound (server).
+        packet_encodings: per-datagram address schemes its client can put
+            inside a command-2 tunnel (sing-box ``packet_encoding``).
         notes: limits that shape the table, for docs/interop.md.
     """
 
@@ -67,6 +69,7 @@ class PeerProfile:
     global_padding_option: bool
     udp_client_sizes: tuple[int, ...]
     udp_server_sizes: tuple[int, ...]
+    packet_encodings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
     @property
@@ -129,6 +132,7 @@ PROFILES: dict[str, PeerProfile] = {
         global_padding_option=True,
         udp_client_sizes=UDP_SIZES,
         udp_server_sizes=UDP_SIZES,
+        packet_encodings=("packetaddr",),
         notes=(
             "never drains on a failed handshake (closes at once)",
             "never sends the end-of-stream chunk; understands it on receipt",
@@ -159,6 +163,8 @@ class Case:
     # Concurrent TCP connections (echo traffic only), each its own VMess one.
     streams: int = 1
     udp_sizes: tuple[int, ...] = ()
+    # sing-box's per-datagram addressing inside a UDP tunnel ("packetaddr").
+    packet_encoding: str = ""
 
     @property
     def alter_id(self) -> int:
@@ -177,6 +183,8 @@ class Case:
             options.append("authlen")
         if self.traffic != "echo":
             options.append(self.traffic)
+        if self.packet_encoding:
+            options.append(self.packet_encoding)
         if self.target != "127.0.0.1":
             options.append(self.target)
         if self.streams > 1:
@@ -271,6 +279,17 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
     cases += _udp_cases(
         name, VTRIO, securities, profile.udp_client_sizes, legacy=profile.legacy_header
     )
+    cases += [
+        Case(
+            name,
+            VTRIO,
+            "aes-128-gcm",
+            traffic="udp",
+            udp_sizes=profile.udp_client_sizes,
+            packet_encoding=encoding,
+        )
+        for encoding in profile.packet_encodings
+    ]
     return cases
 
 

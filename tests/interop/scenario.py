@@ -58,6 +58,7 @@ def account_for(case: Case) -> peers.Account:
         global_padding=case.global_padding,
         authenticated_length=case.authenticated_length,
         experiments=experiments,
+        packet_encoding=case.packet_encoding,
     )
 
 

@@ -29,7 +29,7 @@ from vtrio.config.model import (
     SocksInboundSettings,
     VMessInboundSettings,
 )
-from vtrio.errors import DialError, VtrioError
+from vtrio.errors import DialError, RemoteProtocolError, VtrioError
 from vtrio.net import transport
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
@@ -37,10 +37,12 @@ from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
 
 if TYPE_CHECKING:
     from vtrio.net.outbound import PacketConnection
+    from vtrio.protocol.address import Address
 from vtrio.net.relay import Traffic
 from vtrio.net.socks import handle_socks
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
+from vtrio.protocol import packetaddr
 from vtrio.protocol.connection import ServerConnection
 from vtrio.protocol.events import Rejected
 from vtrio.protocol.instruction import Command
@@ -207,8 +209,13 @@ async def _serve_udp(
     try:
         async with trio.open_nursery() as nursery:
             outbound = await context.dispatcher.open_udp(destination, session, nursery)
+            framing = (
+                _AddressPerDatagram()
+                if request.address == packetaddr.MAGIC_DOMAIN
+                else _FixedDestination(destination)
+            )
             try:
-                await _relay_datagrams(channel, outbound, destination, idle, traffic)
+                await _relay_datagrams(channel, outbound, framing, idle, traffic)
             finally:
                 with trio.CancelScope(shield=True):
                     await outbound.aclose()
@@ -217,10 +224,38 @@ async def _serve_udp(
         context.log_access(session, destination, handler.tag, traffic)
 
 
+class _FixedDestination:
+    """Command 2 as designed: every datagram goes to the request's destination."""
+
+    def __init__(self, destination: Destination) -> None:
+        self._destination = destination
+
+    def unpack(self, datagram: bytes) -> tuple[Address, int, bytes]:
+        return self._destination.address, self._destination.port, datagram
+
+    def pack(self, payload: bytes, source: Address, port: int) -> bytes | None:
+        del source, port
+        return payload
+
+
+class _AddressPerDatagram:
+    """packetaddr: each datagram names its destination; replies their source."""
+
+    @staticmethod
+    def unpack(datagram: bytes) -> tuple[Address, int, bytes]:
+        return packetaddr.unpack_datagram(datagram)
+
+    @staticmethod
+    def pack(payload: bytes, source: Address, port: int) -> bytes | None:
+        if isinstance(source, str):
+            return None
+        return packetaddr.pack_datagram(source, port, payload)
+
+
 async def _relay_datagrams(
     channel: VMessDatagramChannel,
     outbound: PacketConnection,
-    destination: Destination,
+    framing: _FixedDestination | _AddressPerDatagram,
     idle: float,
     traffic: Traffic,
 ) -> None:
@@ -231,21 +266,22 @@ async def _relay_datagrams(
 
             async def downlink() -> None:
                 while True:
-                    payload, _, _ = await outbound.receive_from()
+                    payload, source, port = await outbound.receive_from()
                     scope.deadline = trio.current_time() + idle
                     traffic.down += len(payload)
-                    await channel.send(payload)
+                    datagram = framing.pack(payload, source, port)
+                    if datagram is not None:
+                        await channel.send(datagram)
 
             nursery.start_soon(downlink)
-            while (payload := await channel.receive()) is not None:
+            while (datagram := await channel.receive()) is not None:
                 scope.deadline = trio.current_time() + idle
-                traffic.up += len(payload)
                 try:
-                    await outbound.send_to(
-                        payload, destination.address, destination.port
-                    )
-                except (DialError, OSError) as exc:
-                    LOGGER.debug("UDP to %s failed: %s", destination, exc)
+                    address, port, payload = framing.unpack(datagram)
+                    traffic.up += len(payload)
+                    await outbound.send_to(payload, address, port)
+                except (RemoteProtocolError, DialError, OSError) as exc:
+                    LOGGER.debug("UDP datagram dropped: %s", exc)
             nursery.cancel_scope.cancel()
 
 
