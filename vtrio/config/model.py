@@ -287,14 +287,3 @@ class Config:
             if inbound.tag == tag:
                 return inbound
         raise KeyError(tag)
-
-    def outbound(self, tag: str) -> Outbound:
-        """The outbound with this tag.
-
-        Raises:
-            KeyError: no outbound has that tag.
-        """
-        for outbound in self.outbounds:
-            if outbound.tag == tag:
-                return outbound
-        raise KeyError(tag)
