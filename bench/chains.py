@@ -442,9 +442,14 @@ async def run(args: argparse.Namespace) -> None:
                         row.setdefault("RSS idle c", []).append(idle_client)
                         row.setdefault("RSS idle s", []).append(idle_server)
                         if args.idle_tunnels and round_number == 0:
-                            client_kib, server_kib = await idle_tunnels(
-                                chain, target, args.idle_tunnels
-                            )
+                            try:
+                                client_kib, server_kib = await idle_tunnels(
+                                    chain, target, args.idle_tunnels
+                                )
+                            except (OSError, EOFError) as exc:
+                                message = f"{chain.name}: idle tunnels: {exc}"
+                                print(message, file=sys.stderr)
+                                continue
                             row["KiB/tunnel c"] = [
                                 (client_kib - idle_client) / args.idle_tunnels
                             ]
@@ -499,7 +504,17 @@ def report(
         print(f"{name:<16}{security:<19}" + "".join(cells))
 
 
+def raise_file_limit() -> None:
+    """Idle-tunnel runs hold thousands of sockets here and in the proxies."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main() -> None:
+    raise_file_limit()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=128, help="MB per transfer")
