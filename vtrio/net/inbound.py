@@ -179,9 +179,16 @@ class VMessHandler:
         if request.command is Command.UDP:
             await _serve_udp(context, vmess, request, session)
             return
-        await run_tunnel(
-            context, vmess, Destination(request.address, request.port, "tcp"), session
-        )
+        try:
+            await run_tunnel(
+                context,
+                vmess,
+                Destination(request.address, request.port, "tcp"),
+                session,
+            )
+        except Exception:
+            await vmess.flush_header()
+            raise
 
 
 async def _drain(stream: trio.abc.Stream, size: int) -> None:

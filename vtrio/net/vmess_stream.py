@@ -19,6 +19,7 @@ objects: one datagram per chunk in both directions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -220,6 +221,16 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was already called")
             await self._send(data, self._conn.send_data)
+
+    async def flush_header(self) -> None:
+        """Send the response header if nothing was sent yet (spec 5.4: v2ray
+        flushes it when a tunnel fails before the target answered), so the
+        client sees a closed tunnel rather than a broken handshake."""
+        if self._started or self._closed or self._broken:
+            await trio.lowlevel.checkpoint()
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.BusyResourceError):
+            await self._send(b"", self._conn.send_data)
 
     async def send_eof(self) -> None:
         with self._send_guard:
