@@ -1,0 +1,100 @@
+"""The cipher layer: both AEAD backends byte for byte, CFB and SHAKE as Go does.
+
+pycryptodome is the required backend and ``cryptography`` the optional fast
+one; whichever is installed, VMess peers must see the same bytes, so every
+construction is compared against pycryptodome's reference objects.
+"""
+
+from __future__ import annotations
+
+import pytest
+from Crypto.Cipher import AES, ChaCha20_Poly1305
+from Crypto.Hash import SHAKE128
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtrio.errors import RemoteProtocolError
+from vtrio.protocol import ciphers
+
+pytest.importorskip("cryptography")
+
+BACKENDS: list[type[ciphers._PyCryptodomeAEAD] | type[ciphers._OpenSSLAEAD]] = [
+    ciphers._PyCryptodomeAEAD,
+    ciphers._OpenSSLAEAD,
+]
+
+
+def reference(chacha: bool, key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    cipher = (
+        ChaCha20_Poly1305.new(key=key, nonce=nonce)
+        if chacha
+        else AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=16)
+    )
+    cipher.update(aad)
+    sealed, tag = cipher.encrypt_and_digest(data)
+    return bytes(sealed + tag)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    chacha=st.booleans(),
+    key16=st.binary(min_size=16, max_size=16),
+    key32=st.binary(min_size=32, max_size=32),
+    nonce=st.binary(min_size=12, max_size=12),
+    data=st.binary(max_size=17000),
+    aad=st.binary(max_size=40),
+)
+def test_both_backends_match_the_reference(
+    chacha: bool, key16: bytes, key32: bytes, nonce: bytes, data: bytes, aad: bytes
+) -> None:
+    key = key32 if chacha else key16
+    expected = reference(chacha, key, nonce, data, aad)
+    for backend in BACKENDS:
+        aead = backend(key, chacha)
+        assert aead.seal(nonce, data, aad) == expected
+        assert aead.open(nonce, expected, aad) == data
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=["pycryptodome", "cryptography"])
+@pytest.mark.parametrize("chacha", [False, True], ids=["gcm", "chacha"])
+def test_tampering_and_truncation_are_typed_errors(
+    backend: type[ciphers._PyCryptodomeAEAD] | type[ciphers._OpenSSLAEAD],
+    chacha: bool,
+) -> None:
+    key, nonce = bytes(range(32 if chacha else 16)), bytes(12)
+    aead = backend(key, chacha)
+    sealed = aead.seal(nonce, b"payload", b"aad")
+    for index in range(len(sealed)):
+        tampered = bytearray(sealed)
+        tampered[index] ^= 1
+        with pytest.raises(RemoteProtocolError):
+            aead.open(nonce, bytes(tampered), b"aad")
+    for size in range(16):
+        with pytest.raises(RemoteProtocolError):
+            aead.open(nonce, sealed[:size], b"aad")
+    with pytest.raises(RemoteProtocolError):
+        aead.open(nonce, sealed, b"other aad")
+
+
+@given(data=st.lists(st.binary(max_size=100), max_size=20))
+def test_cfb_is_one_stream_across_calls(data: list[bytes]) -> None:
+    key, iv = bytes(range(16)), bytes(range(16, 32))
+    whole = b"".join(data)
+    expected = AES.new(key, AES.MODE_CFB, iv=iv, segment_size=128).encrypt(whole)
+    encryptor = ciphers.aes_128_cfb(key, iv)
+    assert b"".join(encryptor.encrypt(part) for part in data) == expected
+    decryptor = ciphers.aes_128_cfb(key, iv)
+    assert decryptor.decrypt(expected) == whole
+
+
+@given(reads=st.lists(st.integers(0, 600), max_size=30))
+def test_buffered_shake_reads_like_the_plain_xof(reads: list[int]) -> None:
+    seed = b"vmess iv 16 byte"
+    plain = SHAKE128.new(seed)
+    buffered = ciphers.shake128(seed)
+    for size in reads:
+        assert buffered.read(size) == plain.read(size)
+
+
+def test_backend_name_is_one_of_the_two() -> None:
+    assert ciphers.backend_name() in ("pycryptodome", "cryptography")
