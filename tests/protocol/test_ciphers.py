@@ -53,6 +53,10 @@ def test_both_backends_match_the_reference(
         aead = backend(key, chacha)
         assert aead.seal(nonce, data, aad) == expected
         assert aead.open(nonce, expected, aad) == data
+    if not chacha:
+        counter_gcm = ciphers._CounterGCM(key)
+        assert counter_gcm.seal(nonce, data, aad) == expected
+        assert counter_gcm.open(nonce, expected, aad) == data
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=["pycryptodome", "cryptography"])
@@ -94,6 +98,24 @@ def test_buffered_shake_reads_like_the_plain_xof(reads: list[int]) -> None:
     buffered = ciphers.shake128(seed)
     for size in reads:
         assert buffered.read(size) == plain.read(size)
+
+
+def test_counter_gcm_refuses_tampering() -> None:
+    aead = ciphers._CounterGCM(bytes(range(16)))
+    nonce = bytes(12)
+    sealed = aead.seal(nonce, b"payload" * 100, b"aad")
+    for index in (0, 5, len(sealed) - 17, len(sealed) - 1):
+        tampered = bytearray(sealed)
+        tampered[index] ^= 0x80
+        with pytest.raises(RemoteProtocolError):
+            aead.open(nonce, bytes(tampered), b"aad")
+    with pytest.raises(RemoteProtocolError):
+        aead.open(nonce, sealed[:15])
+
+
+def test_the_pycryptodome_backend_uses_the_per_key_gcm() -> None:
+    """Guards the fast path against a pycryptodome that moved its internals."""
+    assert ciphers._GHASH_FACTORY is not None
 
 
 def test_backend_name_is_one_of_the_two() -> None:

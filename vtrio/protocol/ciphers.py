@@ -14,13 +14,18 @@ per-object set-up cost (research/crypto-cost.md). ``VTRIO_CRYPTO_BACKEND``
 
 from __future__ import annotations
 
+import hmac
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from Crypto.Cipher import AES, ChaCha20_Poly1305
 from Crypto.Hash import SHAKE128
+from Crypto.Util.strxor import strxor
 
-from vtrio.errors import RemoteProtocolError
+from vtrio.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Buffer = bytes | bytearray | memoryview
 TAG_SIZE = 16
@@ -88,6 +93,91 @@ class _PyCryptodomeAEAD:
             raise RemoteProtocolError("authentication tag mismatch") from exc
 
 
+def _ghash_factory() -> Callable[[bytes], Any] | None:
+    """pycryptodome's GHASH with its precomputed table, if this version has it.
+
+    It is private API (``Crypto.Cipher._mode_gcm``), so its absence only means
+    the slower public GCM object is used; the tests compare both byte for byte.
+    """
+    try:
+        from Crypto.Cipher import _mode_gcm
+
+        implementation = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
+        ghash_class: Any = _mode_gcm._GHASH
+        ghash_class(bytes(16), implementation).update(bytes(16)).digest()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return lambda subkey: ghash_class(subkey, implementation)
+
+
+_GHASH_FACTORY = _ghash_factory()
+_BLOCK = 16
+# Counter blocks for the largest GCM call (a 65535-byte chunk), shared by
+# every key: block k holds counter k + 1 after 12 nonce bytes patched per call.
+_COUNTER_TEMPLATE = b"".join(
+    bytes(12) + (k + 1).to_bytes(4, "big") for k in range(1 + 65536 // _BLOCK)
+)
+
+
+class _CounterGCM:
+    """AES-GCM built per key from an ECB object and a GHASH table.
+
+    pycryptodome spends about 60 µs creating a GCM object and VMess needs a
+    new nonce per chunk; here the key schedule and the GHASH multiplication
+    table are made once per key, and each chunk costs one ECB call over its
+    counter blocks (J0 first, for the tag mask) and one GHASH pass.
+    """
+
+    __slots__ = ("_ecb", "_subkey")
+
+    def __init__(self, key: bytes) -> None:
+        self._ecb = AES.new(key, AES.MODE_ECB)
+        self._subkey = self._ecb.encrypt(bytes(_BLOCK))
+
+    def _keystream(self, nonce: bytes, size: int) -> tuple[bytes, bytes]:
+        """The tag mask E(J0) and ``size`` bytes of keystream."""
+        blocks = 1 + (size + _BLOCK - 1) // _BLOCK
+        if blocks * _BLOCK > len(_COUNTER_TEMPLATE):
+            raise LocalProtocolError(f"{size} bytes is more than a VMess chunk")
+        counters = bytearray(_COUNTER_TEMPLATE[: blocks * _BLOCK])
+        for index in range(12):
+            counters[index::_BLOCK] = nonce[index : index + 1] * blocks
+        stream = self._ecb.encrypt(counters)
+        return stream[:_BLOCK], stream[_BLOCK : _BLOCK + size]
+
+    def _tag(self, mask: bytes, ciphertext: Buffer, aad: bytes) -> bytes:
+        assert _GHASH_FACTORY is not None
+        ghash: Any = _GHASH_FACTORY(self._subkey)
+        bits = (len(aad) * 8, len(ciphertext) * 8)
+        ghash.update(
+            b"".join(
+                (
+                    aad,
+                    bytes(-len(aad) % _BLOCK),
+                    ciphertext,
+                    bytes(-len(ciphertext) % _BLOCK),
+                    *(n.to_bytes(8, "big") for n in bits),
+                )
+            )
+        )
+        return bytes(strxor(ghash.digest(), mask))
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        mask, stream = self._keystream(nonce, len(plaintext))
+        ciphertext = bytes(strxor(plaintext, stream)) if plaintext else b""
+        return ciphertext + self._tag(mask, ciphertext, aad)
+
+    def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise RemoteProtocolError("sealed data shorter than its tag")
+        view = memoryview(sealed)
+        ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
+        mask, stream = self._keystream(nonce, len(ciphertext))
+        if not hmac.compare_digest(self._tag(mask, ciphertext, aad), tag):
+            raise RemoteProtocolError("authentication tag mismatch")
+        return bytes(strxor(ciphertext, stream)) if len(ciphertext) else b""
+
+
 def _choose_backend() -> str:
     wanted = os.environ.get("VTRIO_CRYPTO_BACKEND", "")
     if wanted == "pycryptodome":
@@ -141,6 +231,8 @@ class _OpenSSLAEAD:
 def _aead(key: bytes, chacha: bool) -> AEAD:
     if _BACKEND == "cryptography":
         return _OpenSSLAEAD(key, chacha)
+    if not chacha and _GHASH_FACTORY is not None:
+        return _CounterGCM(key)
     return _PyCryptodomeAEAD(key, chacha)
 
 
@@ -192,8 +284,6 @@ class StreamCipher:
     def _check(self, mode: str) -> None:
         if self._mode != mode:
             if self._mode:
-                from vtrio.errors import LocalProtocolError
-
                 raise LocalProtocolError("a CFB stream cannot both encrypt and decrypt")
             self._mode = mode
 
