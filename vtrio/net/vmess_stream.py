@@ -20,6 +20,7 @@ objects: one datagram per chunk in both directions.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import platform
 import time
@@ -248,9 +249,10 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         with self._receive_guard:
             self._check_open()
-            if max_bytes is not None and max_bytes < 1:
+            # operator.index refuses floats, as trio's own streams do.
+            limit = RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+            if limit < 1:
                 raise ValueError("max_bytes must be at least 1")
-            limit = RECEIVE_SIZE if max_bytes is None else max_bytes
             if not self._pending:
                 if self._eof_received:
                     await trio.lowlevel.checkpoint()

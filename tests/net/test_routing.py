@@ -1,0 +1,76 @@
+"""Routing: field rules choose the outbound; the first outbound otherwise."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from vtrio.config import model
+from vtrio.routing import pick_outbound
+
+RULES = model.Routing(
+    rules=(
+        model.RoutingRule(
+            "by-inbound", inbound_tags=frozenset({"socks-in"}), ports=((25, 25),)
+        ),
+        model.RoutingRule(
+            "by-domain",
+            domains=(
+                model.DomainMatcher("full", "exact.example"),
+                model.DomainMatcher("domain", "suffix.example"),
+                model.DomainMatcher("keyword", "tracker"),
+                model.DomainMatcher("regexp", r"^cdn\d+\.", re.compile(r"^cdn\d+\.")),
+            ),
+        ),
+        model.RoutingRule(
+            "by-ip",
+            ips=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")),
+        ),
+        model.RoutingRule(
+            "by-port-udp", ports=((53, 53), (5000, 5010)), networks=frozenset({"udp"})
+        ),
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("inbound", "address", "port", "network", "expected"),
+    [
+        ("socks-in", "mail.example", 25, "tcp", "by-inbound"),
+        ("http-in", "mail.example", 25, "tcp", None),
+        ("any", "exact.example", 443, "tcp", "by-domain"),
+        ("any", "sub.exact.example", 443, "tcp", None),
+        ("any", "suffix.example", 443, "tcp", "by-domain"),
+        ("any", "a.b.suffix.example", 443, "tcp", "by-domain"),
+        ("any", "notsuffix.example", 443, "tcp", None),
+        ("any", "my-tracker.net", 80, "tcp", "by-domain"),
+        ("any", "cdn42.example.org", 80, "tcp", "by-domain"),
+        ("any", "EXACT.example.", 443, "tcp", "by-domain"),
+        ("any", ipaddress.ip_address("10.1.2.3"), 443, "tcp", "by-ip"),
+        ("any", ipaddress.ip_address("::ffff:10.1.2.3"), 443, "tcp", "by-ip"),
+        ("any", ipaddress.ip_address("fd12::1"), 443, "tcp", "by-ip"),
+        ("any", ipaddress.ip_address("11.0.0.1"), 443, "tcp", None),
+        ("any", "10.example", 53, "udp", "by-port-udp"),
+        ("any", "10.example", 53, "tcp", None),
+        ("any", "host", 5005, "udp", "by-port-udp"),
+    ],
+)
+def test_first_matching_rule_wins(
+    inbound: str,
+    address: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+    port: int,
+    network: str,
+    expected: str | None,
+) -> None:
+    assert (
+        pick_outbound(
+            RULES,
+            inbound_tag=inbound,
+            address=address,
+            port=port,
+            network=network,  # type: ignore[arg-type]
+        )
+        == expected
+    )
