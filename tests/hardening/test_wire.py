@@ -8,8 +8,13 @@ drain when spec 9.2 says so, at once otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -33,6 +38,8 @@ from tests.support.hardening import (
 )
 
 if TYPE_CHECKING:
+    import pathlib
+
     from vtrio.config import model
 
 HANDSHAKE = 1.0
@@ -205,3 +212,68 @@ async def test_two_hundred_concurrent_tunnels_lose_nothing() -> None:
             assert failures == []
             assert target.accepted == 200
             assert await wait_task_count(before) <= before
+
+
+async def test_a_killed_server_closes_the_client_side_promptly(
+    tmp_path: pathlib.Path,
+) -> None:
+    """kill -9 of the server process mid-tunnel: the SOCKS client sees the end."""
+    from tests.integration.test_chain import client_config
+    from tests.integration.test_cli_processes import free_port, wait_for_port
+    from tests.support.socks5 import open_connect
+    from vtrio.config import model
+
+    server_port = await free_port()
+    config_file = tmp_path / "server.json"
+    config_file.write_text(
+        json.dumps(
+            {
+                "inbounds": [
+                    {
+                        "tag": "vmess-in",
+                        "listen": "127.0.0.1",
+                        "port": server_port,
+                        "protocol": "vmess",
+                        "settings": {"clients": [{"id": str(KNOWN.id)}]},
+                    }
+                ],
+                "outbounds": [{"protocol": "freedom"}],
+            }
+        )
+    )
+    with trio.fail_after(30):
+        async with target_running(Target(mode="stall")) as target:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "vtrio", "serve", str(config_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await wait_for_port(server_port)
+                client = client_config(server_port, model.Security.AES_128_GCM)
+                client = dataclasses.replace(
+                    client,
+                    outbounds=(
+                        dataclasses.replace(
+                            client.outbounds[0],
+                            settings=model.VMessOutboundSettings(
+                                (model.VMessServer("127.0.0.1", server_port, (KNOWN,)),)
+                            ),
+                        ),
+                    ),
+                )
+                async with running(client, "socks-in") as (socks_port, _):
+                    stream = await open_connect(
+                        "127.0.0.1", socks_port, "127.0.0.1", target.port
+                    )
+                    async with stream:
+                        await stream.send_all(b"x" * 5000)
+                        await target.connected.wait()
+                        process.kill()
+                        started = time.monotonic()
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            assert await stream.receive_some(100) == b""
+                        assert time.monotonic() - started < 3
+            finally:
+                process.kill()
+                await process.wait()
