@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from vtrio.errors import LocalProtocolError, RemoteProtocolError
 from vtrio.protocol.ciphers import aes_128_cfb, aes_128_gcm, chacha20_poly1305, shake128
@@ -109,6 +109,20 @@ class Framing:
         return SEALED_LENGTH_FIELD if self.authenticated_length else 2
 
 
+class DirectionKeys(TypedDict):
+    """The keys of one direction.
+
+    ``key``/``iv`` are this direction's body key and IV (ReqKey/ReqIV or
+    RespKey/RespIV); ``request_key``/``request_iv`` are the request's, for the
+    authenticated length, which both directions take from the request (6.1).
+    """
+
+    key: bytes
+    iv: bytes
+    request_key: bytes
+    request_iv: bytes
+
+
 class _Direction:
     """Cipher state of one direction, shared by the encoder and the decoder."""
 
@@ -116,20 +130,17 @@ class _Direction:
         self,
         framing: Framing,
         *,
-        key: bytes,
-        iv: bytes,
-        request_key: bytes,
-        request_iv: bytes,
         stream_cipher: StreamCipher | None = None,
+        **keys: Unpack[DirectionKeys],
     ) -> None:
         """Args:
         framing: the connection's framing.
-        key, iv: this direction's body key and IV (ReqKey/ReqIV or RespKey/RespIV).
-        request_key, request_iv: the request's, for the authenticated length,
-            which both directions take from the request (spec 6.1).
         stream_cipher: legacy only, a CFB stream to continue (the legacy
             response header's); by default a fresh one over key and iv.
+        keys: see :class:`DirectionKeys`.
         """
+        key, iv = keys["key"], keys["iv"]
+        request_key, request_iv = keys["request_key"], keys["request_iv"]
         self.framing = framing
         self._xof = shake128(iv) if framing.padding or framing.masking else None
         self._draw = 2 * (framing.padding + framing.masking)
@@ -183,21 +194,11 @@ class ChunkEncoder(_Direction):
         self,
         framing: Framing,
         *,
-        key: bytes,
-        iv: bytes,
-        request_key: bytes,
-        request_iv: bytes,
         random: Callable[[int], bytes],
         stream_cipher: StreamCipher | None = None,
+        **keys: Unpack[DirectionKeys],
     ) -> None:
-        super().__init__(
-            framing,
-            key=key,
-            iv=iv,
-            request_key=request_key,
-            request_iv=request_iv,
-            stream_cipher=stream_cipher,
-        )
+        super().__init__(framing, stream_cipher=stream_cipher, **keys)
         self._random = random
 
     def encode_stream(self, data: bytes | bytearray | memoryview) -> bytes:
@@ -259,20 +260,10 @@ class ChunkDecoder(_Direction):
         self,
         framing: Framing,
         *,
-        key: bytes,
-        iv: bytes,
-        request_key: bytes,
-        request_iv: bytes,
         stream_cipher: StreamCipher | None = None,
+        **keys: Unpack[DirectionKeys],
     ) -> None:
-        super().__init__(
-            framing,
-            key=key,
-            iv=iv,
-            request_key=request_key,
-            request_iv=request_iv,
-            stream_cipher=stream_cipher,
-        )
+        super().__init__(framing, stream_cipher=stream_cipher, **keys)
         self._buffer = bytearray()
         self._eof = False
         self._ended = False
