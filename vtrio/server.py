@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vtrio.config.model import VMessInboundSettings
+from vtrio.config.model import DokodemoInboundSettings, VMessInboundSettings
 from vtrio.net.context import ServerContext
+from vtrio.net.dokodemo import serve_dokodemo_udp
 from vtrio.net.dynamic_port import DetourPorts, DetourWorker
 from vtrio.net.inbound import VMessHandler, make_handler, serve_ports
 from vtrio.net.outbound import Dispatcher
@@ -63,7 +64,7 @@ async def run(
         grace: seconds open tunnels get after a shutdown signal.
         reuse_port: share the ports with other worker processes.
         task_status: receives ``{inbound tag (or index): [(host, port), ...]}``
-            once every inbound listens.
+            once every inbound listens (a dokodemo-door's UDP ports first).
 
     Raises:
         OSError: an inbound could not bind its port.
@@ -90,13 +91,8 @@ async def run(
             for index, inbound in enumerate(config.inbounds):
                 if inbound.tag in detour_targets:
                     continue
-                handler = _handler(context, inbound, detours)
-                bound[inbound_key(inbound, index)] = await listeners.start(
-                    functools.partial(serve_ports, reuse_port=reuse_port),
-                    handler,
-                    inbound,
-                    inbound.ports,
-                    connections,
+                bound[inbound_key(inbound, index)] = await _start_inbound(
+                    listeners, context, inbound, detours, connections, reuse_port
                 )
             root.start_soon(_watch_signals, listeners.cancel_scope)
             task_status.started(bound)
@@ -107,6 +103,34 @@ async def run(
         connections.cancel_scope.deadline = trio.current_time() + grace
         await _wait_empty(connections)
         root.cancel_scope.cancel()
+
+
+async def _start_inbound(
+    listeners: trio.Nursery,
+    context: ServerContext,
+    inbound: Inbound,
+    detours: dict[str, DetourPorts],
+    connections: trio.Nursery,
+    reuse_port: bool,
+) -> list[tuple[str, int]]:
+    """Start an inbound's listeners (TCP, and UDP for a dokodemo-door)."""
+    settings = inbound.settings
+    addresses: list[tuple[str, int]] = []
+    if isinstance(settings, DokodemoInboundSettings) and "udp" in settings.networks:
+        addresses += [
+            await listeners.start(serve_dokodemo_udp, context, inbound, settings, port)
+            for port in inbound.ports
+        ]
+        if "tcp" not in settings.networks:
+            return addresses
+    addresses += await listeners.start(
+        functools.partial(serve_ports, reuse_port=reuse_port),
+        _handler(context, inbound, detours),
+        inbound,
+        inbound.ports,
+        connections,
+    )
+    return addresses
 
 
 def _handler(
