@@ -247,18 +247,32 @@ def chacha20_poly1305(key: bytes) -> AEAD:
 
 
 class BlockCipher:
-    """Single AES blocks (the AEAD auth ID, spec section 3.2)."""
+    """Single AES blocks (the AEAD auth ID, spec section 3.2).
 
-    __slots__ = ("_ecb",)
+    A server tries one block per user on every handshake, so the per-call
+    cost matters: with ``cryptography`` the ECB contexts are made once and
+    reused (about 0.5 µs a block against pycryptodome's 3 µs).
+    """
+
+    __slots__ = ("decrypt", "encrypt")
 
     def __init__(self, key: bytes) -> None:
-        self._ecb = AES.new(key, AES.MODE_ECB)
+        self.encrypt: Callable[[bytes], bytes]
+        self.decrypt: Callable[[bytes], bytes]
+        if _BACKEND == "cryptography":
+            from cryptography.hazmat.primitives.ciphers import (
+                Cipher,
+                algorithms,
+                modes,
+            )
 
-    def encrypt(self, block: bytes) -> bytes:
-        return bytes(self._ecb.encrypt(block))
-
-    def decrypt(self, block: bytes) -> bytes:
-        return bytes(self._ecb.decrypt(block))
+            cipher = Cipher(algorithms.AES(key), modes.ECB())
+            self.encrypt = cipher.encryptor().update
+            self.decrypt = cipher.decryptor().update
+        else:
+            ecb = AES.new(key, AES.MODE_ECB)
+            self.encrypt = ecb.encrypt
+            self.decrypt = ecb.decrypt
 
 
 def aes_128_ecb(key: bytes) -> BlockCipher:
