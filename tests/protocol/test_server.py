@@ -326,7 +326,7 @@ def test_truncation_at_every_position() -> None:
                 drain(server)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(data=st.binary(min_size=0, max_size=600), eof=st.booleans())
 def test_random_bytes_give_only_rejections(data: bytes, eof: bool) -> None:
     server = ServerConnection(
