@@ -35,7 +35,7 @@ from vtrio.config.model import (
     WebSocketSettings,
 )
 from vtrio.config.normalize import parse_id, parse_ports, parse_security
-from vtrio.errors import ConfigError, ConfigErrors
+from vtrio.errors import ConfigError, ConfigErrors, VtrioError
 
 app = typer.Typer(
     name="vtrio",
@@ -122,6 +122,8 @@ def _run(config: Config, workers: int, banner: list[str]) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen: {exc.strerror or exc}")
+    except VtrioError as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         pass
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.config.model import DokodemoInboundSettings, VMessInboundSettings
+from vtrio.errors import VtrioError
 from vtrio.net.context import ServerContext
 from vtrio.net.dokodemo import serve_dokodemo_udp
 from vtrio.net.dynamic_port import DetourPorts, DetourWorker
@@ -35,6 +36,8 @@ from vtrio.net.outbound import Dispatcher
 from vtrio.protocol.validator import UserValidator
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vtrio.config.model import Config, Inbound
 
 LOGGER = logging.getLogger("vtrio.server")
@@ -231,9 +234,10 @@ def serve_main(config: Config, *, workers: int = 1) -> None:
     Raises:
         ValueError: several workers with a port 0 or dynamic ports.
         OSError: an inbound could not bind its port.
+        VtrioError: a part of the config could not be used (certificates).
     """
     if workers <= 1:
-        trio.run(run, config)
+        _run_loop(config, reuse_port=False)
         return
     if any(0 in inbound.ports for inbound in config.inbounds):
         raise ValueError("--workers needs fixed ports (port 0 picks one per worker)")
@@ -243,6 +247,33 @@ def serve_main(config: Config, *, workers: int = 1) -> None:
     ):
         raise ValueError("--workers cannot share dynamic ports (detour) yet")
     _serve_forked(config, workers)
+
+
+def _run_loop(config: Config, *, reuse_port: bool) -> None:
+    """``trio.run(run, ...)``, with a start-up failure raised as itself.
+
+    The nurseries wrap a bind or certificate error in exception groups; the
+    caller wants the one error to print, not a group.
+
+    Raises:
+        OSError: a port could not be bound.
+        VtrioError: a part of the config could not be used (certificates).
+    """
+    try:
+        trio.run(functools.partial(run, config, reuse_port=reuse_port))
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if leaves and all(isinstance(e, OSError | VtrioError) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _serve_forked(config: Config, workers: int) -> None:
@@ -255,8 +286,8 @@ def _serve_forked(config: Config, workers: int) -> None:
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
-                trio.run(functools.partial(run, config, reuse_port=True))
-            except OSError as exc:
+                _run_loop(config, reuse_port=True)
+            except (OSError, VtrioError) as exc:
                 LOGGER.error("worker %d: %s", os.getpid(), exc)
                 code = 2
             finally:

@@ -215,3 +215,56 @@ def listening_pids(port: int) -> set[int]:
         if any(f"socket:[{inode}]" in links for inode in inodes):
             owners.add(int(pid))
     return owners
+
+
+async def test_start_up_failures_are_one_line_and_exit_2(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A busy port or a missing certificate: a message, exit 2, no traceback."""
+    busy = trio.socket.socket()
+    await busy.bind((LOOPBACK, 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases = {
+        "busy.json": (
+            {"port": port, "listen": LOOPBACK, "protocol": "socks"},
+            "cannot listen: Address already in use",
+        ),
+        "cert.json": (
+            {
+                "port": 0,
+                "listen": LOOPBACK,
+                "protocol": "vmess",
+                "settings": {"clients": [{"id": USER}]},
+                "streamSettings": {
+                    "security": "tls",
+                    "tlsSettings": {
+                        "certificates": [
+                            {
+                                "certificateFile": str(tmp_path / "missing.crt"),
+                                "keyFile": str(tmp_path / "missing.key"),
+                            }
+                        ]
+                    },
+                },
+            },
+            "cannot load certificate and key",
+        ),
+    }
+    with busy, trio.fail_after(30):
+        for name, (inbound, expected) in cases.items():
+            config_file = tmp_path / name
+            config_file.write_text(
+                json.dumps(
+                    {"inbounds": [inbound], "outbounds": [{"protocol": "freedom"}]}
+                )
+            )
+            result = await trio.run_process(
+                [sys.executable, "-m", "vtrio", "serve", str(config_file)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert result.returncode == 2
+            assert expected in result.stderr.decode()
+            assert b"Traceback" not in result.stderr
