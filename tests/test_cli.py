@@ -88,3 +88,38 @@ def test_client_with_a_bad_link_exits_2() -> None:
 def test_version() -> None:
     result = RUNNER.invoke(app, ["version"])
     assert result.stdout.strip() == f"vtrio {__version__}"
+
+
+def test_check_reads_the_certificates(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "tls.json"
+    config.write_text(
+        json.dumps(
+            {
+                "inbounds": [
+                    {
+                        "port": 443,
+                        "protocol": "vmess",
+                        "settings": {
+                            "clients": [{"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]
+                        },
+                        "streamSettings": {
+                            "security": "tls",
+                            "tlsSettings": {
+                                "certificates": [
+                                    {
+                                        "certificateFile": "/nonexistent.crt",
+                                        "keyFile": "/nonexistent.key",
+                                    }
+                                ]
+                            },
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    result = RUNNER.invoke(app, ["check", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"{config}: $.inbounds[0].streamSettings.tlsSettings.certificates[0]: cannot load"
+    )

@@ -36,6 +36,7 @@ from vtrio.config.model import (
 )
 from vtrio.config.normalize import parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
+from vtrio.net.transport.tls import server_context
 
 app = typer.Typer(
     name="vtrio",
@@ -269,6 +270,19 @@ def check(
 ) -> None:
     """Validate config files (like `v2ray -test`) and print a summary."""
     loaded = _load(config)
+    # Certificates are read here too, as v2ray -test does.
+    problems = []
+    for index, inbound in enumerate(loaded.inbounds):
+        if inbound.stream.security == "tls":
+            try:
+                server_context(inbound.stream.tls)
+            except ConfigError as exc:
+                source = " + ".join(loaded.sources)
+                problems.append(f"{source}: $.inbounds[{index}].streamSettings.{exc}")
+    if problems:
+        for problem in problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(code=2)
     for line in _summary(loaded):
         typer.echo(line)
     typer.echo("Configuration OK.")
