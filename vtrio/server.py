@@ -33,7 +33,6 @@ from vtrio.net.dokodemo import serve_dokodemo_udp
 from vtrio.net.dynamic_port import DetourPorts, DetourWorker
 from vtrio.net.inbound import VMessHandler, make_handler, serve_ports
 from vtrio.net.outbound import Dispatcher
-from vtrio.protocol.validator import UserValidator
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -128,7 +127,7 @@ async def _start_inbound(
             return addresses
     addresses += await listeners.start(
         functools.partial(serve_ports, reuse_port=reuse_port),
-        _handler(context, inbound, detours),
+        make_handler(context, inbound, _detour_of(inbound, detours)),
         inbound,
         inbound.ports,
         connections,
@@ -136,15 +135,11 @@ async def _start_inbound(
     return addresses
 
 
-def _handler(
-    context: ServerContext, inbound: Inbound, detours: dict[str, DetourPorts]
-) -> object:
+def _detour_of(inbound: Inbound, detours: dict[str, DetourPorts]) -> DetourPorts | None:
     settings = inbound.settings
-    if isinstance(settings, VMessInboundSettings):
-        validator = UserValidator(settings.users, now=int(time.time()))
-        detour = detours.get(settings.detour_to) if settings.detour_to else None
-        return VMessHandler(context, inbound, settings, validator, detour)
-    return make_handler(context, inbound)
+    if isinstance(settings, VMessInboundSettings) and settings.detour_to:
+        return detours.get(settings.detour_to)
+    return None
 
 
 async def _run_detour(

@@ -46,6 +46,7 @@ from vtrio.protocol import packetaddr
 from vtrio.protocol.connection import ServerConnection
 from vtrio.protocol.events import Rejected
 from vtrio.protocol.instruction import Command
+from vtrio.protocol.validator import UserValidator
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from vtrio.net.context import ServerContext
     from vtrio.net.dynamic_port import DetourPorts
     from vtrio.protocol.events import RequestHeader
-    from vtrio.protocol.validator import UserValidator
 
 LOGGER = logging.getLogger("vtrio.net.inbound")
 
@@ -310,12 +310,19 @@ async def _handle_dokodemo(
 
 
 def make_handler(
-    context: ServerContext, inbound: Inbound
+    context: ServerContext, inbound: Inbound, detour: DetourPorts | None = None
 ) -> Callable[[trio.abc.Stream, str], Awaitable[None]]:
-    """The connection handler of a (non-detour) inbound."""
+    """The connection handler of an inbound (a detour target's are built per port).
+
+    Args:
+        context: the running server.
+        inbound: the inbound.
+        detour: for a vmess inbound with ``detour.to``, the target's ports.
+    """
     settings = inbound.settings
     if isinstance(settings, VMessInboundSettings):
-        raise TypeError("vmess inbounds are built with VMessHandler")
+        validator = UserValidator(settings.users, now=int(time.time()))
+        return VMessHandler(context, inbound, settings, validator, detour)
     if isinstance(settings, SocksInboundSettings):
         return functools.partial(handle_socks, context, inbound, settings)
     if isinstance(settings, HttpInboundSettings):
