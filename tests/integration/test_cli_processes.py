@@ -177,7 +177,12 @@ async def test_workers_share_the_ports_and_stop_together(
             )
             try:
                 await wait_for_port(socks_port)
-                owners = listening_pids(socks_port)
+                # The workers bind one after the other: give the second a moment.
+                for _ in range(100):
+                    owners = listening_pids(socks_port)
+                    if len(owners) == 2:
+                        break
+                    await trio.sleep(0.05)
                 assert len(owners) == 2
                 assert process.pid not in owners
                 for number in range(20):
