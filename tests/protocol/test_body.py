@@ -70,12 +70,12 @@ def codec(framing: Framing, seed: int = 0) -> tuple[ChunkEncoder, ChunkDecoder]:
 
 
 def decode_all(
-    decoder: ChunkDecoder, pieces: list[bytes], eof: bool
+    decoder: ChunkDecoder, pieces: list[bytes], eof: bool, coalesce: bool = False
 ) -> list[bytes | End]:
     out: list[bytes | End] = []
     for piece in [*(p for p in pieces if p), *([b""] if eof else [])]:
         decoder.feed(piece)
-        while (item := decoder.next_payload()) is not None:
+        while (item := decoder.next_payload(coalesce=coalesce)) is not None:
             out.append(item)
             if item is END:
                 return out
@@ -90,6 +90,7 @@ def decode_all(
     messages=st.lists(st.binary(min_size=1, max_size=20_000), max_size=4),
     cuts=st.lists(st.integers(0, 90_000), max_size=8),
     end_chunk=st.booleans(),
+    coalesce=st.booleans(),
 )
 def test_every_framing_round_trips_at_every_split(
     security: SecurityType,
@@ -98,6 +99,7 @@ def test_every_framing_round_trips_at_every_split(
     messages: list[bytes],
     cuts: list[int],
     end_chunk: bool,
+    coalesce: bool,
 ) -> None:
     framing = framing_or_none(security, options, datagram)
     if framing is None:
@@ -110,7 +112,8 @@ def test_every_framing_round_trips_at_every_split(
         wire = b"".join(encoder.encode_stream(m) for m in messages)
     end = encoder.encode_end() if end_chunk else b""
     assert (end == b"") is (not framing.chunked or not end_chunk)
-    out = decode_all(decoder, list(split(wire + end, cuts)), eof=not end)
+    coalesce = coalesce and not datagram
+    out = decode_all(decoder, list(split(wire + end, cuts)), not end, coalesce)
     assert out[-1] is END
     payloads = [item for item in out[:-1] if isinstance(item, bytes)]
     if datagram and framing.chunked:
@@ -166,6 +169,30 @@ def test_corrupted_chunk_is_an_error(security: SecurityType) -> None:
     decoder.feed(bytes(wire))
     with pytest.raises(RemoteProtocolError, match=r"tag|checksum|MAC"):
         decoder.next_payload()
+
+
+def test_coalescing_returns_good_chunks_before_a_bad_ones_error() -> None:
+    framing = Framing.of(SecurityType.AES_128_GCM, Option(0x0D), datagram=False)
+    encoder, decoder = codec(framing)
+    good = encoder.encode_stream(b"a" * 20_000)  # two chunks
+    bad = bytearray(encoder.encode_stream(b"b" * 100) + encoder.encode_end())
+    bad[5] ^= 0x01
+    decoder.feed(good + bad)
+    assert decoder.next_payload(coalesce=True) == b"a" * 20_000
+    with pytest.raises(RemoteProtocolError, match="tag"):
+        decoder.next_payload(coalesce=True)
+
+
+def test_coalescing_stops_at_the_end_chunk() -> None:
+    framing = Framing.of(SecurityType.CHACHA20_POLY1305, Option(0x0D), datagram=False)
+    encoder, decoder = codec(framing)
+    wire = b"".join(
+        (encoder.encode_stream(b"x" * 40_000), encoder.encode_end(), b"ignored")
+    )
+    decoder.feed(wire)
+    assert decoder.next_payload(coalesce=True) == b"x" * 40_000
+    assert decoder.next_payload(coalesce=True) is END
+    assert decoder.buffered == 0
 
 
 def test_eof_inside_a_chunk_is_an_error_at_every_cut() -> None:

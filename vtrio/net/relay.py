@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from vtrio.config.model import LevelPolicy
 
 # The most bytes a pump asks for at once; the policy's buffer can only lower it.
-MAX_RECEIVE = 65536
+MAX_RECEIVE = 262144
 
 
 @dataclass(slots=True)

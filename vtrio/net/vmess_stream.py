@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from vtrio.protocol.commands import SwitchAccount
     from vtrio.protocol.instruction import Request
 
-RECEIVE_SIZE = 65536
+RECEIVE_SIZE = 262144
 Buffer = bytes | bytearray | memoryview
 MACHINE = platform.machine()
 
@@ -113,7 +113,9 @@ class _VMessBase:
         )
         return cls(transport, connection)
 
-    def _encode(self, payload: Buffer, encode: Callable[[Buffer], bytes]) -> bytes:
+    def _encode(
+        self, payload: Buffer, encode: Callable[[Buffer], bytes | bytearray]
+    ) -> bytes | bytearray:
         """The bytes to write for ``payload``; the first write carries the header."""
         conn = self._conn
         if self._started:
@@ -124,7 +126,9 @@ class _VMessBase:
         header = conn.send_response(self.response_command)
         return header + encode(payload) if payload else header
 
-    async def _send(self, payload: Buffer, encode: Callable[[Buffer], bytes]) -> None:
+    async def _send(
+        self, payload: Buffer, encode: Callable[[Buffer], bytes | bytearray]
+    ) -> None:
         out = self._encode(payload, encode)
         if out:
             await self._write(out)
@@ -152,7 +156,7 @@ class _VMessBase:
             self._broken = True
             raise trio.BrokenResourceError(f"VMess: {exc}") from exc
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | bytearray) -> None:
         try:
             await self.transport_stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

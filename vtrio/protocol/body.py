@@ -40,12 +40,14 @@ from vtrio.protocol.kdf import kdf16
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from vtrio.protocol.ciphers import AEAD, StreamCipher
+    from vtrio.protocol.ciphers import AEAD, Buffer, StreamCipher
 
-# Xray's writer limit with padding; every chunk stays <= 16384 bytes for sing.
-MAX_CHUNK_PAYLOAD = 8110
 MAX_PADDING = 63
 TAG_LENGTH = 16
+# The most plaintext per written chunk: with its tag and the largest padding a
+# chunk's Size stays within 16384, the most sing-box reads (spec 6.9); v2ray
+# and Xray read any 16-bit size. Fewer, larger chunks mean fewer seals per byte.
+MAX_CHUNK_PAYLOAD = 16384 - TAG_LENGTH - MAX_PADDING
 FNV_LENGTH = 4
 SEALED_LENGTH_FIELD = 2 + TAG_LENGTH
 # The largest datagram whose chunk stays within 16384 bytes in every framing.
@@ -201,17 +203,19 @@ class ChunkEncoder(_Direction):
         super().__init__(framing, stream_cipher=stream_cipher, **keys)
         self._random = random
 
-    def encode_stream(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Stream data as chunks of at most 8110 plaintext bytes (b"" for b"")."""
+    def encode_stream(self, data: Buffer) -> bytes | bytearray:
+        """Stream data as chunks of at most MAX_CHUNK_PAYLOAD bytes (b"" for b"")."""
         view = memoryview(data)
         if not self.framing.chunked:
             return self._encrypt(view)
-        return b"".join(
-            self._chunk(view[offset : offset + MAX_CHUNK_PAYLOAD])
-            for offset in range(0, len(view), MAX_CHUNK_PAYLOAD)
+        return self._chunks(
+            [
+                view[offset : offset + MAX_CHUNK_PAYLOAD]
+                for offset in range(0, len(view), MAX_CHUNK_PAYLOAD)
+            ]
         )
 
-    def encode_datagram(self, payload: bytes | bytearray | memoryview) -> bytes:
+    def encode_datagram(self, payload: Buffer) -> bytes | bytearray:
         """One datagram as exactly one chunk.
 
         Raises:
@@ -224,33 +228,53 @@ class ChunkEncoder(_Direction):
             )
         if not self.framing.chunked:
             return self._encrypt(memoryview(payload))
-        return self._chunk(memoryview(payload))
+        return self._chunks([memoryview(payload)])
 
-    def encode_end(self) -> bytes:
+    def encode_end(self) -> bytes | bytearray:
         """The empty chunk that ends the direction; b"" when not chunked."""
-        return self._chunk(memoryview(b"")) if self.framing.chunked else b""
+        return self._chunks([memoryview(b"")]) if self.framing.chunked else b""
 
     def _encrypt(self, view: memoryview) -> bytes:
         return self._cfb.encrypt(view) if self._cfb is not None else bytes(view)
 
-    def _chunk(self, payload: memoryview) -> bytes:
+    def _chunks(self, payloads: list[memoryview]) -> bytes | bytearray:
+        """Every chunk of one write, sealed straight into one output buffer.
+
+        The XOF is drawn chunk by chunk in wire order (padding, then mask),
+        so drawing all of them first gives the same stream as interleaving.
+        """
         framing = self.framing
-        padding, mask = self._next_padding_and_mask()
-        size = len(payload) + framing.overhead + padding
-        if self._length_aead is not None:
-            length = self._length_aead.seal(
-                self._length_nonce(), struct.pack(">H", size - TAG_LENGTH)
-            )
-        else:
-            length = struct.pack(">H", size ^ mask)
-        if self._aead is not None:
-            sealed = self._aead.seal(self._nonce(), payload)
-        elif self._cfb is not None:
-            sealed = struct.pack(">I", fnv1a32(payload)) + payload
-        else:
-            sealed = bytes(payload)
-        chunk = b"".join((length, sealed, self._random(padding) if padding else b""))
-        return self._cfb.encrypt(chunk) if self._cfb is not None else chunk
+        field, overhead = framing.length_field, framing.overhead
+        chunks = [(p, *self._next_padding_and_mask()) for p in payloads]
+        out = bytearray(sum(field + len(p) + overhead + pad for p, pad, _ in chunks))
+        view = memoryview(out)
+        padding_bytes = memoryview(self._random(sum(pad for _, pad, _ in chunks)))
+        position = taken = 0
+        for payload, padding, mask in chunks:
+            size = len(payload) + overhead + padding
+            if self._length_aead is not None:
+                self._length_aead.seal_into(
+                    self._length_nonce(),
+                    (size - TAG_LENGTH).to_bytes(2),
+                    view[position : position + SEALED_LENGTH_FIELD],
+                )
+            else:
+                struct.pack_into(">H", out, position, size ^ mask)
+            position += field
+            body_end = position + size - padding
+            if self._aead is not None:
+                self._aead.seal_into(self._nonce(), payload, view[position:body_end])
+            elif self._cfb is not None:
+                struct.pack_into(">I", out, position, fnv1a32(payload))
+                view[position + FNV_LENGTH : body_end] = payload
+            else:
+                view[position:body_end] = payload
+            position = body_end + padding
+            if padding:
+                view[body_end:position] = padding_bytes[taken : taken + padding]
+                taken += padding
+        view.release()
+        return self._cfb.encrypt(out) if self._cfb is not None else out
 
 
 class ChunkDecoder(_Direction):
@@ -264,87 +288,128 @@ class ChunkDecoder(_Direction):
         **keys: Unpack[DirectionKeys],
     ) -> None:
         super().__init__(framing, stream_cipher=stream_cipher, **keys)
-        self._buffer = bytearray()
+        # Received bytes; everything before _offset is decoded. An immutable
+        # buffer plus an offset lets chunks be opened straight from it.
+        self._buffer = b""
+        self._offset = 0
         self._eof = False
         self._ended = False
         # (Size, padding) of a chunk whose length field was read but whose
         # body has not fully arrived: the XOF must not be drawn twice.
         self._pending: tuple[int, int] | None = None
+        # A failure met after good chunks were decoded in the same call: those
+        # are returned first and this is raised by the next call.
+        self._failure: str | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet decoded."""
-        return len(self._buffer)
+        return len(self._buffer) - self._offset
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
+    def feed(self, data: Buffer) -> None:
         """Add received bytes; ``b""`` means EOF. Bytes after the end are dropped."""
         if self._ended:
             return
         if not data:
             self._eof = True
-        elif self._cfb is not None:
-            self._buffer += self._cfb.decrypt(data)
+            return
+        if self._cfb is not None:
+            data = self._cfb.decrypt(data)
+        if self._offset < len(self._buffer):
+            self._buffer = self._buffer[self._offset :] + data
         else:
-            self._buffer += data
+            self._buffer = bytes(data)
+        self._offset = 0
 
-    def next_payload(self) -> bytes | End | None:
+    def next_payload(self, *, coalesce: bool = False) -> bytes | End | None:
         """The next chunk's plaintext, END, or None while more bytes are needed.
+
+        Args:
+            coalesce: return the plaintext of every complete chunk buffered,
+                joined (streams); by default exactly one chunk (datagrams).
 
         Raises:
             RemoteProtocolError: a bad tag or FNV, a size smaller than its
                 overhead, or EOF inside a chunk.
         """
+        if self._failure is not None:
+            raise RemoteProtocolError(self._failure)
         if self._ended:
             return END
         if not self.framing.chunked:
-            if self._buffer:
-                data = bytes(self._buffer)
-                self._buffer.clear()
+            if self.buffered:
+                data = self._buffer[self._offset :]
+                self._buffer, self._offset = b"", 0
                 return data
             return self._end() if self._eof else None
-        if self._pending is None:
-            if len(self._buffer) < self.framing.length_field:
-                if self._eof:
-                    if self._buffer:
-                        raise RemoteProtocolError("EOF inside a chunk length")
-                    return self._end()
-                return None
-            self._pending = self._read_size()
-        size, padding = self._pending
-        if size == self.framing.overhead + padding:
+        payloads: list[bytes] = []
+        try:
+            ended = self._open_chunks(payloads, coalesce)
+        except RemoteProtocolError as exc:
+            if not payloads:
+                raise
+            self._failure = str(exc)
+            ended = False
+        if payloads:
+            return payloads[0] if len(payloads) == 1 else b"".join(payloads)
+        if ended:
             return self._end()  # upstream readers stop here, unread tag and all
-        if size < self.framing.overhead + padding:
-            raise RemoteProtocolError(f"chunk size {size} below its overhead")
-        if len(self._buffer) < size:
-            if self._eof:
+        if self._eof:
+            if self._pending is not None:
                 raise RemoteProtocolError("EOF inside a chunk")
-            return None
-        self._pending = None
-        body = bytes(memoryview(self._buffer)[: size - padding])
-        del self._buffer[:size]
-        return self._open(body)
+            if self.buffered:
+                raise RemoteProtocolError("EOF inside a chunk length")
+            return self._end()
+        return None
+
+    def _open_chunks(self, payloads: list[bytes], coalesce: bool) -> bool:
+        """Open complete chunks from the buffer into ``payloads``; stop at an
+        incomplete one, or after one unless ``coalesce``. True at the end chunk."""
+        buffer, offset = self._buffer, self._offset
+        field, overhead = self.framing.length_field, self.framing.overhead
+        view = memoryview(buffer)
+        try:
+            while True:
+                if self._pending is None:
+                    if len(buffer) - offset < field:
+                        return False
+                    self._pending = self._read_size(view[offset : offset + field])
+                    offset += field
+                    self._offset = offset
+                size, padding = self._pending
+                if size < overhead + padding:
+                    raise RemoteProtocolError(f"chunk size {size} below its overhead")
+                if size == overhead + padding:
+                    return True
+                if len(buffer) - offset < size:
+                    return False
+                self._pending = None
+                payloads.append(self._open(view[offset : offset + size - padding]))
+                offset += size
+                self._offset = offset
+                if not coalesce:
+                    return False
+        finally:
+            view.release()
 
     def _end(self) -> End:
         self._ended = True
-        self._buffer.clear()
+        self._buffer, self._offset = b"", 0
         return END
 
-    def _read_size(self) -> tuple[int, int]:
+    def _read_size(self, raw: memoryview) -> tuple[int, int]:
         padding, mask = self._next_padding_and_mask()
-        field = self.framing.length_field
-        raw = bytes(self._buffer[:field])
-        del self._buffer[:field]
         if self._length_aead is not None:
             plain = self._length_aead.open(self._length_nonce(), raw)
             return int.from_bytes(plain) + TAG_LENGTH, padding
         return int.from_bytes(raw) ^ mask, padding
 
-    def _open(self, body: bytes) -> bytes:
+    def _open(self, body: memoryview) -> bytes:
         if self._aead is not None:
             return self._aead.open(self._nonce(), body)
         if self._cfb is not None:
-            data = body[FNV_LENGTH:]
+            data = bytes(body[FNV_LENGTH:])
             if fnv1a32(data) != int.from_bytes(body[:FNV_LENGTH]):
                 raise RemoteProtocolError("bad chunk checksum")
             return data
-        return body
+        return bytes(body)

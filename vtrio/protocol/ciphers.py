@@ -38,6 +38,11 @@ class AEAD(Protocol):
         """Encrypt and authenticate; returns ciphertext followed by the 16-byte tag."""
         ...
 
+    def seal_into(self, nonce: bytes, plaintext: Buffer, out: memoryview) -> None:
+        """:meth:`seal` writing into ``out`` (exactly ``len(plaintext) + 16``
+        bytes), so a body encoder builds a whole write in one buffer."""
+        ...
+
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
         """Verify and decrypt ciphertext followed by its tag.
 
@@ -80,6 +85,9 @@ class _PyCryptodomeAEAD:
         ciphertext, tag = cipher.encrypt_and_digest(plaintext)
         return bytes(ciphertext) + bytes(tag)
 
+    def seal_into(self, nonce: bytes, plaintext: Buffer, out: memoryview) -> None:
+        out[:] = self.seal(nonce, plaintext)
+
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
         if len(sealed) < TAG_SIZE:
             raise RemoteProtocolError("sealed data shorter than its tag")
@@ -93,30 +101,48 @@ class _PyCryptodomeAEAD:
             raise RemoteProtocolError("authentication tag mismatch") from exc
 
 
-def _ghash_factory() -> Callable[[bytes], Any] | None:
-    """pycryptodome's GHASH with its precomputed table, if this version has it.
+def _ghash_factory() -> Callable[[bytes], Callable[..., bytes]] | None:
+    """Per GHASH subkey, a function hashing blocks from a zero state.
 
-    It is private API (``Crypto.Cipher._mode_gcm``), so its absence only means
-    the slower public GCM object is used; the tests compare both byte for byte.
+    It uses pycryptodome's GHASH with its precomputed table, private API
+    (``Crypto.Cipher._mode_gcm``): the table is made once per key and the
+    state is reset per use. If this version lacks it, the slower public GCM
+    object is used; the tests compare both byte for byte.
     """
     try:
         from Crypto.Cipher import _mode_gcm
+        from Crypto.Util._raw_api import create_string_buffer
 
         implementation = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
         ghash_class: Any = _mode_gcm._GHASH
-        ghash_class(bytes(16), implementation).update(bytes(16)).digest()
+
+        def keyed(subkey: bytes) -> Callable[..., bytes]:
+            ghash = ghash_class(subkey, implementation)
+
+            def digest(*blocks: Buffer) -> bytes:
+                ghash._last_y = create_string_buffer(_BLOCK)
+                for block in blocks:
+                    ghash.update(block)
+                return bytes(ghash.digest())
+
+            return digest
+
+        probe = keyed(bytes(range(16)))
+        if probe(bytes(16)) != probe(bytes(16)) or len(probe(bytes(32))) != _BLOCK:
+            return None
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
-    return lambda subkey: ghash_class(subkey, implementation)
+    return keyed
 
 
-_GHASH_FACTORY = _ghash_factory()
 _BLOCK = 16
-# Counter blocks for the largest GCM call (a 65535-byte chunk), shared by
-# every key: block k holds counter k + 1 after 12 nonce bytes patched per call.
+_GHASH_FACTORY = _ghash_factory()
+# Counter blocks for the largest GCM call (a 65535-byte chunk): block k holds
+# counter k + 1 after 12 zero bytes, where each key XORs in its nonce.
 _COUNTER_TEMPLATE = b"".join(
     bytes(12) + (k + 1).to_bytes(4, "big") for k in range(1 + 65536 // _BLOCK)
 )
+_ZERO_BLOCK = bytes(_BLOCK)
 
 
 class _CounterGCM:
@@ -125,57 +151,76 @@ class _CounterGCM:
     pycryptodome spends about 60 µs creating a GCM object and VMess needs a
     new nonce per chunk; here the key schedule and the GHASH multiplication
     table are made once per key, and each chunk costs one ECB call over its
-    counter blocks (J0 first, for the tag mask) and one GHASH pass.
+    counter blocks (J0 first, for the tag mask), one XOR and one GHASH pass.
+    A body direction's nonces differ only in their first two bytes (the chunk
+    count), so the counter blocks for the rest of the nonce are kept and only
+    those two bytes are patched per chunk.
     """
 
-    __slots__ = ("_ecb", "_subkey")
+    __slots__ = ("_counters", "_ecb", "_ghash", "_nonce_tail")
 
     def __init__(self, key: bytes) -> None:
+        assert _GHASH_FACTORY is not None
         self._ecb = AES.new(key, AES.MODE_ECB)
-        self._subkey = self._ecb.encrypt(bytes(_BLOCK))
+        self._ghash = _GHASH_FACTORY(self._ecb.encrypt(_ZERO_BLOCK))
+        self._nonce_tail = b""
+        self._counters = b""
 
-    def _keystream(self, nonce: bytes, size: int) -> tuple[bytes, bytes]:
-        """The tag mask E(J0) and ``size`` bytes of keystream."""
+    def _keystream(self, nonce: bytes, size: int) -> memoryview:
+        """E(J0), the tag mask, followed by ``size`` bytes of keystream."""
         blocks = 1 + (size + _BLOCK - 1) // _BLOCK
         if blocks * _BLOCK > len(_COUNTER_TEMPLATE):
             raise LocalProtocolError(f"{size} bytes is more than a VMess chunk")
-        counters = bytearray(_COUNTER_TEMPLATE[: blocks * _BLOCK])
-        for index in range(12):
-            counters[index::_BLOCK] = nonce[index : index + 1] * blocks
-        stream = self._ecb.encrypt(counters)
-        return stream[:_BLOCK], stream[_BLOCK : _BLOCK + size]
-
-    def _tag(self, mask: bytes, ciphertext: Buffer, aad: bytes) -> bytes:
-        assert _GHASH_FACTORY is not None
-        ghash: Any = _GHASH_FACTORY(self._subkey)
-        bits = (len(aad) * 8, len(ciphertext) * 8)
-        ghash.update(
-            b"".join(
-                (
-                    aad,
-                    bytes(-len(aad) % _BLOCK),
-                    ciphertext,
-                    bytes(-len(ciphertext) % _BLOCK),
-                    *(n.to_bytes(8, "big") for n in bits),
-                )
+        if nonce[2:] != self._nonce_tail:
+            self._nonce_tail = nonce[2:]
+            pattern = (bytes(2) + self._nonce_tail + bytes(4)) * (
+                len(_COUNTER_TEMPLATE) // _BLOCK
             )
-        )
-        return bytes(strxor(ghash.digest(), mask))
+            self._counters = bytes(strxor(_COUNTER_TEMPLATE, pattern))
+        counters = bytearray(self._counters[: blocks * _BLOCK])
+        counters[0::_BLOCK] = nonce[0:1] * blocks
+        counters[1::_BLOCK] = nonce[1:2] * blocks
+        return memoryview(self._ecb.encrypt(counters))
+
+    def _tag(self, mask: memoryview, ciphertext: Buffer, aad: bytes) -> bytes:
+        size = len(ciphertext)
+        whole = size - size % _BLOCK
+        tail = bytes(ciphertext[whole:])
+        lengths = (len(aad) * 8).to_bytes(8, "big") + (size * 8).to_bytes(8, "big")
+        last = tail + bytes(-len(tail) % _BLOCK) + lengths
+        if aad:
+            head = aad + bytes(-len(aad) % _BLOCK)
+            digest = self._ghash(head, ciphertext[:whole], last)
+        else:
+            digest = self._ghash(ciphertext[:whole], last)
+        return (int.from_bytes(digest) ^ int.from_bytes(mask)).to_bytes(_BLOCK)
+
+    def seal_into(
+        self, nonce: bytes, plaintext: Buffer, out: memoryview, aad: bytes = b""
+    ) -> None:
+        size = len(plaintext)
+        stream = self._keystream(nonce, size)
+        ciphertext = out[:size]
+        if size:
+            strxor(plaintext, stream[_BLOCK : _BLOCK + size], output=ciphertext)
+        out[size:] = self._tag(stream[:_BLOCK], ciphertext, aad)
 
     def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
-        mask, stream = self._keystream(nonce, len(plaintext))
-        ciphertext = bytes(strxor(plaintext, stream)) if plaintext else b""
-        return ciphertext + self._tag(mask, ciphertext, aad)
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        self.seal_into(nonce, plaintext, memoryview(out), aad)
+        return bytes(out)
 
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
         if len(sealed) < TAG_SIZE:
             raise RemoteProtocolError("sealed data shorter than its tag")
         view = memoryview(sealed)
         ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
-        mask, stream = self._keystream(nonce, len(ciphertext))
-        if not hmac.compare_digest(self._tag(mask, ciphertext, aad), tag):
+        stream = self._keystream(nonce, len(ciphertext))
+        if not hmac.compare_digest(self._tag(stream[:_BLOCK], ciphertext, aad), tag):
             raise RemoteProtocolError("authentication tag mismatch")
-        return bytes(strxor(ciphertext, stream)) if len(ciphertext) else b""
+        if not len(ciphertext):
+            return b""
+        return bytes(strxor(ciphertext, stream[_BLOCK : _BLOCK + len(ciphertext)]))
 
 
 def _choose_backend() -> str:
@@ -217,13 +262,16 @@ class _OpenSSLAEAD:
         self._invalid = InvalidTag
 
     def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
-        return self._aead.encrypt(nonce, bytes(plaintext), aad or None)
+        return self._aead.encrypt(nonce, plaintext, aad or None)
+
+    def seal_into(self, nonce: bytes, plaintext: Buffer, out: memoryview) -> None:
+        self._aead.encrypt_into(nonce, plaintext, None, out)
 
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
         if len(sealed) < TAG_SIZE:
             raise RemoteProtocolError("sealed data shorter than its tag")
         try:
-            return self._aead.decrypt(nonce, bytes(sealed), aad or None)
+            return self._aead.decrypt(nonce, sealed, aad or None)
         except self._invalid as exc:
             raise RemoteProtocolError("authentication tag mismatch") from exc
 

@@ -183,8 +183,8 @@ class _Connection(abc.ABC):
             self._receive_state = ReceiveState.BROKEN
             raise
 
-    def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Stream data (TCP or Mux) as chunks of at most 8110 bytes.
+    def send_data(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """Stream data (TCP or Mux) as chunks of at most body.MAX_CHUNK_PAYLOAD bytes.
 
         Raises:
             LocalProtocolError: not open for sending, or a UDP connection.
@@ -193,7 +193,9 @@ class _Connection(abc.ABC):
             raise LocalProtocolError("use send_datagram on a UDP connection")
         return self._open_encoder().encode_stream(data)
 
-    def send_datagram(self, payload: bytes | bytearray | memoryview) -> bytes:
+    def send_datagram(
+        self, payload: bytes | bytearray | memoryview
+    ) -> bytes | bytearray:
         """One UDP datagram as one chunk.
 
         Raises:
@@ -203,7 +205,7 @@ class _Connection(abc.ABC):
             raise LocalProtocolError("send_datagram needs a UDP (Cmd 2) connection")
         return self._open_encoder().encode_datagram(payload)
 
-    def send_eof(self) -> bytes:
+    def send_eof(self) -> bytes | bytearray:
         """End our direction: the empty chunk, or b"" under NoTerminationSignal
         or without ChunkStream (then only closing the transport ends it).
 
@@ -231,15 +233,15 @@ class _Connection(abc.ABC):
 
     def _next_body_event(self) -> Event | NeedData:
         assert self._decoder is not None  # set together with the BODY state
-        payload = self._decoder.next_payload()
+        datagram = self._command is Command.UDP
+        # A stream's chunks carry no boundaries: one Data for all that arrived.
+        payload = self._decoder.next_payload(coalesce=not datagram)
         if payload is None:
             return NEED_DATA
         if payload is END:
             self._receive_state = ReceiveState.CLOSED
             return EndOfStream()
-        if self._command is Command.UDP:
-            return Datagram(payload)
-        return Data(payload)
+        return Datagram(payload) if datagram else Data(payload)
 
     @abc.abstractmethod
     def _next_header_event(self) -> Event | NeedData:
