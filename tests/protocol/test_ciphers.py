@@ -122,3 +122,17 @@ def test_the_pycryptodome_backend_uses_the_per_key_gcm() -> None:
 
 def test_backend_name_is_one_of_the_two() -> None:
     assert ciphers.backend_name() in ("pycryptodome", "cryptography")
+
+
+def test_key_scan_decrypts_under_every_key_in_order() -> None:
+    blocks = [ciphers.aes_128_ecb(bytes([n]) * 16) for n in range(40)]
+    probe = bytes(range(16))
+    expected = b"".join(block.decrypt(probe) for block in blocks)
+    assert ciphers.KeyScan(blocks).decrypt(probe) == expected
+    assert ciphers.KeyScan([]).decrypt(probe) == b""
+
+
+def test_the_key_scan_calls_pycryptodome_directly() -> None:
+    """Guards the 10 000-user handshake against pycryptodome moving internals."""
+    blocks = [ciphers.aes_128_ecb(bytes([n]) * 16) for n in range(3)]
+    assert ciphers._raw_ecb_scan(blocks) is not None

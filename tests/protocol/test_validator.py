@@ -4,6 +4,7 @@ the rotating replay memory, and the auth ID itself (spec 2.3, 3.2, 3.6)."""
 from __future__ import annotations
 
 import struct
+import uuid
 import zlib
 
 import pytest
@@ -13,7 +14,7 @@ from vtrio.protocol.auth_id import RotatingSet, auth_id_key, make_auth_id
 from vtrio.protocol.ciphers import aes_128_ecb
 from vtrio.protocol.ids import alter_ids, cmd_key
 from vtrio.protocol.legacy import MAX_ENTRIES, LegacyTable, legacy_auth
-from vtrio.protocol.validator import UserRecord, UserValidator
+from vtrio.protocol.validator import UserRecord, UserValidator, _time_prefixed_blocks
 
 from .helpers import FIXED_NOW, OTHER_ID, USER_ID, seeded_random, user
 
@@ -109,3 +110,26 @@ def test_crc_fit_with_a_bad_time_keeps_scanning_like_v2ray() -> None:
         validator.match_auth_id(
             make_auth_id(cipher, FIXED_NOW, seeded_random(1)), FIXED_NOW
         )
+
+
+def test_a_first_contact_is_found_among_thousands_of_users() -> None:
+    ids = [uuid.UUID(int=n) for n in range(1, 3001)]
+    validator = UserValidator([user(user_id=one) for one in ids], now=FIXED_NOW)
+    for chosen in (ids[0], ids[1777], ids[-1]):
+        cipher = aes_128_ecb(auth_id_key(cmd_key(chosen)))
+        eauid = make_auth_id(cipher, FIXED_NOW, seeded_random(chosen.int))
+        assert validator.match_auth_id(eauid, FIXED_NOW).user.id == chosen
+    validator.remove(ids[5])
+    cipher = aes_128_ecb(auth_id_key(cmd_key(ids[5])))
+    with pytest.raises(AuthenticationError, match="unknown user"):
+        validator.match_auth_id(
+            make_auth_id(cipher, FIXED_NOW, seeded_random()), FIXED_NOW
+        )
+
+
+def test_only_block_aligned_time_prefixes_are_candidates() -> None:
+    blocks = (
+        b"\x01" * 16 + bytes(4) + b"\x02" * 12 + b"\x03\x00\x00\x00\x00" + b"\x04" * 11
+    )
+    blocks += b"\xff" * 4 + b"\x05" * 12
+    assert _time_prefixed_blocks(blocks) == [1, 3]

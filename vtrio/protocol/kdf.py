@@ -10,8 +10,8 @@ pads of a path element are computed once per call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 from collections.abc import Callable
 
 ROOT_KEY = b"VMess AEAD KDF"
@@ -23,18 +23,62 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 Hash = Callable[[bytes], bytes]
 
 
-def _root(message: bytes) -> bytes:
-    return hmac.digest(ROOT_KEY, message, hashlib.sha256)
+def _sha256_after(*blocks: bytes) -> hashlib._Hash:
+    state = hashlib.sha256()
+    for block in blocks:
+        state.update(block)
+    return state
+
+
+def _pads(key: bytes) -> tuple[bytes, bytes]:
+    key = key.ljust(_BLOCK, b"\0")
+    return key.translate(_IPAD), key.translate(_OPAD)
+
+
+_ROOT_IPAD, _ROOT_OPAD = _pads(ROOT_KEY)
+_ROOT_OUTER = _sha256_after(_ROOT_OPAD)
 
 
 def _wrap(inner: Hash, key: bytes) -> Hash:
     # HMAC over ``inner``; a key longer than the block is hashed first (RFC 2104).
-    if len(key) > _BLOCK:
-        key = inner(key)
-    key = key.ljust(_BLOCK, b"\0")
-    ipad = key.translate(_IPAD)
-    opad = key.translate(_OPAD)
+    ipad, opad = _pads(inner(key) if len(key) > _BLOCK else key)
     return lambda message: inner(opad + inner(ipad + message))
+
+
+@functools.lru_cache(maxsize=64)
+def _first_level(key: bytes) -> Hash:
+    """HMAC keyed ``key`` over level 0, for the constant innermost salts.
+
+    Level 0 runs 2**depth times per derivation (40 times per handshake);
+    its SHA-256 states after the key pads, and after this level's pads
+    (exactly one block each), are made once and copied.
+    """
+    if len(key) > _BLOCK:
+        return _wrap(_root, key)
+    ipad, opad = _pads(key)
+    inner_ipad = _sha256_after(_ROOT_IPAD, ipad)
+    inner_opad = _sha256_after(_ROOT_IPAD, opad)
+
+    def level(message: bytes) -> bytes:
+        return _finish(inner_opad, _finish(inner_ipad, message))
+
+    return level
+
+
+def _finish(inner_state: hashlib._Hash, message: bytes) -> bytes:
+    """Level 0 of (the pad block in ``inner_state`` + ``message``)."""
+    inner = inner_state.copy()
+    inner.update(message)
+    outer = _ROOT_OUTER.copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+_ROOT_INNER = _sha256_after(_ROOT_IPAD)
+
+
+def _root(message: bytes) -> bytes:
+    return _finish(_ROOT_INNER, message)
 
 
 def kdf(key: bytes, *path: bytes) -> bytes:
@@ -44,8 +88,8 @@ def kdf(key: bytes, *path: bytes) -> bytes:
         key: the secret being derived from (cmdKey, ReqKey, RespIV, ...).
         path: salts and context (ASCII constants, EAuID, nonce), outermost last.
     """
-    derive: Hash = _root
-    for element in path:
+    derive: Hash = _first_level(path[0]) if path else _root
+    for element in path[1:]:
         derive = _wrap(derive, element)
     return derive(key)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,13 +21,13 @@ from typing import TYPE_CHECKING
 from vtrio.config.model import VMessUser
 from vtrio.errors import AuthenticationError
 from vtrio.protocol.auth_id import TIME_WINDOW, RotatingSet, auth_id_key
-from vtrio.protocol.ciphers import BlockCipher, aes_128_ecb
+from vtrio.protocol.ciphers import BlockCipher, KeyScan, aes_128_ecb
 from vtrio.protocol.ids import cmd_key
 from vtrio.protocol.legacy import LegacyTable
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
     from vtrio.protocol.legacy import LegacyHit
 
@@ -82,6 +81,8 @@ class UserValidator:
         self._drain_seed: int | None = None
         # Most recently matched last; at most RECENT_USERS entries.
         self._recent: dict[uuid.UUID, UserRecord] = {}
+        # Every record and its auth-ID keys in one scan; rebuilt after changes.
+        self._scan: tuple[list[UserRecord], KeyScan] | None = None
         for user in users:
             self.add(user, now=now)
 
@@ -105,12 +106,14 @@ class UserValidator:
             self._legacy.remove(user.id)
         self._records[user.id] = UserRecord.of(user)
         self._recent.pop(user.id, None)
+        self._scan = None
 
     def remove(self, user_id: uuid.UUID) -> None:
         """Forget a user; unknown IDs are ignored."""
         self._records.pop(user_id, None)
         self._recent.pop(user_id, None)
         self._legacy.remove(user_id)
+        self._scan = None
 
     def find_by_email(self, email: str) -> VMessUser | None:
         """The user with this e-mail, compared case-insensitively (spec 8.1)."""
@@ -131,23 +134,12 @@ class UserValidator:
                 unknown user), or the EAuID was seen before.
         """
         skew: int | None = None
-        # Users seen lately first: a busy server with many idle accounts
-        # then decrypts one block per handshake instead of one per user.
-        # The full scan is the hot loop of a first contact: one block
-        # decryption per user. A timestamp within 2**32 s of 1970 starts with
-        # four 00 (or, negative, four FF) bytes, so the CRC is only computed
-        # for those; anything else cannot carry a valid CRC'd time anyway
-        # except by chance, and counts as an unknown user (the same drain).
-        crc32, from_bytes = zlib.crc32, int.from_bytes
-        for record in itertools.chain(
-            reversed(self._recent.values()), self._records.values()
-        ):
-            plain = record.auth_id_cipher.decrypt(eauid)
-            if plain[:4] not in _HIGH_TIME_BYTES or crc32(plain[:12]) != from_bytes(
-                plain[12:]
-            ):
+        for record, plain in self._candidates(eauid):
+            if plain[:4] not in _HIGH_TIME_BYTES or zlib.crc32(
+                plain[:12]
+            ) != int.from_bytes(plain[12:]):
                 continue
-            timestamp = from_bytes(plain[:8], signed=True)
+            timestamp = int.from_bytes(plain[:8], signed=True)
             if timestamp < 0 or abs(timestamp - now) > TIME_WINDOW:
                 skew = timestamp - now
                 continue
@@ -158,6 +150,28 @@ class UserValidator:
         if skew is not None:
             raise AuthenticationError(f"auth ID timestamp {skew:+d} s off")
         raise AuthenticationError("unknown user")
+
+    def _candidates(self, eauid: bytes) -> Iterator[tuple[UserRecord, bytes]]:
+        """Users and their decryption of ``eauid``, the likely ones first.
+
+        Users seen lately come first, one by one: a busy server with many
+        idle accounts then decrypts one block per handshake instead of one
+        per user. Then every user at once (a first contact), of which only
+        the blocks that start like a timestamp can hold a valid auth ID.
+        """
+        for record in reversed(self._recent.values()):
+            yield record, record.auth_id_cipher.decrypt(eauid)
+        records, scan = self._full_scan()
+        plains = scan.decrypt(eauid)
+        for index in _time_prefixed_blocks(plains):
+            yield records[index], plains[index * 16 : index * 16 + 16]
+
+    def _full_scan(self) -> tuple[list[UserRecord], KeyScan]:
+        if self._scan is None:
+            records = list(self._records.values())
+            scan = KeyScan([record.auth_id_cipher for record in records])
+            self._scan = (records, scan)
+        return self._scan
 
     def _remember(self, record: UserRecord) -> None:
         self._recent.pop(record.user.id, None)
@@ -196,3 +210,17 @@ class UserValidator:
         spread = (self._drain_seed // DRAIN_BASE_RANGE) % DRAIN_SPREAD_RANGE + 1
         jitter = int.from_bytes(random(2))
         return DRAIN_FOUNDATION + base + jitter % spread
+
+
+def _time_prefixed_blocks(plains: bytes) -> list[int]:
+    """Indexes of the 16-byte blocks that start like a timestamp within
+    2**32 s of 1970; of random blocks, about one in 2**31 does, so the CRC
+    is computed for the right user and almost never for another."""
+    found = []
+    for prefix in _HIGH_TIME_BYTES:
+        at = plains.find(prefix)
+        while at != -1:
+            if at % 16 == 0:
+                found.append(at // 16)
+            at = plains.find(prefix, at + 1)
+    return sorted(found)
