@@ -200,7 +200,7 @@ class Freedom:
         try:
             if self._family and isinstance(parse_address(host), str):
                 host, _ = await _resolve(host, port, self._family)
-            return await trio.open_tcp_stream(host, port)
+            return await transport.connect_tcp(host, port)
         except OSError as exc:
             raise DialError(f"{host}:{port}: {exc.strerror or exc}") from exc
 

@@ -10,10 +10,12 @@ so an entry lives between one and two intervals, in bounded memory.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from typing import TYPE_CHECKING
 
+from vtrio.protocol.ciphers import aes_128_ecb
 from vtrio.protocol.kdf import kdf16
 
 if TYPE_CHECKING:
@@ -30,6 +32,12 @@ TIME_WINDOW = 120
 def auth_id_key(cmd_key: bytes) -> bytes:
     """The AES-128 key of a user's auth IDs."""
     return kdf16(cmd_key, AUTH_ID_SALT)
+
+
+@functools.lru_cache(maxsize=256)
+def auth_id_cipher(cmd_key: bytes) -> BlockCipher:
+    """A user's auth-ID cipher, kept: a client makes one EAuID per connection."""
+    return aes_128_ecb(auth_id_key(cmd_key))
 
 
 def make_auth_id(

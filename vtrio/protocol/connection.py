@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from vtrio.config.model import Security, VMessUser
 from vtrio.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from vtrio.protocol.auth_id import AUTH_ID_LENGTH, auth_id_key, make_auth_id
+from vtrio.protocol.auth_id import AUTH_ID_LENGTH, auth_id_cipher, make_auth_id
 from vtrio.protocol.body import END, ChunkDecoder, ChunkEncoder, Framing
-from vtrio.protocol.ciphers import aes_128_cfb, aes_128_ecb
+from vtrio.protocol.ciphers import aes_128_cfb
 from vtrio.protocol.events import (
     NEED_DATA,
     Data,
@@ -591,9 +591,7 @@ class ClientConnection(_Connection):
         if self._legacy:
             header = self._legacy_header(primary_key, plain)
         else:
-            auth_id = make_auth_id(
-                aes_128_ecb(auth_id_key(primary_key)), self._now, random
-            )
+            auth_id = make_auth_id(auth_id_cipher(primary_key), self._now, random)
             header = AeadRequestSealer(primary_key, auth_id, random(8)).seal(plain)
         self._response_key, self._response_iv = response_key_iv(
             instruction.key, instruction.iv, legacy=self._legacy
