@@ -444,6 +444,8 @@ def aes_128_cfb(key: bytes, iv: bytes) -> StreamCipher:
 
 
 _XOF_BLOCK = 256
+# hashlib's part: the padding and masks of 16 chunks, little memory to hold.
+_XOF_FIRST = 64
 
 
 class Xof:
@@ -451,8 +453,8 @@ class Xof:
 
     Reading from pycryptodome costs a few microseconds per call whatever the
     size, and VMess draws 2 bytes per chunk, so bytes are squeezed in blocks
-    and handed out from a buffer; the stream is the same. The first block
-    comes from hashlib, six times cheaper to set up, which is all most
+    and handed out from a buffer; the stream is the same. The first bytes
+    come from hashlib, six times cheaper to set up, which is all most
     connections use; pycryptodome's reader continues it when needed.
     """
 
@@ -461,7 +463,7 @@ class Xof:
     def __init__(self, seed: bytes) -> None:
         self._seed = seed
         self._shake: Any = None
-        self._buffer = hashlib.shake_128(seed).digest(_XOF_BLOCK)
+        self._buffer = hashlib.shake_128(seed).digest(_XOF_FIRST)
         self._offset = 0
 
     def read(self, n: int) -> bytes:
@@ -469,7 +471,7 @@ class Xof:
         if end > len(self._buffer):
             if self._shake is None:
                 self._shake = SHAKE128.new(self._seed)
-                self._shake.read(_XOF_BLOCK)  # the block hashlib gave
+                self._shake.read(_XOF_FIRST)  # the bytes hashlib gave
             rest = self._buffer[self._offset :]
             self._buffer = rest + self._shake.read(max(_XOF_BLOCK, n))
             self._offset, end = 0, n
