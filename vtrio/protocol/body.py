@@ -26,6 +26,7 @@ XOF are made once per direction; a chunk costs one seal or open.
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -164,13 +165,19 @@ class _Direction:
                     framing.security, kdf16(request_key, AUTH_LENGTH_SALT)
                 )
 
-    def _next_padding_and_mask(self) -> tuple[int, int]:
+    def _paddings_and_masks(self, count: int) -> list[tuple[int, int]]:
+        """(padding, mask) of the next ``count`` chunks, drawn in wire order:
+        per chunk the padding's 2 bytes, then the mask's."""
         if self._xof is None:
-            return 0, 0
-        drawn = self._xof.read(self._draw)
-        padding = int.from_bytes(drawn[:2]) % 64 if self.framing.padding else 0
-        mask = int.from_bytes(drawn[-2:]) if self.framing.masking else 0
-        return padding, mask
+            return [(0, 0)] * count
+        values = struct.unpack(
+            f">{count * self._draw // 2}H", self._xof.read(count * self._draw)
+        )
+        if self.framing.padding and self.framing.masking:
+            return [(p % 64, m) for p, m in zip(values[::2], values[1::2], strict=True)]
+        if self.framing.padding:
+            return [(p % 64, 0) for p in values]
+        return [(0, m) for m in values]
 
     def _nonce(self) -> bytes:
         nonce = self._count.to_bytes(2) + self._nonce_tail
@@ -240,12 +247,13 @@ class ChunkEncoder(_Direction):
     def _chunks(self, payloads: list[memoryview]) -> bytes | bytearray:
         """Every chunk of one write, sealed straight into one output buffer.
 
-        The XOF is drawn chunk by chunk in wire order (padding, then mask),
-        so drawing all of them first gives the same stream as interleaving.
+        Drawing every chunk's padding and mask first reads the XOF in the
+        same order as drawing them chunk by chunk.
         """
         framing = self.framing
         field, overhead = framing.length_field, framing.overhead
-        chunks = [(p, *self._next_padding_and_mask()) for p in payloads]
+        draws = self._paddings_and_masks(len(payloads))
+        chunks = [(p, *d) for p, d in zip(payloads, draws, strict=True)]
         out = bytearray(sum(field + len(p) + overhead + pad for p, pad, _ in chunks))
         view = memoryview(out)
         padding_bytes = memoryview(self._random(sum(pad for _, pad, _ in chunks)))
@@ -288,10 +296,12 @@ class ChunkDecoder(_Direction):
         **keys: Unpack[DirectionKeys],
     ) -> None:
         super().__init__(framing, stream_cipher=stream_cipher, **keys)
-        # Received bytes; everything before _offset is decoded. An immutable
-        # buffer plus an offset lets chunks be opened straight from it.
-        self._buffer = b""
+        # Received blocks not yet decoded, as they came: a chunk is opened
+        # straight from its block, and only one that spans two blocks is
+        # copied. _offset is how far the first block is decoded.
+        self._segments: collections.deque[bytes] = collections.deque()
         self._offset = 0
+        self._buffered = 0
         self._eof = False
         self._ended = False
         # (Size, padding) of a chunk whose length field was read but whose
@@ -304,7 +314,7 @@ class ChunkDecoder(_Direction):
     @property
     def buffered(self) -> int:
         """Bytes received and not yet decoded."""
-        return len(self._buffer) - self._offset
+        return self._buffered
 
     def feed(self, data: Buffer) -> None:
         """Add received bytes; ``b""`` means EOF. Bytes after the end are dropped."""
@@ -315,11 +325,32 @@ class ChunkDecoder(_Direction):
             return
         if self._cfb is not None:
             data = self._cfb.decrypt(data)
-        if self._offset < len(self._buffer):
-            self._buffer = self._buffer[self._offset :] + data
-        else:
-            self._buffer = bytes(data)
-        self._offset = 0
+        self._segments.append(data if isinstance(data, bytes) else bytes(data))
+        self._buffered += len(data)
+
+    def _take(self, size: int) -> bytes | memoryview:
+        """The next ``size`` buffered bytes (at most :attr:`buffered`)."""
+        segments = self._segments
+        first, start = segments[0], self._offset
+        end = start + size
+        self._buffered -= size
+        if end < len(first):
+            self._offset = end
+            return memoryview(first)[start:end]
+        if end == len(first):
+            segments.popleft()
+            self._offset = 0
+            return memoryview(first)[start:] if start else first
+        parts: list[bytes | memoryview] = [memoryview(first)[start:]]
+        segments.popleft()
+        missing = end - len(first)
+        while missing and missing >= len(segments[0]):
+            missing -= len(segments[0])
+            parts.append(segments.popleft())
+        if missing:
+            parts.append(memoryview(segments[0])[:missing])
+        self._offset = missing
+        return b"".join(parts)
 
     def next_payload(self, *, coalesce: bool = False) -> bytes | End | None:
         """The next chunk's plaintext, END, or None while more bytes are needed.
@@ -337,10 +368,8 @@ class ChunkDecoder(_Direction):
         if self._ended:
             return END
         if not self.framing.chunked:
-            if self.buffered:
-                data = self._buffer[self._offset :]
-                self._buffer, self._offset = b"", 0
-                return data
+            if self._buffered:
+                return bytes(self._take(self._buffered))
             return self._end() if self._eof else None
         payloads: list[bytes] = []
         try:
@@ -357,54 +386,46 @@ class ChunkDecoder(_Direction):
         if self._eof:
             if self._pending is not None:
                 raise RemoteProtocolError("EOF inside a chunk")
-            if self.buffered:
+            if self._buffered:
                 raise RemoteProtocolError("EOF inside a chunk length")
             return self._end()
         return None
 
     def _open_chunks(self, payloads: list[bytes], coalesce: bool) -> bool:
-        """Open complete chunks from the buffer into ``payloads``; stop at an
-        incomplete one, or after one unless ``coalesce``. True at the end chunk."""
-        buffer, offset = self._buffer, self._offset
+        """Open complete chunks into ``payloads``; stop at an incomplete one,
+        or after one unless ``coalesce``. True at the end chunk."""
         field, overhead = self.framing.length_field, self.framing.overhead
-        view = memoryview(buffer)
-        try:
-            while True:
-                if self._pending is None:
-                    if len(buffer) - offset < field:
-                        return False
-                    self._pending = self._read_size(view[offset : offset + field])
-                    offset += field
-                    self._offset = offset
-                size, padding = self._pending
-                if size < overhead + padding:
-                    raise RemoteProtocolError(f"chunk size {size} below its overhead")
-                if size == overhead + padding:
-                    return True
-                if len(buffer) - offset < size:
+        while True:
+            if self._pending is None:
+                if self._buffered < field:
                     return False
-                self._pending = None
-                payloads.append(self._open(view[offset : offset + size - padding]))
-                offset += size
-                self._offset = offset
-                if not coalesce:
-                    return False
-        finally:
-            view.release()
+                self._pending = self._read_size(self._take(field))
+            size, padding = self._pending
+            if size < overhead + padding:
+                raise RemoteProtocolError(f"chunk size {size} below its overhead")
+            if size == overhead + padding:
+                return True
+            if self._buffered < size:
+                return False
+            self._pending = None
+            payloads.append(self._open(self._take(size)[: size - padding]))
+            if not coalesce:
+                return False
 
     def _end(self) -> End:
         self._ended = True
-        self._buffer, self._offset = b"", 0
+        self._segments.clear()
+        self._offset = self._buffered = 0
         return END
 
-    def _read_size(self, raw: memoryview) -> tuple[int, int]:
-        padding, mask = self._next_padding_and_mask()
+    def _read_size(self, raw: bytes | memoryview) -> tuple[int, int]:
+        [(padding, mask)] = self._paddings_and_masks(1)
         if self._length_aead is not None:
             plain = self._length_aead.open(self._length_nonce(), raw)
             return int.from_bytes(plain) + TAG_LENGTH, padding
         return int.from_bytes(raw) ^ mask, padding
 
-    def _open(self, body: memoryview) -> bytes:
+    def _open(self, body: bytes | memoryview) -> bytes:
         if self._aead is not None:
             return self._aead.open(self._nonce(), body)
         if self._cfb is not None:
