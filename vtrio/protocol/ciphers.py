@@ -107,42 +107,53 @@ class _PyCryptodomeAEAD:
             raise RemoteProtocolError("authentication tag mismatch") from exc
 
 
-def _ghash_factory() -> Callable[[bytes], Callable[..., bytes]] | None:
-    """Per GHASH subkey, a function hashing blocks from a zero state.
+class _RawC:
+    """pycryptodome's C functions for ECB, XOR and GHASH, called directly.
 
-    It uses pycryptodome's GHASH with its precomputed table, private API
-    (``Crypto.Cipher._mode_gcm``): the table is made once per key and the
-    state is reset per use. If this version lacks it, the slower public GCM
-    object is used; the tests compare both byte for byte.
+    Each of its Python wrappers spends about 3 µs checking arguments, more
+    than the work on a 16 KiB chunk, and a GCM chunk needs four calls. This
+    is private API (``Crypto.Cipher._mode_ecb`` / ``_mode_gcm``,
+    ``Crypto.Util.strxor``, cffi only): :func:`_raw_c` checks it against the
+    public GCM once and returns None if anything moved, and the tests compare
+    both byte for byte.
     """
+
+    def __init__(self) -> None:
+        from Crypto.Cipher import _mode_ecb, _mode_gcm
+        from Crypto.Util import _raw_api
+        from Crypto.Util.strxor import _raw_strxor
+
+        if _raw_api.backend != "cffi":
+            raise ImportError("pycryptodome runs on ctypes")
+        self.ffi: Any = _raw_api.ffi
+        self.ecb_encrypt: Any = _mode_ecb.raw_ecb_lib.ECB_encrypt
+        self.xor: Any = _raw_strxor.strxor
+        ghash_lib: Any = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
+        self.ghash: Any = ghash_lib.ghash
+        self.ghash_class: Any = _mode_gcm._GHASH
+        self.ghash_lib = ghash_lib
+
+    def pointer(self, data: Buffer) -> Any:
+        return self.ffi.from_buffer("uint8_t[]", data)
+
+
+def _raw_c() -> _RawC | None:
     try:
-        from Crypto.Cipher import _mode_gcm
-        from Crypto.Util._raw_api import create_string_buffer
-
-        implementation = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
-        ghash_class: Any = _mode_gcm._GHASH
-
-        def keyed(subkey: bytes) -> Callable[..., bytes]:
-            ghash = ghash_class(subkey, implementation)
-
-            def digest(*blocks: Buffer) -> bytes:
-                ghash._last_y = create_string_buffer(_BLOCK)
-                for block in blocks:
-                    ghash.update(block)
-                return bytes(ghash.digest())
-
-            return digest
-
-        probe = keyed(bytes(range(16)))
-        if probe(bytes(16)) != probe(bytes(16)) or len(probe(bytes(32))) != _BLOCK:
-            return None
-    except (ImportError, AttributeError, TypeError, ValueError):
+        raw = _RawC()
+        key, nonce = bytes(range(16)), bytes(range(12))
+        for size in (0, 5, 16, 100):
+            data, aad = bytes(range(size)), b"aad"[: size % 4]
+            reference = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
+            reference.update(aad)
+            sealed = b"".join(reference.encrypt_and_digest(data))
+            if _CounterGCM(key, raw).seal(nonce, data, aad) != sealed:
+                return None
+    except (ImportError, AttributeError, TypeError, ValueError, LocalProtocolError):
         return None
-    return keyed
+    return raw
 
 
 _BLOCK = 16
-_GHASH_FACTORY = _ghash_factory()
 # Counter blocks for the largest GCM call (a 65535-byte chunk): block k holds
 # counter k + 1 after 12 zero bytes, where each key XORs in its nonce.
 _COUNTER_TEMPLATE = b"".join(
@@ -152,27 +163,30 @@ _ZERO_BLOCK = bytes(_BLOCK)
 
 
 class _CounterGCM:
-    """AES-GCM built per key from an ECB object and a GHASH table.
+    """AES-GCM built per key from an ECB key schedule and a GHASH table.
 
     pycryptodome spends about 60 µs creating a GCM object and VMess needs a
     new nonce per chunk; here the key schedule and the GHASH multiplication
     table are made once per key, and each chunk costs one ECB call over its
-    counter blocks (J0 first, for the tag mask), one XOR and one GHASH pass.
-    A body direction's nonces differ only in their first two bytes (the chunk
-    count), so the counter blocks for the rest of the nonce are kept and only
-    those two bytes are patched per chunk.
+    counter blocks (J0 first, for the tag mask), one XOR and one GHASH pass,
+    all through pycryptodome's C functions. A body direction's nonces differ
+    only in their first two bytes (the chunk count), so the counter blocks
+    for the rest of the nonce are kept and only those two bytes are patched.
     """
 
-    __slots__ = ("_counters", "_ecb", "_ghash", "_nonce_tail")
+    __slots__ = ("_counters", "_ecb", "_ghash", "_nonce_tail", "_raw")
 
-    def __init__(self, key: bytes) -> None:
-        assert _GHASH_FACTORY is not None
-        self._ecb = AES.new(key, AES.MODE_ECB)
-        self._ghash = _GHASH_FACTORY(self._ecb.encrypt(_ZERO_BLOCK))
+    def __init__(self, key: bytes, raw: _RawC) -> None:
+        self._raw = raw
+        self._ecb: Any = AES.new(key, AES.MODE_ECB)
+        # The GHASH object owns the expanded table the C function reads.
+        self._ghash: Any = raw.ghash_class(
+            self._ecb.encrypt(_ZERO_BLOCK), raw.ghash_lib
+        )
         self._nonce_tail = b""
         self._counters = b""
 
-    def _keystream(self, nonce: bytes, size: int) -> memoryview:
+    def _keystream(self, nonce: bytes, size: int) -> bytearray:
         """E(J0), the tag mask, followed by ``size`` bytes of keystream."""
         blocks = 1 + (size + _BLOCK - 1) // _BLOCK
         if blocks * _BLOCK > len(_COUNTER_TEMPLATE):
@@ -183,23 +197,31 @@ class _CounterGCM:
                 len(_COUNTER_TEMPLATE) // _BLOCK
             )
             self._counters = bytes(strxor(_COUNTER_TEMPLATE, pattern))
-        counters = bytearray(self._counters[: blocks * _BLOCK])
-        counters[0::_BLOCK] = nonce[0:1] * blocks
-        counters[1::_BLOCK] = nonce[1:2] * blocks
-        return memoryview(self._ecb.encrypt(counters))
+        stream = bytearray(self._counters[: blocks * _BLOCK])
+        stream[0::_BLOCK] = nonce[0:1] * blocks
+        stream[1::_BLOCK] = nonce[1:2] * blocks
+        pointer = self._raw.pointer(stream)
+        if self._raw.ecb_encrypt(self._ecb._state.get(), pointer, pointer, len(stream)):
+            raise LocalProtocolError("AES-ECB failed")
+        return stream
 
-    def _tag(self, mask: memoryview, ciphertext: Buffer, aad: bytes) -> bytes:
+    def _tag(self, stream: bytearray, ciphertext: Buffer, aad: bytes) -> bytes:
+        raw = self._raw
         size = len(ciphertext)
         whole = size - size % _BLOCK
-        tail = bytes(ciphertext[whole:])
         lengths = (len(aad) * 8).to_bytes(8, "big") + (size * 8).to_bytes(8, "big")
+        tail = bytes(ciphertext[whole:])
         last = tail + bytes(-len(tail) % _BLOCK) + lengths
+        parts: list[Buffer] = [ciphertext[:whole], last]
         if aad:
-            head = aad + bytes(-len(aad) % _BLOCK)
-            digest = self._ghash(head, ciphertext[:whole], last)
-        else:
-            digest = self._ghash(ciphertext[:whole], last)
-        return (int.from_bytes(digest) ^ int.from_bytes(mask)).to_bytes(_BLOCK)
+            parts.insert(0, aad + bytes(-len(aad) % _BLOCK))
+        state = raw.ffi.new("uint8_t[16]")
+        table = self._ghash._exp_key.get()
+        for part in filter(len, parts):
+            if raw.ghash(state, raw.pointer(part), len(part), state, table):
+                raise LocalProtocolError("GHASH failed")
+        digest = int.from_bytes(raw.ffi.buffer(state)) ^ int.from_bytes(stream[:_BLOCK])
+        return digest.to_bytes(_BLOCK)
 
     def seal_into(
         self, nonce: bytes, plaintext: Buffer, out: memoryview, aad: bytes = b""
@@ -208,8 +230,14 @@ class _CounterGCM:
         stream = self._keystream(nonce, size)
         ciphertext = out[:size]
         if size:
-            strxor(plaintext, stream[_BLOCK : _BLOCK + size], output=ciphertext)
-        out[size:] = self._tag(stream[:_BLOCK], ciphertext, aad)
+            raw = self._raw
+            raw.xor(
+                raw.pointer(plaintext),
+                raw.pointer(stream) + _BLOCK,
+                raw.pointer(ciphertext),
+                size,
+            )
+        out[size:] = self._tag(stream, ciphertext, aad)
 
     def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
         out = bytearray(len(plaintext) + TAG_SIZE)
@@ -221,12 +249,19 @@ class _CounterGCM:
             raise RemoteProtocolError("sealed data shorter than its tag")
         view = memoryview(sealed)
         ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
-        stream = self._keystream(nonce, len(ciphertext))
-        if not hmac.compare_digest(self._tag(stream[:_BLOCK], ciphertext, aad), tag):
+        size = len(ciphertext)
+        stream = self._keystream(nonce, size)
+        if not hmac.compare_digest(self._tag(stream, ciphertext, aad), tag):
             raise RemoteProtocolError("authentication tag mismatch")
-        if not len(ciphertext):
+        if not size:
             return b""
-        return bytes(strxor(ciphertext, stream[_BLOCK : _BLOCK + len(ciphertext)]))
+        raw = self._raw
+        plain = raw.ffi.new("uint8_t[]", size)
+        raw.xor(raw.pointer(ciphertext), raw.pointer(stream) + _BLOCK, plain, size)
+        return bytes(raw.ffi.buffer(plain))
+
+
+_RAW_C = _raw_c()
 
 
 def _choose_backend() -> str:
@@ -286,8 +321,8 @@ class _OpenSSLAEAD:
 def _aead(key: bytes, chacha: bool) -> AEAD:
     if _BACKEND == "cryptography":
         return _OpenSSLAEAD(key, chacha)
-    if not chacha and _GHASH_FACTORY is not None:
-        return _CounterGCM(key)
+    if not chacha and _RAW_C is not None:
+        return _CounterGCM(key, _RAW_C)
     return _PyCryptodomeAEAD(key, chacha)
 
 
