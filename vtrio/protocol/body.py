@@ -165,19 +165,15 @@ class _Direction:
                     framing.security, kdf16(request_key, AUTH_LENGTH_SALT)
                 )
 
-    def _paddings_and_masks(self, count: int) -> list[tuple[int, int]]:
-        """(padding, mask) of the next ``count`` chunks, drawn in wire order:
-        per chunk the padding's 2 bytes, then the mask's."""
+    def _next_padding_and_mask(self) -> tuple[int, int]:
+        """The next chunk's padding length and length mask, in wire order:
+        the padding's 2 XOF bytes, then the mask's."""
         if self._xof is None:
-            return [(0, 0)] * count
-        values = struct.unpack(
-            f">{count * self._draw // 2}H", self._xof.read(count * self._draw)
-        )
-        if self.framing.padding and self.framing.masking:
-            return [(p % 64, m) for p, m in zip(values[::2], values[1::2], strict=True)]
-        if self.framing.padding:
-            return [(p % 64, 0) for p in values]
-        return [(0, m) for m in values]
+            return 0, 0
+        value = int.from_bytes(self._xof.read(self._draw))
+        if self._draw == 4:
+            return (value >> 16) % 64, value & 0xFFFF
+        return (value % 64, 0) if self.framing.padding else (0, value)
 
     def _nonce(self) -> bytes:
         nonce = self._count.to_bytes(2) + self._nonce_tail
@@ -252,8 +248,7 @@ class ChunkEncoder(_Direction):
         """
         framing = self.framing
         field, overhead = framing.length_field, framing.overhead
-        draws = self._paddings_and_masks(len(payloads))
-        chunks = [(p, *d) for p, d in zip(payloads, draws, strict=True)]
+        chunks = [(p, *self._next_padding_and_mask()) for p in payloads]
         out = bytearray(sum(field + len(p) + overhead + pad for p, pad, _ in chunks))
         view = memoryview(out)
         padding_bytes = memoryview(self._random(sum(pad for _, pad, _ in chunks)))
@@ -419,7 +414,7 @@ class ChunkDecoder(_Direction):
         return END
 
     def _read_size(self, raw: bytes | memoryview) -> tuple[int, int]:
-        [(padding, mask)] = self._paddings_and_masks(1)
+        padding, mask = self._next_padding_and_mask()
         if self._length_aead is not None:
             plain = self._length_aead.open(self._length_nonce(), raw)
             return int.from_bytes(plain) + TAG_LENGTH, padding

@@ -127,6 +127,7 @@ class _RawC:
             raise ImportError("pycryptodome runs on ctypes")
         self.ffi: Any = _raw_api.ffi
         self.ecb_encrypt: Any = _mode_ecb.raw_ecb_lib.ECB_encrypt
+        self.ecb_decrypt: Any = _mode_ecb.raw_ecb_lib.ECB_decrypt
         self.xor: Any = _raw_strxor.strxor
         ghash_lib: Any = _mode_gcm._ghash_clmul or _mode_gcm._ghash_portable
         self.ghash: Any = ghash_lib.ghash
@@ -402,40 +403,29 @@ class KeyScan:
 
 def _raw_ecb_scan(ciphers: Sequence[BlockCipher]) -> Callable[[bytes], bytes] | None:
     """pycryptodome's ECB decryption called from ``map`` into one buffer,
-    if its private raw API is there (checked against the public one)."""
-    if not ciphers:
+    when its C functions are usable (checked against the public API)."""
+    raw = _RAW_C
+    if raw is None or not ciphers:
         return None
     try:
-        from Crypto.Cipher._mode_ecb import raw_ecb_lib
-        from Crypto.Util._raw_api import (
-            backend,
-            c_uint8_ptr,
-            create_string_buffer,
-            get_raw_buffer,
-        )
-
-        if backend != "cffi":
-            return None
-        count = len(ciphers)
         states = [cipher._ecb._state.get() for cipher in ciphers]
-        out = create_string_buffer(_BLOCK * count)
-        slots = [out + _BLOCK * index for index in range(count)]
-    except (ImportError, AttributeError, TypeError):
+    except AttributeError:
         return None
-    function = raw_ecb_lib.ECB_decrypt
+    count = len(ciphers)
+    out = raw.ffi.new("uint8_t[]", _BLOCK * count)
+    slots = [out + _BLOCK * index for index in range(count)]
 
     def decrypt(block: bytes) -> bytes:
-        source = c_uint8_ptr(block)
         calls = map(
-            function,
+            raw.ecb_decrypt,
             states,
-            itertools.repeat(source, count),
+            itertools.repeat(raw.pointer(block), count),
             slots,
             itertools.repeat(_BLOCK, count),
         )
         if any(calls):
             raise LocalProtocolError("AES-ECB failed")
-        return bytes(get_raw_buffer(out))
+        return bytes(raw.ffi.buffer(out))
 
     probe = bytes(range(_BLOCK))
     if decrypt(probe)[:_BLOCK] != ciphers[0].decrypt(probe):
