@@ -54,8 +54,8 @@ LOGGER = logging.getLogger("vtrio.net.mux")
 RECEIVE_SIZE = 16384
 # A Keep frame's own bytes: MetaLen, SessionID, Status, Option, DataLen.
 KEEP_FRAME_OVERHEAD = 2 + 4 + 2
-# Read destinations in pieces whose Keep frame fills exactly one VMess chunk,
-# instead of an 8 KiB frame that spills a few bytes into a second chunk.
+# Read destinations in pieces whose Keep frame fits in one VMess chunk, so a
+# frame never spills a few bytes into a second chunk.
 DOWNLINK_READ = min(MAX_STREAM_FRAME_DATA, MAX_CHUNK_PAYLOAD - KEEP_FRAME_OVERHEAD)
 DEFAULT_MAX_SESSIONS = 128
 # Frames waiting for one sub-session; each carries at most 64 KiB.
