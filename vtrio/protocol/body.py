@@ -294,7 +294,7 @@ class ChunkDecoder(_Direction):
         # Received blocks not yet decoded, as they came: a chunk is opened
         # straight from its block, and only one that spans two blocks is
         # copied. _offset is how far the first block is decoded.
-        self._segments: collections.deque[bytes] = collections.deque()
+        self._segments: collections.deque[memoryview] = collections.deque()
         self._offset = 0
         self._buffered = 0
         self._eof = False
@@ -320,8 +320,9 @@ class ChunkDecoder(_Direction):
             return
         if self._cfb is not None:
             data = self._cfb.decrypt(data)
-        self._segments.append(data if isinstance(data, bytes) else bytes(data))
-        self._buffered += len(data)
+        block = data if isinstance(data, bytes) else bytes(data)
+        self._segments.append(memoryview(block))
+        self._buffered += len(block)
 
     def _take(self, size: int) -> bytes | memoryview:
         """The next ``size`` buffered bytes (at most :attr:`buffered`)."""
@@ -331,19 +332,19 @@ class ChunkDecoder(_Direction):
         self._buffered -= size
         if end < len(first):
             self._offset = end
-            return memoryview(first)[start:end]
+            return first[start:end]
         if end == len(first):
             segments.popleft()
             self._offset = 0
-            return memoryview(first)[start:] if start else first
-        parts: list[bytes | memoryview] = [memoryview(first)[start:]]
+            return first[start:]
+        parts = [first[start:]]
         segments.popleft()
         missing = end - len(first)
         while missing and missing >= len(segments[0]):
             missing -= len(segments[0])
             parts.append(segments.popleft())
         if missing:
-            parts.append(memoryview(segments[0])[:missing])
+            parts.append(segments[0][:missing])
         self._offset = missing
         return b"".join(parts)
 
@@ -403,7 +404,8 @@ class ChunkDecoder(_Direction):
             if self._buffered < size:
                 return False
             self._pending = None
-            payloads.append(self._open(self._take(size)[: size - padding]))
+            body = self._take(size)
+            payloads.append(self._open(body[:-padding] if padding else body))
             if not coalesce:
                 return False
 
