@@ -420,7 +420,7 @@ class ChunkDecoder(_Direction):
         if self._length_aead is not None:
             plain = self._length_aead.open(self._length_nonce(), raw)
             return int.from_bytes(plain) + TAG_LENGTH, padding
-        return int.from_bytes(raw) ^ mask, padding
+        return (raw[0] << 8 | raw[1]) ^ mask, padding
 
     def _open(self, body: bytes | memoryview) -> bytes:
         if self._aead is not None:
