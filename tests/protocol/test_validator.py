@@ -101,7 +101,9 @@ class _SkewedKey:
 def test_crc_fit_with_a_bad_time_keeps_scanning_like_v2ray() -> None:
     skewed = user(user_id=OTHER_ID)
     validator = UserValidator([skewed, user()], now=FIXED_NOW)
-    validator._records[OTHER_ID] = UserRecord(skewed, b"", _SkewedKey())  # type: ignore[arg-type]
+    # Tried first as a recent user; the full scan's real key does not fit.
+    record = UserRecord(skewed, b"", bytes(16), _SkewedKey())  # type: ignore[arg-type]
+    validator._records[OTHER_ID] = validator._recent[OTHER_ID] = record
     cipher = aes_128_ecb(auth_id_key(cmd_key(USER_ID)))
     eauid = make_auth_id(cipher, FIXED_NOW, seeded_random())
     assert validator.match_auth_id(eauid, FIXED_NOW).user == user()

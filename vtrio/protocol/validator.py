@@ -54,13 +54,15 @@ class UserRecord:
 
     user: VMessUser
     cmd_key: bytes
+    auth_id_key: bytes
     auth_id_cipher: BlockCipher
 
     @classmethod
     def of(cls, user: VMessUser) -> UserRecord:
-        """Derive the cmdKey and the auth-ID cipher of ``user`` once."""
+        """Derive the cmdKey and the auth-ID key and cipher of ``user`` once."""
         key = cmd_key(user.id)
-        return cls(user, key, aes_128_ecb(auth_id_key(key)))
+        id_key = auth_id_key(key)
+        return cls(user, key, id_key, aes_128_ecb(id_key))
 
 
 class UserValidator:
@@ -169,7 +171,7 @@ class UserValidator:
     def _full_scan(self) -> tuple[list[UserRecord], KeyScan]:
         if self._scan is None:
             records = list(self._records.values())
-            scan = KeyScan([record.auth_id_cipher for record in records])
+            scan = KeyScan([record.auth_id_key for record in records])
             self._scan = (records, scan)
         return self._scan
 
