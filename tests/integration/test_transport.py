@@ -34,6 +34,8 @@ from vtrio.net.transport.websocket import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from vtrio.net.transport.tcp import TCPStream
+
 TIMEOUT = 10
 PAYLOAD_SIZE = 1 << 20
 
@@ -77,7 +79,7 @@ async def start_server(
     """Serve one connection at a time with ``handler``; record handshake errors."""
     listeners = await open_listeners(settings, "127.0.0.1", 0)
 
-    async def serve_one(tcp: trio.SocketStream) -> None:
+    async def serve_one(tcp: TCPStream) -> None:
         try:
             stream = await accept_stream(settings, tcp)
         except (RemoteProtocolError, trio.BrokenResourceError) as exc:
@@ -372,7 +374,7 @@ async def test_early_data_travels_in_the_upgrade_request(
         async with trio.open_nursery() as nursery:
             listeners = await open_listeners(client, "127.0.0.1", 0)
 
-            async def serve(tcp: trio.SocketStream) -> None:
+            async def serve(tcp: TCPStream) -> None:
                 recording = Recording(tcp)
                 stream = await accept_websocket(ws, recording)
                 seen["head"] = bytes(recording.received)
@@ -413,7 +415,7 @@ async def test_forwarded_for_and_host_header() -> None:
         async with trio.open_nursery() as nursery:
             listeners = await open_listeners(settings, "127.0.0.1", 0)
 
-            async def serve(tcp: trio.SocketStream) -> None:
+            async def serve(tcp: TCPStream) -> None:
                 recording = Recording(tcp)
                 stream = await accept_websocket(ws, recording)
                 seen.append((stream.forwarded_for, bytes(recording.received)))

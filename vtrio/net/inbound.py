@@ -34,6 +34,7 @@ from vtrio.net import transport
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
 from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
+from vtrio.net.transport.tcp import TCPListener, TCPStream
 
 if TYPE_CHECKING:
     from vtrio.net.outbound import PacketConnection
@@ -60,7 +61,7 @@ LOGGER = logging.getLogger("vtrio.net.inbound")
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
-    if isinstance(stream, trio.SocketStream):
+    if isinstance(stream, TCPStream):
         try:
             host, port = stream.socket.getpeername()[:2]
         except OSError:
@@ -136,7 +137,7 @@ class VMessHandler:
         deadline = trio.current_time() + context.handshake_timeout()
         rejected = False
         with trio.CancelScope(deadline=deadline) as scope:
-            assert isinstance(raw, trio.SocketStream)
+            assert isinstance(raw, TCPStream)
             stream = await transport.accept_stream(self._inbound.stream, raw)
             connection = ServerConnection(
                 self._validator,
@@ -348,7 +349,7 @@ async def serve_ports(
     Raises:
         OSError: a port could not be bound.
     """
-    listeners: list[trio.SocketListener] = []
+    listeners: list[TCPListener] = []
     for port in ports:
         listeners += await transport.open_listeners(
             inbound.stream, inbound.listen, port, reuse_port=reuse_port

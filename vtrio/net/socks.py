@@ -22,6 +22,7 @@ import trio
 from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.buffered import BufferedStream
 from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.transport.tcp import TCPStream
 from vtrio.net.tunnel import run_tunnel
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ async def _associate(
     """Relay datagrams until the control connection closes."""
     local_host = "127.0.0.1"
     client_host = ""
-    if isinstance(raw, trio.SocketStream):
+    if isinstance(raw, TCPStream):
         local_host = str(raw.socket.getsockname()[0])
         client_host = str(raw.socket.getpeername()[0])
     family = socket.AF_INET6 if ":" in local_host else socket.AF_INET

@@ -21,17 +21,26 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import DialError
+from vtrio.net.transport.tcp import (
+    TCPListener,
+    TCPStream,
+    connect_ip,
+    from_trio_stream,
+)
 from vtrio.net.transport.tls import TLSStream, accept_tls, dial_tls, server_context
 from vtrio.net.transport.websocket import accept_websocket, dial_websocket
 
 if TYPE_CHECKING:
     from vtrio.config.model import StreamSettings
 
+# What trio.open_tcp_listeners asks for; the kernel caps it at somaxconn.
+LISTEN_BACKLOG = 0xFFFF
+
 
 async def open_listeners(
     settings: StreamSettings, host: str, port: int, *, reuse_port: bool = False
-) -> list[trio.SocketListener]:
-    """Bind the TCP listeners of an inbound.
+) -> list[TCPListener]:
+    """Bind the TCP listeners of an inbound, as ``trio.open_tcp_listeners`` does.
 
     Args:
         settings: the inbound's stream settings (they do not change binding).
@@ -46,41 +55,36 @@ async def open_listeners(
     Raises:
         ConfigError: the TLS certificates cannot be loaded (checked here, at
             start-up, rather than on the first connection).
+        OSError: a port could not be bound.
     """
     if settings.security == "tls":
         server_context(settings.tls)
-    if not reuse_port:
-        return await trio.open_tcp_listeners(port, host=host or None)
-    return await _open_shared_listeners(host, port)
-
-
-async def _open_shared_listeners(host: str, port: int) -> list[trio.SocketListener]:
-    """Like ``trio.open_tcp_listeners``, with SO_REUSEPORT on every socket."""
     infos = await trio.socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
-    sockets: list[trio.socket.SocketType] = []
+    listeners: list[TCPListener] = []
     try:
         for family, kind, proto, _, sockaddr in dict.fromkeys(
             (i[0], i[1], i[2], i[3], i[4]) for i in infos
         ):
-            sock = trio.socket.socket(family, kind, proto)
-            sockets.append(sock)
+            sock = socket.socket(family, kind, proto)
+            listeners.append(TCPListener(sock))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            await sock.bind(sockaddr)
-            sock.listen(4096)
+            sock.bind(sockaddr)
+            sock.listen(LISTEN_BACKLOG)
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        for listener in listeners:
+            listener.socket.close()
         raise
-    return [trio.SocketListener(sock) for sock in sockets]
+    return listeners
 
 
 async def accept_stream(
-    settings: StreamSettings, stream: trio.SocketStream
+    settings: StreamSettings, stream: TCPStream
 ) -> trio.abc.HalfCloseableStream:
     """Run the server side of the configured layers over an accepted socket.
 
@@ -105,7 +109,7 @@ async def accept_stream(
     return layered
 
 
-async def connect_tcp(host: str, port: int) -> trio.SocketStream:
+async def connect_tcp(host: str, port: int) -> TCPStream:
     """A TCP connection to ``host``.
 
     An IP literal (a proxy target, most configured servers) is connected
@@ -120,14 +124,8 @@ async def connect_tcp(host: str, port: int) -> trio.SocketStream:
     try:
         socket.inet_pton(family, host)
     except OSError:
-        return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
+        return from_trio_stream(await trio.open_tcp_stream(host, port))
+    return await connect_ip(host, port, family)
 
 
 async def dial(

@@ -1,0 +1,148 @@
+"""TCPStream and TCPListener over real loopback sockets: trio's generic stream
+checks (every call a checkpoint, half-close, conflicts, closing under a waiter)
+and the listener's accept and close."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from vtrio.config.model import StreamSettings
+from vtrio.net.transport import open_listeners
+from vtrio.net.transport.tcp import TCPListener, TCPStream, from_trio_stream
+
+
+async def tcp_pair() -> tuple[TCPStream, TCPStream]:
+    listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    client = from_trio_stream(await trio.open_tcp_stream("127.0.0.1", port))
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return client, server
+
+
+def _fill(stream: TCPStream) -> None:
+    try:
+        while True:
+            stream.socket.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+
+
+async def clogged_tcp_pair() -> tuple[TCPStream, TCPStream]:
+    """A pair whose send buffers are full both ways: send_all blocks."""
+    client, server = await tcp_pair()
+    _fill(client)
+    _fill(server)
+    return client, server
+
+
+async def test_generic_half_closeable_stream_checks() -> None:
+    with trio.fail_after(30):
+        await trio.testing.check_half_closeable_stream(tcp_pair, clogged_tcp_pair)
+
+
+async def test_send_all_waits_for_room_and_delivers_everything() -> None:
+    client, server = await tcp_pair()
+    payload = bytes(range(256)) * 8192  # 2 MiB: many partial sends
+    received = bytearray()
+    async with client, server, trio.open_nursery() as nursery:
+
+        async def read_all() -> None:
+            while data := await server.receive_some(65536):
+                received.extend(data)
+
+        nursery.start_soon(read_all)
+        await client.send_all(payload)
+        await client.send_eof()
+    assert received == payload
+
+
+async def test_send_eof_is_a_tcp_half_close() -> None:
+    client, server = await tcp_pair()
+    async with client, server:
+        await client.send_all(b"last words")
+        await client.send_eof()
+        assert await server.receive_some(100) == b"last words"
+        assert await server.receive_some(100) == b""
+        # The other direction still flows.
+        await server.send_all(b"reply")
+        assert await client.receive_some(100) == b"reply"
+        with pytest.raises(trio.ClosedResourceError):
+            await client.send_all(b"more")
+
+
+async def test_reset_by_peer_is_broken_resource() -> None:
+    client, server = await tcp_pair()
+    server.socket.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    )
+    server.close()
+    with pytest.raises(trio.BrokenResourceError, match="reset"):
+        await client.receive_some(100)
+    client.close()
+
+
+async def test_closing_wakes_a_blocked_receiver() -> None:
+    client, server = await tcp_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await client.receive_some(100)
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        client.close()
+    server.close()
+    client.close()  # idempotent
+
+
+async def test_listener_accepts_in_order_then_refuses_when_closed() -> None:
+    listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
+    assert all(isinstance(listener, TCPListener) for listener in listeners)
+    listener = listeners[0]
+    port = listener.socket.getsockname()[1]
+    dialled = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+    accepted = [await listener.accept() for _ in range(3)]
+    for number, stream in enumerate(dialled):
+        await stream.send_all(bytes([number]))
+    assert [await stream.receive_some(1) for stream in accepted] == [
+        b"\x00",
+        b"\x01",
+        b"\x02",
+    ]
+    async with trio.open_nursery() as nursery:
+
+        async def accept_on_closed() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await listener.accept()
+
+        nursery.start_soon(accept_on_closed)
+        await trio.testing.wait_all_tasks_blocked()
+        await listener.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await listener.accept()
+    for client in dialled:
+        await client.aclose()
+    for server in accepted:
+        await server.aclose()
+
+
+async def test_accept_is_a_checkpoint_even_with_a_connection_waiting() -> None:
+    listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    dialled = await trio.open_tcp_stream("127.0.0.1", port)
+    await trio.sleep(0.05)
+    with trio.testing.assert_checkpoints():
+        accepted = await listeners[0].accept()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await listeners[0].accept()
+    await dialled.aclose()
+    await accepted.aclose()
+    await listeners[0].aclose()
