@@ -1,8 +1,8 @@
 """Inbounds: listeners, the per-connection error boundary, the vmess handler.
 
-Theory of operation: :func:`serve_inbound` binds an inbound's ports, reports
-them through ``task_status.started`` and runs ``trio.serve_listeners`` with
-handlers spawned into the server's *connections* nursery, so tunnels outlive
+Theory of operation: :func:`serve_ports` binds an inbound's ports, reports
+them through ``task_status.started`` and runs an accept loop per listener that
+spawns handlers into the server's *connections* nursery, so tunnels outlive
 their listener during a graceful shutdown. :func:`handle_connection` is the one
 broad catch of the runtime: whatever a peer does, it logs one line and closes
 that connection, and the server keeps running.
@@ -15,6 +15,7 @@ drain of spec 9.1), then the connection is closed, on every failure branch.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -34,7 +35,7 @@ from vtrio.net import transport
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
 from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
-from vtrio.net.transport.tcp import TCPListener, TCPStream
+from vtrio.net.transport.tcp import TCPListener, TCPStream, close_forcefully
 
 if TYPE_CHECKING:
     from vtrio.net.outbound import PacketConnection
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
     from vtrio.protocol.events import RequestHeader
 
 LOGGER = logging.getLogger("vtrio.net.inbound")
+# Accept failures that end when descriptors or memory free up.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_PAUSE = 0.1
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
@@ -83,7 +87,7 @@ def _looks_like(data: bytes) -> str:
 async def handle_connection(
     handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
     inbound_tag: str,
-    stream: trio.abc.Stream,
+    stream: TCPStream,
 ) -> None:
     """The error boundary of one accepted connection.
 
@@ -111,7 +115,7 @@ async def handle_connection(
     except* Exception:
         LOGGER.exception("%s [%s]: unexpected error", source, inbound_tag)
     finally:
-        await trio.aclose_forcefully(stream)
+        await close_forcefully(stream)
 
 
 class VMessHandler:
@@ -364,30 +368,41 @@ async def serve_ports(
         inbound.protocol,
         ", ".join(f"{host}:{port}" for host, port in bound),
     )
-    boundary = functools.partial(handle_connection, handler, inbound.tag)
+    task_status.started(bound)
     try:
-        await trio.serve_listeners(
-            boundary,
-            listeners,
-            handler_nursery=connections,
-            task_status=_ReportBound(task_status, bound),
-        )
+        async with trio.open_nursery() as accepting:
+            for listener in listeners:
+                accepting.start_soon(
+                    _accept_loop, listener, handler, inbound.tag, connections
+                )
     finally:
         for listener in listeners:
-            await trio.aclose_forcefully(listener)
+            await listener.aclose()
 
 
-class _ReportBound:
-    """Adapts serve_listeners' started(listeners) to report (host, port) pairs."""
+async def _accept_loop(
+    listener: TCPListener,
+    handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
+    inbound_tag: str,
+    connections: trio.Nursery,
+) -> None:
+    """``trio.serve_listeners`` for one listener, closing with ``close()``.
 
-    def __init__(
-        self,
-        status: trio.TaskStatus[list[tuple[str, int]]],
-        bound: list[tuple[str, int]],
-    ) -> None:
-        self._status = status
-        self._bound = bound
-
-    def started(self, value: object = None) -> None:
-        del value
-        self._status.started(self._bound)
+    Out of descriptors or memory, accepting pauses for a moment (as trio's
+    loop does) rather than failing the listener.
+    """
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            LOGGER.error(
+                "inbound %s: cannot accept (%s); pausing %.1f s",
+                inbound_tag or "-",
+                errno.errorcode.get(exc.errno or 0, exc),
+                ACCEPT_PAUSE,
+            )
+            await trio.sleep(ACCEPT_PAUSE)
+            continue
+        connections.start_soon(handle_connection, handler, inbound_tag, stream)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.net.relay import Traffic, relay
+from vtrio.net.transport.tcp import close_forcefully
 from vtrio.net.vmess_stream import VMessStream
 
 if TYPE_CHECKING:
@@ -88,5 +89,5 @@ async def run_tunnel(
         raise
     finally:
         with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(outbound)
+            await close_forcefully(outbound)
         context.log_access(session, destination, handler.tag, traffic, status)

@@ -164,7 +164,7 @@ async def dial(
                 secure=settings.security == "tls",
             )
     except BaseException:
-        await trio.aclose_forcefully(tcp)
+        tcp.close()
         raise
     return layered
 
