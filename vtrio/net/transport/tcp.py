@@ -23,6 +23,7 @@ import errno
 import operator
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import (
@@ -32,6 +33,9 @@ from trio.lowlevel import (
     wait_readable,
     wait_writable,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 DEFAULT_RECEIVE_SIZE = 65536
 # Like trio.SocketStream: bounds how much unsent data the kernel holds for
@@ -70,13 +74,17 @@ class TCPStream(trio.abc.HalfCloseableStream):
     ``socket`` is the stdlib socket, for addresses and options.
     """
 
-    __slots__ = ("_eof_sent", "_sending", "socket")
+    __slots__ = ("_eof_sent", "_sending", "_waiting", "socket")
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
         self.socket = sock
         self._sending = False
         self._eof_sent = False
+        # Tasks inside a wait on this socket: only those need notify_closing
+        # (trio drops a socket from epoll once nobody waits on it).
+        self._waiting = 0
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if hasattr(socket, "TCP_NOTSENT_LOWAT"):
@@ -100,7 +108,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             await cancel_shielded_checkpoint()
             return data
         while True:
-            await wait_readable(sock)
+            await self._wait(wait_readable)
             try:
                 return sock.recv(size)
             except BlockingIOError:
@@ -135,7 +143,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
                 await cancel_shielded_checkpoint()
                 return
             while sent < len(view):
-                await wait_writable(sock)
+                await self._wait(wait_writable)
                 try:
                     sent += sock.send(view[sent:])
                 except BlockingIOError:
@@ -150,7 +158,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the socket was already closed")
         self._sending = True
         try:
-            await wait_writable(self.socket)
+            await self._wait(wait_writable)
         finally:
             self._sending = False
 
@@ -168,10 +176,18 @@ class TCPStream(trio.abc.HalfCloseableStream):
                 raise _stream_error(exc) from exc
         await cancel_shielded_checkpoint()
 
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        self._waiting += 1
+        try:
+            await wait(self.socket)
+        finally:
+            self._waiting -= 1
+
     def close(self) -> None:
         """Close now, waking any task blocked on the socket; idempotent."""
         if self.socket.fileno() >= 0:
-            notify_closing(self.socket)
+            if self._waiting:
+                notify_closing(self.socket)
             self.socket.close()
 
     async def aclose(self) -> None:
@@ -185,9 +201,8 @@ async def connect_ip(host: str, port: int, family: int) -> TCPStream:
     Raises:
         OSError: the connection failed.
     """
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         await checkpoint_if_cancelled()
         try:
             sock.connect((host, port))
