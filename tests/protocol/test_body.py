@@ -4,6 +4,7 @@ counters, and what a broken or cut body does (spec 6)."""
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -246,3 +247,24 @@ def test_datagram_size_limits(size: int) -> None:
 def test_padding_without_masking_is_an_invalid_option() -> None:
     with pytest.raises(RemoteProtocolError, match="invalid option"):
         Framing.of(SecurityType.AES_128_GCM, Option(0x09), datagram=False)
+
+
+@pytest.mark.parametrize("options", [Option(0x05), Option(0x0D), Option.CHUNK_STREAM])
+def test_many_small_chunks_in_one_read_decode_in_order(options: Option) -> None:
+    """v2ray writes ~2 KiB chunks: a 256 KiB read holds a hundred of them,
+    opened in one pass, then decoding continues on the next read."""
+    framing = Framing.of(SecurityType.AES_128_GCM, options, datagram=False)
+    encoder, decoder = codec(framing)
+    rng = random.Random(7)
+    messages = [rng.randbytes(rng.randint(1, 2048)) for _ in range(300)]
+    wire = b"".join(encoder.encode_stream(m) for m in messages)
+    cut = len(wire) * 2 // 3  # inside some chunk
+    decoder.feed(wire[:cut])
+    first = decoder.next_payload(coalesce=True)
+    assert isinstance(first, bytes)
+    assert decoder.next_payload(coalesce=True) is None
+    decoder.feed(wire[cut:] + encoder.encode_stream(b"tail") + encoder.encode_end())
+    rest = decoder.next_payload(coalesce=True)
+    assert isinstance(rest, bytes)
+    assert first + rest == b"".join(messages) + b"tail"
+    assert decoder.next_payload(coalesce=True) is END
