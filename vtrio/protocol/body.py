@@ -392,9 +392,13 @@ class ChunkDecoder(_Direction):
         """Open complete chunks into ``payloads``; stop at an incomplete one,
         or after one unless ``coalesce``. True at the end chunk."""
         field, overhead = self.framing.length_field, self.framing.overhead
-        if coalesce and self._aead is not None and self._length_aead is None:
-            self._open_within_block(payloads)
+        within_blocks = (
+            coalesce and self._aead is not None and self._length_aead is None
+        )
         while True:
+            if within_blocks:
+                # Again after each chunk that spanned two blocks.
+                self._open_within_block(payloads)
             if self._pending is None:
                 if self._buffered < field:
                     return False
@@ -430,7 +434,7 @@ class ChunkDecoder(_Direction):
         xof, draw = self._xof, self._draw
         padded = self.framing.padding
         minimum = self.framing.overhead
-        seal_open, tail, count = self._aead.open, self._nonce_tail, self._count
+        open_chunk, tail, count = self._aead.open, self._nonce_tail, self._count
         padding = mask = 0
         try:
             while limit - offset >= 2:
@@ -449,7 +453,7 @@ class ChunkDecoder(_Direction):
                     break
                 body_end = offset + size - padding
                 payloads.append(
-                    seal_open(count.to_bytes(2) + tail, block[offset:body_end])
+                    open_chunk(count.to_bytes(2) + tail, block[offset:body_end])
                 )
                 count = (count + 1) & 0xFFFF
                 offset += size
