@@ -4,13 +4,16 @@ and the listener's accept and close."""
 
 from __future__ import annotations
 
+import errno
 import socket
+from typing import cast
 
 import pytest
 import trio
 import trio.testing
 
 from vtrio.config.model import StreamSettings
+from vtrio.net.inbound import ACCEPT_PAUSE, _accept_loop
 from vtrio.net.transport import open_listeners
 from vtrio.net.transport.tcp import TCPListener, TCPStream, from_trio_stream
 
@@ -146,3 +149,50 @@ async def test_accept_is_a_checkpoint_even_with_a_connection_waiting() -> None:
     await dialled.aclose()
     await accepted.aclose()
     await listeners[0].aclose()
+
+
+async def test_accept_loop_pauses_while_out_of_descriptors(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE from accept is a pause, not the end of the listener (the kernel
+    is the only real source of it, so a listener stands in for it here)."""
+    client, server = await tcp_pair()
+    outcomes: list[OSError | TCPStream] = [
+        OSError(errno.EMFILE, "Too many open files"),
+        OSError(errno.ENFILE, "Too many open files in system"),
+        server,
+    ]
+
+    class Exhausted(trio.abc.Listener[TCPStream]):
+        async def accept(self) -> TCPStream:
+            await trio.lowlevel.checkpoint()
+            if not outcomes:
+                await trio.sleep_forever()
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, OSError):
+                raise outcome
+            return outcome
+
+        async def aclose(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    handled: list[str] = []
+
+    async def handler(stream: trio.abc.Stream, source: str) -> None:
+        handled.append(source)
+        await stream.send_all(b"served")
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            _accept_loop, cast("TCPListener", Exhausted()), handler, "in", nursery
+        )
+        assert await client.receive_some(10) == b"served"
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - started >= 2 * ACCEPT_PAUSE
+    assert handled == [f"127.0.0.1:{client.socket.getsockname()[1]}"]
+    assert [r.getMessage().split(" (")[1][:6] for r in caplog.records] == [
+        "EMFILE",
+        "ENFILE",
+    ]
+    client.close()
