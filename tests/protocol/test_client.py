@@ -186,3 +186,27 @@ def test_client_misuse() -> None:
         client.send_data(b"x")
     with pytest.raises(LocalProtocolError):
         Request(Command.TCP)
+
+
+@pytest.mark.parametrize("alter_id", [0, 4], ids=["aead", "legacy"])
+def test_a_header_sealed_ahead_is_the_one_start_sends(alter_id: int) -> None:
+    account = user(alter_id=alter_id)
+
+    def client() -> ClientConnection:
+        return ClientConnection(
+            account, TCP, now=FIXED_NOW, random=seeded_random(3), machine="x86_64"
+        )
+
+    ahead, on_demand = client(), client()
+    ahead.seal_header()
+    ahead.seal_header()  # idempotent: the same header, no new randomness
+    wire = ahead.start(b"first payload")
+    assert wire == on_demand.start(b"first payload")
+    with pytest.raises(LocalProtocolError, match="already"):
+        ahead.seal_header()
+    _, server, _ = pair(account, TCP)
+    server.receive_data(wire)
+    request = server.next_event()
+    assert isinstance(request, RequestHeader)
+    assert request.address == "example.com"
+    assert server.next_event() == Data(b"first payload")

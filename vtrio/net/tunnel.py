@@ -29,6 +29,7 @@ FIRST_PAYLOAD_WAIT = 0.1
 
 async def _send_first_payload(client: trio.abc.Stream, vmess: VMessStream) -> int:
     """Send the header with whatever the client sends within the wait."""
+    vmess.seal_header()  # while the client's first bytes are on their way
     data = b""
     with trio.move_on_after(FIRST_PAYLOAD_WAIT):
         data = bytes(await client.receive_some(16384))

@@ -194,6 +194,13 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
         """Whether the header (client) or response header (server) went out."""
         return self._started
 
+    def seal_header(self) -> None:
+        """Client side: seal the request header ahead of the first send, so
+        the time waiting for the first payload is not wasted (no effect on a
+        server stream or once the header went out)."""
+        if isinstance(self._conn, ClientConnection) and not self._started:
+            self._conn.seal_header()
+
     @classmethod
     async def accept(
         cls,

@@ -557,23 +557,27 @@ class ClientConnection(_Connection):
         self._response_sealer: AeadResponseSealer | None = None
         self._response_cipher: StreamCipher | None = None
         self._response_length: int | None = None
+        self._header: bytes | None = None  # sealed ahead of start()
 
     @property
     def security(self) -> SecurityType:
         """The security this connection uses (``auto`` resolved)."""
         return self._security
 
-    def start(self, first_payload: bytes | bytearray | memoryview = b"") -> bytes:
-        """The request header and, if given, the first payload, in one buffer.
+    def seal_header(self) -> None:
+        """Seal the request header now, before the first payload is known.
 
-        For UDP a non-empty ``first_payload`` is the first datagram. Write it
-        in one send: sing-box wants at least 100 bytes in its first read.
+        The header does not depend on the payload, so a client that waits
+        for its first payload (to send both in one write) can do this work
+        during the wait; :meth:`start` seals it when this was not called.
 
         Raises:
-            LocalProtocolError: called twice.
+            LocalProtocolError: after :meth:`start`.
         """
         if self._send_state is not SendState.IDLE:
             raise LocalProtocolError("start() was already called")
+        if self._header is not None:
+            return
         random = self._random
         padding = random(random(1)[0] % (MAX_PADDING + 1))
         instruction = Instruction(
@@ -589,10 +593,12 @@ class ClientConnection(_Connection):
         plain = instruction.encode()
         primary_key = cmd_key(self._account.id)
         if self._legacy:
-            header = self._legacy_header(primary_key, plain)
+            self._header = self._legacy_header(primary_key, plain)
         else:
             auth_id = make_auth_id(auth_id_cipher(primary_key), self._now, random)
-            header = AeadRequestSealer(primary_key, auth_id, random(8)).seal(plain)
+            self._header = AeadRequestSealer(primary_key, auth_id, random(8)).seal(
+                plain
+            )
         self._response_key, self._response_iv = response_key_iv(
             instruction.key, instruction.iv, legacy=self._legacy
         )
@@ -604,6 +610,20 @@ class ClientConnection(_Connection):
             request_iv=instruction.iv,
             random=random,
         )
+
+    def start(self, first_payload: bytes | bytearray | memoryview = b"") -> bytes:
+        """The request header and, if given, the first payload, in one buffer.
+
+        For UDP a non-empty ``first_payload`` is the first datagram. Write it
+        in one send: sing-box wants at least 100 bytes in its first read.
+
+        Raises:
+            LocalProtocolError: called twice.
+        """
+        self.seal_header()
+        header, self._header = self._header, None
+        assert header is not None
+        assert self._encoder is not None
         self._send_state = SendState.OPEN
         if not first_payload:
             return header
