@@ -19,6 +19,7 @@ Errors map as in ``trio.SocketStream``: a socket closed under us is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import operator
 import os
@@ -86,11 +87,14 @@ class TCPStream(trio.abc.HalfCloseableStream):
         # (trio drops a socket from epoll once nobody waits on it).
         self._waiting = 0
         if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-                sock.setsockopt(
-                    socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT
-                )
+            # A connection reset before it was accepted may refuse options;
+            # its first read reports that, the accept loop must not fail.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                    sock.setsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT
+                    )
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
