@@ -11,7 +11,7 @@ ratios to v2ray's chain measured in the same run.
 
     python bench/chains.py [--rounds 3] [--size 128] [--securities aes-128-gcm,none]
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
-                           [--idle-tunnels 1000] [--pin]
+                           [--idle-tunnels 1000] [--pin] [--vtrio-workers 2]
 """
 
 from __future__ import annotations
@@ -209,26 +209,52 @@ class Proxy:
     kind: str  # vtrio | v2ray | sing-box
     process: subprocess.Popen[bytes]
 
+    def _pids(self) -> list[int]:
+        """The process and its children (``vtrio serve --workers`` forks)."""
+        pids = [self.process.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    continue
+                if parent == self.process.pid:
+                    pids.append(int(entry))
+        return pids
+
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        ticks = 0
+        for pid in self._pids():
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / CLOCK_TICKS
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        """Summed over the processes (pages a fork shares count in each)."""
+        total = 0
+        for pid in self._pids():
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
 
 
 def start_proxy(
-    kind: str, config: dict[str, object], workdir: Path, cpu: int | None
+    kind: str,
+    config: dict[str, object],
+    workdir: Path,
+    cpu: int | None,
+    workers: int = 1,
 ) -> Proxy:
     path = workdir / f"{kind}-{free_port()}.json"
     path.write_text(json.dumps(config))
     if kind == "vtrio":
         command = [sys.executable, "-m", "vtrio", "serve", str(path)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
     elif kind == "v2ray":
         command = ["v2ray", "-config", str(path)]
     else:
@@ -262,6 +288,7 @@ class Chain:
     security: str
     socks_port: int = 0
     proxies: list[Proxy] = field(default_factory=list)
+    vtrio_workers: int = 1
 
     def start(self, workdir: Path, pin: bool) -> None:
         port, socks = free_port(), free_port()
@@ -273,9 +300,14 @@ class Chain:
             if self.client == "sing-box"
             else v2_client(socks, port, self.security)
         )
+        workers = self.vtrio_workers
         self.proxies = [
-            start_proxy(self.server, server_config, workdir, 1 if pin else None),
-            start_proxy(self.client, client_config, workdir, 0 if pin else None),
+            start_proxy(
+                self.server, server_config, workdir, 1 if pin else None, workers
+            ),
+            start_proxy(
+                self.client, client_config, workdir, 0 if pin else None, workers
+            ),
         ]
         wait_port(port)
         wait_port(socks)
@@ -422,7 +454,9 @@ async def run(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as nursery:
             target = await nursery.start(serve_target)
             chains = [
-                Chain(f"{name}", *CHAINS[name], security)
+                Chain(
+                    f"{name}", *CHAINS[name], security, vtrio_workers=args.vtrio_workers
+                )
                 for security in args.securities
                 for name in args.chains
                 if (CHAINS[name][0], security) not in UNSUPPORTED
@@ -497,7 +531,7 @@ def report(
     ]
     print(
         f"\nmedians of {args.rounds} interleaved round(s),"
-        f" {args.size} MB per transfer; "
+        f" {args.size} MB per transfer, vtrio workers: {args.vtrio_workers}; "
         "MB/s, CPU-s per GB (both proxies), RSS in KiB; (x) = ratio to v2ray's chain\n"
     )
     header = f"{'chain':<16}{'security':<19}" + "".join(f"{c:>16}" for c in columns)
@@ -544,6 +578,12 @@ def main() -> None:
     parser.add_argument("--idle-tunnels", type=int, default=0)
     parser.add_argument(
         "--pin", action="store_true", help="taskset: client on core 0, server on 1"
+    )
+    parser.add_argument(
+        "--vtrio-workers",
+        type=int,
+        default=1,
+        help="run each vtrio proxy as `vtrio serve --workers N`",
     )
     args = parser.parse_args()
     args.securities = args.securities.split(",")
