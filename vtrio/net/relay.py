@@ -91,6 +91,7 @@ async def relay(
     """
     counters = traffic if traffic is not None else Traffic()
     receive_size = max(1024, min(MAX_RECEIVE, policy.buffer_size or MAX_RECEIVE))
+    directions_open = 2
     with trio.CancelScope() as scope:
         timer = _IdleTimer(scope, policy.conn_idle)
 
@@ -110,8 +111,12 @@ async def relay(
                     counters.down += len(data)
                 timer.touch()
             await send_eof_or_close(sink)
-            # Uplink done: the downlink gets downlinkOnly; and the reverse.
-            timer.shrink(policy.downlink_only if upward else policy.uplink_only)
+            nonlocal directions_open
+            directions_open -= 1
+            if directions_open:
+                # Uplink done: the downlink gets downlinkOnly; and the reverse.
+                # (After the second direction the relay ends: no deadline.)
+                timer.shrink(policy.downlink_only if upward else policy.uplink_only)
 
         # The downlink runs in this task: one task fewer per idle tunnel.
         async with trio.open_nursery() as nursery:

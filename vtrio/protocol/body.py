@@ -27,6 +27,7 @@ XOF are made once per direction; a chunk costs one seal or open.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict, Unpack
@@ -76,6 +77,7 @@ class Framing:
     authenticated_length: bool
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # one per (security, options, command) seen
     def of(cls, security: SecurityType, options: Option, *, datagram: bool) -> Framing:
         """The framing for a request's security, options and command.
 
