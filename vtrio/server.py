@@ -33,6 +33,7 @@ from vtrio.net.dokodemo import serve_dokodemo_udp
 from vtrio.net.dynamic_port import DetourPorts, DetourWorker
 from vtrio.net.inbound import VMessHandler, make_handler, serve_ports
 from vtrio.net.outbound import Dispatcher
+from vtrio.protocol.ciphers import backend_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,6 +72,7 @@ async def run(
     Raises:
         OSError: an inbound could not bind its port.
     """
+    LOGGER.info("AEAD backend: %s", backend_name())
     context = ServerContext(config, Dispatcher(config))
     detour_targets = {
         inbound.settings.detour_to

@@ -157,6 +157,8 @@ class Case:
     target: Target = "127.0.0.1"
     # Run vtrio as `python -m vtrio serve config.json` instead of in-process.
     vtrio_process: bool = False
+    # VTRIO_CRYPTO_BACKEND for that process ("pycryptodome": no OpenSSL AEADs).
+    crypto_backend: str = ""
     # Run the vtrio client as `python -m vtrio client vmess://...`.
     share_link: bool = False
     payload: int = TCP_PAYLOAD
@@ -193,6 +195,8 @@ class Case:
             options.append(_size_label(self.payload))
         if self.vtrio_process:
             options.append("subprocess")
+        if self.crypto_backend:
+            options.append(self.crypto_backend)
         if self.share_link:
             options.append("vmess-link")
         pair = f"{_label(self.client)}-client->{_label(self.server)}-server"
@@ -241,6 +245,24 @@ def _udp_cases(
     return cases
 
 
+def _pycryptodome_cases(client: str, server: str) -> list[Case]:
+    """vtrio without the `fast` extra: pycryptodome's C functions called
+    directly (ciphers._CounterGCM, ciphers._RawChaCha20Poly1305), both ways
+    of the body, against the peer's own chunk sizes."""
+    return [
+        Case(
+            client,
+            server,
+            security,
+            traffic=traffic,
+            vtrio_process=True,
+            crypto_backend="pycryptodome",
+        )
+        for security in ("aes-128-gcm", "chacha20-poly1305")
+        for traffic in ("echo", "download")
+    ]
+
+
 def peer_client_cases(profile: PeerProfile) -> list[Case]:
     """A real client of ``profile`` against a vtrio server."""
     name = profile.name
@@ -275,6 +297,7 @@ def peer_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(name, VTRIO, security, traffic="download") for security in END_SECURITIES
     ]
+    cases += _pycryptodome_cases(name, VTRIO)
     securities = [s for s in UDP_SECURITIES if s in profile.client_securities]
     cases += _udp_cases(
         name, VTRIO, securities, profile.udp_client_sizes, legacy=profile.legacy_header
@@ -318,6 +341,7 @@ def vtrio_client_cases(profile: PeerProfile) -> list[Case]:
     cases += [
         Case(VTRIO, name, security, traffic="download") for security in END_SECURITIES
     ]
+    cases += _pycryptodome_cases(VTRIO, name)
     cases += _udp_cases(
         VTRIO,
         name,

@@ -35,7 +35,7 @@ import pytest
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
 # A peer that has not bound its ports after this long is broken, not slow.
@@ -433,6 +433,7 @@ async def open_process(
     config: JSON | None,
     config_path: Path,
     ports: Sequence[int],
+    environment: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningPeer]:
     """Run ``command`` on ``config`` until the block ends.
 
@@ -443,6 +444,7 @@ async def open_process(
             command that takes everything on its command line.
         config_path: the file to write; the log goes next to it.
         ports: TCP ports that must accept before the block starts.
+        environment: variables to set for the process, on top of ours.
 
     Yields:
         The running process.
@@ -461,6 +463,7 @@ async def open_process(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=False,
+                env={**os.environ, **(environment or {})},
             )
         )
         running = RunningPeer(label, process, config_path, log_path)
@@ -498,7 +501,10 @@ async def open_peer(
 
 @asynccontextmanager
 async def open_vtrio_process(
-    config: JSON, directory: Path, ports: Sequence[int]
+    config: JSON,
+    directory: Path,
+    ports: Sequence[int],
+    environment: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningPeer]:
     """Run ``python -m vtrio serve`` as a separate process until the block ends.
 
@@ -508,7 +514,7 @@ async def open_vtrio_process(
     config_path = directory / "vtrio.json"
     command = [sys.executable, "-m", "vtrio", "serve", str(config_path)]
     async with open_process(
-        "vtrio serve", command, config, config_path, ports
+        "vtrio serve", command, config, config_path, ports, environment
     ) as running:
         yield running
 

@@ -74,11 +74,15 @@ async def _start_vtrio(
     port: int,
     *,
     process: bool,
+    crypto_backend: str = "",
 ) -> None:
     if process:
-        await stack.enter_async_context(
-            peers.open_vtrio_process(config, directory, [port])
+        environment = {"VTRIO_CRYPTO_BACKEND": crypto_backend} if crypto_backend else {}
+        running = await stack.enter_async_context(
+            peers.open_vtrio_process(config, directory, [port], environment)
         )
+        if crypto_backend:
+            assert f"AEAD backend: {crypto_backend}" in running.log_text()
         return
     # Imported here so the peer-only chains still run while vtrio is broken.
     import vtrio.config
@@ -123,7 +127,12 @@ async def _start_side(
             else peers.v2ray_server_config([route])
         )
         await _start_vtrio(
-            stack, config, directory, route.port, process=case.vtrio_process
+            stack,
+            config,
+            directory,
+            route.port,
+            process=case.vtrio_process,
+            crypto_backend=case.crypto_backend,
         )
         return
     peer = peers.require_peer(name, PROFILES[name].version)

@@ -55,7 +55,9 @@ def test_both_backends_match_the_reference(
     key = key32 if chacha else key16
     expected = reference(chacha, key, nonce, data, aad)
     aeads: list[ciphers.AEAD] = [backend(key, chacha) for backend in BACKENDS]
-    if not chacha:
+    if chacha:
+        aeads.append(ciphers._RawChaCha20Poly1305(key, raw_c()))
+    else:
         aeads.append(ciphers._CounterGCM(key, raw_c()))
     for aead in aeads:
         assert aead.seal(nonce, data, aad) == expected
@@ -107,8 +109,13 @@ def test_buffered_shake_reads_like_the_plain_xof(reads: list[int]) -> None:
         assert buffered.read(size) == plain.read(size)
 
 
-def test_counter_gcm_refuses_tampering() -> None:
-    aead = ciphers._CounterGCM(bytes(range(16)), raw_c())
+@pytest.mark.parametrize("chacha", [False, True], ids=["gcm", "chacha"])
+def test_the_raw_pycryptodome_aeads_refuse_tampering(chacha: bool) -> None:
+    aead: ciphers.AEAD = (
+        ciphers._RawChaCha20Poly1305(bytes(range(32)), raw_c())
+        if chacha
+        else ciphers._CounterGCM(bytes(range(16)), raw_c())
+    )
     nonce = bytes(12)
     sealed = aead.seal(nonce, b"payload" * 100, b"aad")
     for index in (0, 5, len(sealed) - 17, len(sealed) - 1):

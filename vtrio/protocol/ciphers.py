@@ -108,18 +108,20 @@ class _PyCryptodomeAEAD:
 
 
 class _RawC:
-    """pycryptodome's C functions for ECB, XOR and GHASH, called directly.
+    """pycryptodome's C functions for ECB, XOR, GHASH, ChaCha20 and
+    Poly1305, called directly.
 
     Each of its Python wrappers spends about 3 µs checking arguments, more
     than the work on a 16 KiB chunk, and a GCM chunk needs four calls. This
-    is private API (``Crypto.Cipher._mode_ecb`` / ``_mode_gcm``,
-    ``Crypto.Util.strxor``, cffi only): :func:`_raw_c` checks it against the
-    public GCM once and returns None if anything moved, and the tests compare
-    both byte for byte.
+    is private API (``Crypto.Cipher._mode_ecb`` / ``_mode_gcm`` /
+    ``ChaCha20``, ``Crypto.Hash.Poly1305``, ``Crypto.Util.strxor``, cffi
+    only): :func:`_raw_c` checks it against the public AEADs once and returns
+    None if anything moved, and the tests compare them byte for byte.
     """
 
     def __init__(self) -> None:
-        from Crypto.Cipher import _mode_ecb, _mode_gcm
+        from Crypto.Cipher import ChaCha20, _mode_ecb, _mode_gcm
+        from Crypto.Hash import Poly1305
         from Crypto.Util import _raw_api
         from Crypto.Util.strxor import _raw_strxor
 
@@ -133,6 +135,8 @@ class _RawC:
         self.ghash: Any = ghash_lib.ghash
         self.ghash_class: Any = _mode_gcm._GHASH
         self.ghash_lib = ghash_lib
+        self.chacha20: Any = ChaCha20._raw_chacha20_lib
+        self.poly1305: Any = Poly1305._raw_poly1305
 
     def pointer(self, data: Buffer) -> Any:
         return self.ffi.from_buffer("uint8_t[]", data)
@@ -148,6 +152,11 @@ def _raw_c() -> _RawC | None:
             reference.update(aad)
             sealed = b"".join(reference.encrypt_and_digest(data))
             if _CounterGCM(key, raw).seal(nonce, data, aad) != sealed:
+                return None
+            chacha = ChaCha20_Poly1305.new(key=key * 2, nonce=nonce)
+            chacha.update(aad)
+            sealed = b"".join(chacha.encrypt_and_digest(data))
+            if _RawChaCha20Poly1305(key * 2, raw).seal(nonce, data, aad) != sealed:
                 return None
         out = raw.ffi.new("uint8_t[]", _BLOCK)
         state = AES.new(key, AES.MODE_ECB)
@@ -166,6 +175,7 @@ _COUNTER_TEMPLATE = b"".join(
     bytes(12) + (k + 1).to_bytes(4, "big") for k in range(1 + 65536 // _BLOCK)
 )
 _ZERO_BLOCK = bytes(_BLOCK)
+_ZERO_CHACHA_BLOCK = bytes(64)
 
 
 class _CounterGCM:
@@ -267,6 +277,96 @@ class _CounterGCM:
         return bytes(raw.ffi.buffer(plain))
 
 
+class _RawChaCha20Poly1305:
+    """ChaCha20-Poly1305 (RFC 8439) from pycryptodome's C functions.
+
+    pycryptodome's own object costs 30-50 µs to create, once per chunk
+    since the nonce changes per chunk; here a chunk costs a ChaCha20 state
+    for its nonce, one call for the Poly1305 key (block 0) and one over the
+    data (from block 1), and a Poly1305 pass over the padded AAD, ciphertext
+    and lengths. The C-side buffers are made once per key: one object serves
+    one direction of one connection, one call at a time.
+    """
+
+    __slots__ = ("_holder", "_key", "_one_time_key", "_raw", "_tag_out")
+
+    def __init__(self, key: bytes, raw: _RawC) -> None:
+        self._key = bytes(key)
+        self._raw = raw
+        self._holder: Any = raw.ffi.new("void **")
+        self._one_time_key: Any = raw.ffi.new("uint8_t[64]")
+        self._tag_out: Any = raw.ffi.new("uint8_t[16]")
+
+    def _crypt(self, nonce: bytes, data: Buffer, out: Any) -> bytes:
+        """XOR ``data`` with the keystream from block 1 into ``out``; returns
+        the one-time Poly1305 key (block 0)."""
+        raw, holder, one_time_key = self._raw, self._holder, self._one_time_key
+        lib = raw.chacha20
+        if lib.chacha20_init(holder, self._key, 32, nonce, len(nonce)):
+            raise LocalProtocolError("ChaCha20 set-up failed")
+        state = holder[0]
+        try:
+            raw.ffi.memmove(one_time_key, _ZERO_CHACHA_BLOCK, 64)
+            failed = lib.chacha20_encrypt(state, one_time_key, one_time_key, 64)
+            if data and not failed:
+                failed = lib.chacha20_encrypt(state, raw.pointer(data), out, len(data))
+            if failed:
+                raise LocalProtocolError("ChaCha20 failed")
+        finally:
+            lib.chacha20_destroy(state)
+        return bytes(raw.ffi.buffer(one_time_key, 32))
+
+    def _tag(self, one_time_key: bytes, ciphertext: Buffer, aad: bytes) -> bytes:
+        raw, holder = self._raw, self._holder
+        lib = raw.poly1305
+        if lib.poly1305_init(holder, one_time_key[:16], 16, one_time_key[16:], 16):
+            raise LocalProtocolError("Poly1305 set-up failed")
+        state = holder[0]
+        try:
+            size = len(ciphertext)
+            lengths = (
+                bytes(-size % 16)
+                + len(aad).to_bytes(8, "little")
+                + size.to_bytes(8, "little")
+            )
+            failed = aad and lib.poly1305_update(
+                state, aad + bytes(-len(aad) % 16), len(aad) + -len(aad) % 16
+            )
+            if size and not failed:
+                failed = lib.poly1305_update(state, raw.pointer(ciphertext), size)
+            if failed or lib.poly1305_update(state, lengths, len(lengths)):
+                raise LocalProtocolError("Poly1305 failed")
+            if lib.poly1305_digest(state, self._tag_out, 16):
+                raise LocalProtocolError("Poly1305 failed")
+        finally:
+            lib.poly1305_destroy(state)
+        return bytes(raw.ffi.buffer(self._tag_out))
+
+    def seal_into(
+        self, nonce: bytes, plaintext: Buffer, out: memoryview, aad: bytes = b""
+    ) -> None:
+        size = len(plaintext)
+        ciphertext = out[:size]
+        one_time_key = self._crypt(nonce, plaintext, self._raw.pointer(ciphertext))
+        out[size:] = self._tag(one_time_key, ciphertext, aad)
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        self.seal_into(nonce, plaintext, memoryview(out), aad)
+        return bytes(out)
+
+    def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise RemoteProtocolError("sealed data shorter than its tag")
+        view = memoryview(sealed)
+        ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
+        plain = bytearray(len(ciphertext))
+        one_time_key = self._crypt(nonce, ciphertext, self._raw.pointer(plain))
+        if not hmac.compare_digest(self._tag(one_time_key, ciphertext, aad), tag):
+            raise RemoteProtocolError("authentication tag mismatch")
+        return bytes(plain)
+
+
 _RAW_C = _raw_c()
 
 
@@ -327,8 +427,8 @@ class _OpenSSLAEAD:
 def _aead(key: bytes, chacha: bool) -> AEAD:
     if _BACKEND == "cryptography":
         return _OpenSSLAEAD(key, chacha)
-    if not chacha and _RAW_C is not None:
-        return _CounterGCM(key, _RAW_C)
+    if _RAW_C is not None:
+        return _RawChaCha20Poly1305(key, _RAW_C) if chacha else _CounterGCM(key, _RAW_C)
     return _PyCryptodomeAEAD(key, chacha)
 
 
