@@ -196,3 +196,24 @@ async def test_accept_loop_pauses_while_out_of_descriptors(
         "ENFILE",
     ]
     client.close()
+
+
+async def test_every_address_on_a_host_without_ipv6_is_ipv4_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: int) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported")
+        return real_socket(family, *args)
+
+    # The system call is the only real source of EAFNOSUPPORT here.
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    listeners = await open_listeners(StreamSettings(), "", 0)
+    assert [listener.socket.family for listener in listeners] == [socket.AF_INET]
+    for listener in listeners:
+        await listener.aclose()
+    with pytest.raises(OSError, match="not supported") as raised:
+        await open_listeners(StreamSettings(), "::1", 0)
+    assert raised.value.errno == errno.EAFNOSUPPORT

@@ -15,6 +15,7 @@ the access log; other streams do not have the attribute.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import TYPE_CHECKING
 
@@ -63,11 +64,19 @@ async def open_listeners(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     listeners: list[TCPListener] = []
+    unsupported: list[OSError] = []
     try:
         for family, kind, proto, _, sockaddr in dict.fromkeys(
             (i[0], i[1], i[2], i[3], i[4]) for i in infos
         ):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                # A host without IPv6 still serves "every address" on IPv4.
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported.append(exc)
+                continue
             listeners.append(TCPListener(sock))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -80,6 +89,8 @@ async def open_listeners(
         for listener in listeners:
             listener.socket.close()
         raise
+    if not listeners and unsupported:
+        raise unsupported[0]
     return listeners
 
 
