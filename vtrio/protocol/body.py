@@ -434,18 +434,17 @@ class ChunkDecoder(_Direction):
         block, start = self._segments[0], self._offset
         offset, limit = start, len(self._segments[0])
         xof, draw = self._xof, self._draw
-        padded = self.framing.padding
         minimum = self.framing.overhead
         open_chunk, tail, count = self._aead.open, self._nonce_tail, self._count
         padding = mask = 0
         try:
             while limit - offset >= 2:
                 if xof is not None:
+                    # Without AuthenticatedLength, padding comes with masking:
+                    # 4 bytes are padding and mask, 2 bytes the mask alone.
                     value = int.from_bytes(xof.read(draw))
                     if draw == 4:
                         padding, mask = (value >> 16) % 64, value & 0xFFFF
-                    elif padded:
-                        padding = value % 64
                     else:
                         mask = value
                 size = (block[offset] << 8 | block[offset + 1]) ^ mask
