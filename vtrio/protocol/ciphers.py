@@ -95,14 +95,12 @@ class _PyCryptodomeAEAD:
         out[:] = self.seal(nonce, plaintext)
 
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
-        if len(sealed) < TAG_SIZE:
-            raise RemoteProtocolError("sealed data shorter than its tag")
-        view = memoryview(sealed)
+        ciphertext, tag = _split_tag(sealed)
         cipher = self._new(nonce)
         if aad:
             cipher.update(aad)
         try:
-            return bytes(cipher.decrypt_and_verify(view[:-TAG_SIZE], view[-TAG_SIZE:]))
+            return bytes(cipher.decrypt_and_verify(ciphertext, tag))
         except ValueError as exc:
             raise RemoteProtocolError("authentication tag mismatch") from exc
 
@@ -178,7 +176,35 @@ _ZERO_BLOCK = bytes(_BLOCK)
 _ZERO_CHACHA_BLOCK = bytes(64)
 
 
-class _CounterGCM:
+def _split_tag(sealed: Buffer) -> tuple[memoryview, memoryview]:
+    """Ciphertext and tag of a sealed buffer.
+
+    Raises:
+        RemoteProtocolError: shorter than a tag.
+    """
+    if len(sealed) < TAG_SIZE:
+        raise RemoteProtocolError("sealed data shorter than its tag")
+    view = memoryview(sealed)
+    return view[:-TAG_SIZE], view[-TAG_SIZE:]
+
+
+class _SealIntoAEAD:
+    """``seal`` through ``seal_into``, for the AEADs built from C functions."""
+
+    __slots__ = ()
+
+    def seal_into(
+        self, nonce: bytes, plaintext: Buffer, out: memoryview, aad: bytes = b""
+    ) -> None:
+        raise NotImplementedError
+
+    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        self.seal_into(nonce, plaintext, memoryview(out), aad)
+        return bytes(out)
+
+
+class _CounterGCM(_SealIntoAEAD):
     """AES-GCM built per key from an ECB key schedule and a GHASH table.
 
     pycryptodome spends about 60 µs creating a GCM object and VMess needs a
@@ -255,16 +281,8 @@ class _CounterGCM:
             )
         out[size:] = self._tag(stream, ciphertext, aad)
 
-    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
-        out = bytearray(len(plaintext) + TAG_SIZE)
-        self.seal_into(nonce, plaintext, memoryview(out), aad)
-        return bytes(out)
-
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
-        if len(sealed) < TAG_SIZE:
-            raise RemoteProtocolError("sealed data shorter than its tag")
-        view = memoryview(sealed)
-        ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
+        ciphertext, tag = _split_tag(sealed)
         size = len(ciphertext)
         stream = self._keystream(nonce, size)
         if not hmac.compare_digest(self._tag(stream, ciphertext, aad), tag):
@@ -277,7 +295,7 @@ class _CounterGCM:
         return bytes(raw.ffi.buffer(plain))
 
 
-class _RawChaCha20Poly1305:
+class _RawChaCha20Poly1305(_SealIntoAEAD):
     """ChaCha20-Poly1305 (RFC 8439) from pycryptodome's C functions.
 
     pycryptodome's own object costs 30-50 µs to create, once per chunk
@@ -350,16 +368,8 @@ class _RawChaCha20Poly1305:
         one_time_key = self._crypt(nonce, plaintext, self._raw.pointer(ciphertext))
         out[size:] = self._tag(one_time_key, ciphertext, aad)
 
-    def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
-        out = bytearray(len(plaintext) + TAG_SIZE)
-        self.seal_into(nonce, plaintext, memoryview(out), aad)
-        return bytes(out)
-
     def open(self, nonce: bytes, sealed: Buffer, aad: bytes = b"") -> bytes:
-        if len(sealed) < TAG_SIZE:
-            raise RemoteProtocolError("sealed data shorter than its tag")
-        view = memoryview(sealed)
-        ciphertext, tag = view[:-TAG_SIZE], view[-TAG_SIZE:]
+        ciphertext, tag = _split_tag(sealed)
         plain = bytearray(len(ciphertext))
         one_time_key = self._crypt(nonce, ciphertext, self._raw.pointer(plain))
         if not hmac.compare_digest(self._tag(one_time_key, ciphertext, aad), tag):
