@@ -268,3 +268,35 @@ def test_many_small_chunks_in_one_read_decode_in_order(options: Option) -> None:
     assert isinstance(rest, bytes)
     assert first + rest == b"".join(messages) + b"tail"
     assert decoder.next_payload(coalesce=True) is END
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    options=st.sampled_from([o for o in ALL_OPTIONS if Option.CHUNK_STREAM in o]),
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=40),
+    flips=st.lists(st.integers(0, 200_000), min_size=1, max_size=3),
+    cuts=st.lists(st.integers(0, 200_000), max_size=4),
+)
+def test_a_corrupted_stream_of_small_chunks_fails_only_as_a_protocol_error(
+    options: Option, sizes: list[int], flips: list[int], cuts: list[int]
+) -> None:
+    """Whatever bytes an authenticated peer sends after its header, the
+    decoder returns a prefix of what was sealed, then raises RemoteProtocolError
+    (a flipped bit in a length may also leave it waiting for more)."""
+    framing = framing_or_none(SecurityType.AES_128_GCM, options, datagram=False)
+    if framing is None:
+        return
+    encoder, decoder = codec(framing)
+    messages = [bytes([n % 256]) * size for n, size in enumerate(sizes)]
+    wire = bytearray(b"".join(encoder.encode_stream(m) for m in messages))
+    for flip in flips:
+        wire[flip % len(wire)] ^= 1 << (flip % 8)
+    decoded = b""
+    try:
+        for piece in split(bytes(wire), cuts):
+            decoder.feed(piece)
+            while isinstance(item := decoder.next_payload(coalesce=True), bytes):
+                decoded += item
+    except RemoteProtocolError:
+        pass
+    assert b"".join(messages).startswith(decoded)
