@@ -14,7 +14,7 @@ import trio.testing
 
 from vtrio.config.model import StreamSettings
 from vtrio.net.inbound import ACCEPT_PAUSE, _accept_loop
-from vtrio.net.transport import open_listeners
+from vtrio.net.transport import open_listeners, tcp
 from vtrio.net.transport.tcp import TCPListener, TCPStream, from_trio_stream
 
 
@@ -217,3 +217,22 @@ async def test_every_address_on_a_host_without_ipv6_is_ipv4_only(
     with pytest.raises(OSError, match="not supported") as raised:
         await open_listeners(StreamSettings(), "::1", 0)
     assert raised.value.errno == errno.EAFNOSUPPORT
+
+
+@pytest.mark.parametrize("done_at_once", [True, False], ids=["polled", "waited"])
+async def test_connect_ip_whether_the_handshake_is_done_or_under_way(
+    done_at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loopback handshakes are done when connect returns (the poll path); a
+    slower network's are not, and the dialler waits for writability."""
+    monkeypatch.setattr(tcp, "_writable_now", lambda sock: done_at_once)
+    listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.testing.assert_checkpoints():
+        client = await tcp.connect_ip("127.0.0.1", port, socket.AF_INET)
+    server = await listeners[0].accept()
+    await client.send_all(b"hello")
+    assert await server.receive_some(5) == b"hello"
+    for closeable in (client, server):
+        closeable.close()
+    await listeners[0].aclose()
