@@ -324,8 +324,7 @@ class _RawChaCha20Poly1305(_SealIntoAEAD):
             raise LocalProtocolError("ChaCha20 set-up failed")
         state = holder[0]
         try:
-            raw.ffi.memmove(one_time_key, _ZERO_CHACHA_BLOCK, 64)
-            failed = lib.chacha20_encrypt(state, one_time_key, one_time_key, 64)
+            failed = lib.chacha20_encrypt(state, _ZERO_CHACHA_BLOCK, one_time_key, 64)
             if data and not failed:
                 failed = lib.chacha20_encrypt(state, raw.pointer(data), out, len(data))
             if failed:
@@ -342,18 +341,16 @@ class _RawChaCha20Poly1305(_SealIntoAEAD):
         state = holder[0]
         try:
             size = len(ciphertext)
-            lengths = (
+            parts: list[Buffer] = [
+                aad + bytes(-len(aad) % 16),
+                ciphertext,
                 bytes(-size % 16)
                 + len(aad).to_bytes(8, "little")
-                + size.to_bytes(8, "little")
-            )
-            failed = aad and lib.poly1305_update(
-                state, aad + bytes(-len(aad) % 16), len(aad) + -len(aad) % 16
-            )
-            if size and not failed:
-                failed = lib.poly1305_update(state, raw.pointer(ciphertext), size)
-            if failed or lib.poly1305_update(state, lengths, len(lengths)):
-                raise LocalProtocolError("Poly1305 failed")
+                + size.to_bytes(8, "little"),
+            ]
+            for part in filter(len, parts):
+                if lib.poly1305_update(state, raw.pointer(part), len(part)):
+                    raise LocalProtocolError("Poly1305 failed")
             if lib.poly1305_digest(state, self._tag_out, 16):
                 raise LocalProtocolError("Poly1305 failed")
         finally:
