@@ -28,6 +28,7 @@ from vtrio.config.model import (
 )
 from vtrio.errors import ConfigError, DialError
 from vtrio.net.dynamic_port import (
+    DETOUR_ATTEMPT_TIMEOUT,
     MAX_VALID_MINUTES,
     DetourPorts,
     DetourWorker,
@@ -275,6 +276,26 @@ async def test_dial_falls_back_to_the_configured_server_when_a_detour_fails() ->
 
     with pytest.raises(OSError, match="refused"):
         await servers.dial(refuse, now=1)
+
+
+async def test_a_detour_that_never_answers_is_given_up_in_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    origin = Endpoint(LOOPBACK, 10086, ALICE)
+    servers = DynamicServers(origin)
+    servers.learn(command(20001), origin, now=0)
+    servers.pick(0)  # the next pick is the detour
+
+    async def dial(endpoint: Endpoint) -> str:
+        if endpoint.port == 20001:
+            await trio.sleep_forever()  # a port that swallows the SYN
+        await trio.lowlevel.checkpoint()
+        return "stream"
+
+    started = trio.current_time()
+    assert await servers.dial(dial, now=1) == (origin, "stream")
+    assert trio.current_time() - started == DETOUR_ATTEMPT_TIMEOUT
+    assert servers.learned == ()
 
 
 async def test_picker_falls_back_after_valid_minutes(

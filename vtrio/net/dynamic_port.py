@@ -55,6 +55,9 @@ DialT = TypeVar("DialT")
 
 # v2ray reports 9999 minutes for an always-on detour; the wire field is a byte.
 MAX_VALID_MINUTES = 255
+# A learned detour port that does not connect in this time is given up for the
+# configured server, within the outbound's 16 s connect deadline.
+DETOUR_ATTEMPT_TIMEOUT = 4.0
 
 
 class UserTable:
@@ -382,8 +385,9 @@ class DynamicServers:
     async def dial(
         self, dial: Callable[[Endpoint], Awaitable[DialT]], *, now: float
     ) -> tuple[Endpoint, DialT]:
-        """Dial the next endpoint; if a learned one fails, forget it and dial
-        the configured server instead.
+        """Dial the next endpoint; if a learned one fails, or does not connect
+        within ``DETOUR_ATTEMPT_TIMEOUT``, forget it and dial the configured
+        server instead.
 
         Args:
             dial: opens a connection to one endpoint (the outbound's dialer).
@@ -398,14 +402,17 @@ class DynamicServers:
         """
         endpoint = self.pick(now)
         if endpoint is not self.origin:
+            failure = "timed out"
             try:
-                return endpoint, await dial(endpoint)
+                with trio.move_on_after(DETOUR_ATTEMPT_TIMEOUT):
+                    return endpoint, await dial(endpoint)
             except (DialError, OSError) as exc:
-                LOGGER.info(
-                    "detour port %s:%d failed (%s); back to the configured server",
-                    endpoint.host,
-                    endpoint.port,
-                    exc,
-                )
-                self.forget(endpoint)
+                failure = str(exc)
+            LOGGER.info(
+                "detour port %s:%d failed (%s); back to the configured server",
+                endpoint.host,
+                endpoint.port,
+                failure,
+            )
+            self.forget(endpoint)
         return self.origin, await dial(self.origin)

@@ -346,24 +346,36 @@ class VMessOutbound:
             raise DialError(f"vmess outbound {tag!r} has no server")
         self._turn = itertools.count()
 
+    async def _dial(self, endpoint: Endpoint) -> trio.abc.Stream:
+        return await transport.dial(self._stream_settings, endpoint.host, endpoint.port)
+
     async def _connect(self) -> tuple[DynamicServers, Endpoint, trio.abc.Stream]:
+        """Dial the servers in turn, under the caller's CONNECT_TIMEOUT.
+
+        Every attempt but the last gets an equal share of that time, so a
+        server that swallows connections still leaves time for the next one;
+        the last attempt (the only one, usually) runs on what is left.
+        """
         first = next(self._turn)
+        count = len(self._endpoints)
         errors: list[str] = []
-        for offset in range(len(self._endpoints)):
-            servers = self._endpoints[(first + offset) % len(self._endpoints)]
-
-            async def dial(endpoint: Endpoint) -> trio.abc.Stream:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    return await transport.dial(
-                        self._stream_settings, endpoint.host, endpoint.port
-                    )
-
+        for offset in range(count):
+            servers = self._endpoints[(first + offset) % count]
+            name = f"{servers.origin.host}:{servers.origin.port}"
             try:
-                endpoint, stream = await servers.dial(dial, now=time.monotonic())
-            except (OSError, DialError, trio.TooSlowError) as exc:
-                errors.append(f"{servers.origin.host}:{servers.origin.port}: {exc}")
-                continue
-            return servers, endpoint, stream
+                if offset == count - 1:
+                    endpoint, stream = await servers.dial(
+                        self._dial, now=time.monotonic()
+                    )
+                    return servers, endpoint, stream
+                with trio.move_on_after(CONNECT_TIMEOUT / count):
+                    endpoint, stream = await servers.dial(
+                        self._dial, now=time.monotonic()
+                    )
+                    return servers, endpoint, stream
+                errors.append(f"{name}: connect timed out")
+            except (OSError, DialError) as exc:
+                errors.append(f"{name}: {exc}")
         raise DialError("no vmess server reachable (" + "; ".join(errors) + ")")
 
     async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
@@ -386,13 +398,19 @@ class VMessOutbound:
     async def open_datagram_tunnel(
         self, destination: Destination
     ) -> VMessDatagramChannel:
-        """A command-2 tunnel to one UDP destination."""
-        _, endpoint, stream = await self._connect()
-        return VMessDatagramChannel.client(
-            stream,
-            endpoint.user,
-            Request(Command.UDP, destination.address, destination.port),
-        )
+        """A command-2 tunnel to one UDP destination.
+
+        Raises:
+            DialError: no server could be reached in time.
+        """
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            _, endpoint, stream = await self._connect()
+            return VMessDatagramChannel.client(
+                stream,
+                endpoint.user,
+                Request(Command.UDP, destination.address, destination.port),
+            )
+        raise DialError(f"{destination}: connect timed out")
 
     async def open_udp(
         self, destination: Destination, nursery: trio.Nursery
@@ -467,11 +485,9 @@ class Dispatcher:
         Raises:
             DialError: the outbound could not connect in time.
         """
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                return await handler.dial_tcp(destination)
-        except trio.TooSlowError as exc:
-            raise DialError(f"{destination}: connect timed out") from exc
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            return await handler.dial_tcp(destination)
+        raise DialError(f"{destination}: connect timed out")
 
     async def open_udp(
         self, destination: Destination, session: Session, nursery: trio.Nursery

@@ -2,9 +2,9 @@
 
 Theory of operation: two pumps run in one nursery. When one side's input ends,
 its pump sends EOF to the other side (``send_eof``, or ``aclose`` for streams
-that cannot half-close) and the other direction keeps flowing. One idle
-``CancelScope`` covers both pumps; every move of bytes pushes its deadline
-forward by the policy's ``connIdle``, and once a direction has finished the
+that cannot half-close) and the other direction keeps flowing. The nursery's
+cancel scope is the idle timer of both pumps: every move of bytes pushes its
+deadline forward by the policy's ``connIdle``, and once a direction has finished the
 window shrinks to ``downlinkOnly`` / ``uplinkOnly`` (spec section 10), so a
 tunnel whose peer went quiet cannot linger.
 """
@@ -92,34 +92,34 @@ async def relay(
     counters = traffic if traffic is not None else Traffic()
     receive_size = max(1024, min(MAX_RECEIVE, policy.buffer_size or MAX_RECEIVE))
     directions_open = 2
-    with trio.CancelScope() as scope:
-        timer = _IdleTimer(scope, policy.conn_idle)
 
-        async def pump(
-            source: trio.abc.Stream,
-            sink: trio.abc.Stream,
-            upward: bool,
-        ) -> None:
-            while True:
-                data = await source.receive_some(receive_size)
-                if not data:
-                    break
-                await sink.send_all(data)
-                if upward:
-                    counters.up += len(data)
-                else:
-                    counters.down += len(data)
-                timer.touch()
-            await send_eof_or_close(sink)
-            nonlocal directions_open
-            directions_open -= 1
-            if directions_open:
-                # Uplink done: the downlink gets downlinkOnly; and the reverse.
-                # (After the second direction the relay ends: no deadline.)
-                timer.shrink(policy.downlink_only if upward else policy.uplink_only)
+    async def pump(
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        upward: bool,
+    ) -> None:
+        while True:
+            data = await source.receive_some(receive_size)
+            if not data:
+                break
+            await sink.send_all(data)
+            if upward:
+                counters.up += len(data)
+            else:
+                counters.down += len(data)
+            timer.touch()
+        await send_eof_or_close(sink)
+        nonlocal directions_open
+        directions_open -= 1
+        if directions_open:
+            # Uplink done: the downlink gets downlinkOnly; and the reverse.
+            # (After the second direction the relay ends: no deadline.)
+            timer.shrink(policy.downlink_only if upward else policy.uplink_only)
 
-        # The downlink runs in this task: one task fewer per idle tunnel.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, client, destination, True)
-            await pump(destination, client, False)
-    return not scope.cancelled_caught
+    # The nursery's own scope is the idle timer (a cancel scope costs as much
+    # as a chunk); the downlink runs in this task, one task fewer per tunnel.
+    async with trio.open_nursery() as nursery:
+        timer = _IdleTimer(nursery.cancel_scope, policy.conn_idle)
+        nursery.start_soon(pump, client, destination, True)
+        await pump(destination, client, False)
+    return not nursery.cancel_scope.cancelled_caught

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 from typing import TYPE_CHECKING
 
 from vtrio.config.model import Security, VMessUser
@@ -712,6 +713,7 @@ class ClientConnection(_Connection):
         return header
 
 
+@functools.lru_cache(maxsize=256)  # one per (outbound user, command) in use
 def client_security(
     account: VMessUser, command: Command, *, machine: str
 ) -> tuple[SecurityType, Option]:
