@@ -5,9 +5,13 @@ self-computed request-side regression data of spec appendix A.2."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vtrio.protocol.auth_id import auth_id_key, auth_id_time, make_auth_id
 from vtrio.protocol.body import ChunkDecoder, ChunkEncoder, Framing
@@ -28,10 +32,13 @@ from vtrio.protocol.instruction import (
     SecurityType,
     decode_instruction,
 )
-from vtrio.protocol.kdf import kdf, kdf16
+from vtrio.protocol.kdf import kdf, kdf16, kdf_each
 from vtrio.protocol.legacy import legacy_auth, legacy_iv
 
 from .helpers import VECTORS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 REQ = VECTORS["request"]
 CAPTURE = VECTORS["v2fly_response_capture"]
@@ -45,12 +52,44 @@ def test_kdf_matches_v2fly_kdf_test() -> None:
     vector = VECTORS["kdf"]
     path = [p.encode() for p in vector["path"]]
     assert kdf(vector["key"].encode(), *path).hex() == vector["expected"]
+    assert reference_kdf(vector["key"].encode(), *path).hex() == vector["expected"]
 
 
 def test_kdf_long_path_element_is_hashed_first() -> None:
     # HMAC hashes keys longer than the block; 65 bytes must differ from 64.
     assert kdf(b"k", b"x" * 65) != kdf(b"k", b"x" * 64)
     assert kdf16(b"k", b"p") == kdf(b"k", b"p")[:16]
+
+
+def reference_kdf(key: bytes, *path: bytes) -> bytes:
+    """The KDF as v2ray writes it: ``hmac.New`` nested over ``hmac.New``."""
+
+    def nest(outer: Callable[[bytes], Any], element: bytes) -> Callable[[bytes], Any]:
+        return lambda data=b"": hmac.new(element, data, outer)
+
+    make: Callable[[bytes], Any] = lambda data=b"": hmac.new(  # noqa: E731
+        b"VMess AEAD KDF", data, hashlib.sha256
+    )
+    for element in path:
+        make = nest(make, element)
+    return bytes(make(key).digest())
+
+
+path_elements = st.binary(max_size=80)
+
+
+@given(
+    key=st.binary(max_size=40),
+    salts=st.lists(path_elements, min_size=1, max_size=4),
+    path=st.lists(path_elements, max_size=3),
+)
+def test_kdf_and_kdf_each_match_the_nested_hmac_definition(
+    key: bytes, salts: list[bytes], path: list[bytes]
+) -> None:
+    expected = [reference_kdf(key, salt, *path) for salt in salts]
+    assert kdf_each(key, tuple(salts), *path) == expected
+    assert kdf(key, salts[0], *path) == expected[0]
+    assert kdf(key) == reference_kdf(key)
 
 
 def test_uuid5_custom_id_matches_xray() -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from vtrio.errors import LocalProtocolError
 from vtrio.protocol.ciphers import aes_128_cfb, aes_128_gcm
 from vtrio.protocol.commands import decode_command, encode_command
-from vtrio.protocol.kdf import kdf, kdf16
+from vtrio.protocol.kdf import kdf, kdf16, kdf_each
 from vtrio.protocol.legacy import legacy_auth, legacy_iv
 
 if TYPE_CHECKING:
@@ -39,6 +39,12 @@ _REQUEST_LENGTH_KEY = b"VMess Header AEAD Key_Length"
 _REQUEST_LENGTH_NONCE = b"VMess Header AEAD Nonce_Length"
 _REQUEST_KEY = b"VMess Header AEAD Key"
 _REQUEST_NONCE = b"VMess Header AEAD Nonce"
+_REQUEST_SALTS = (
+    _REQUEST_LENGTH_KEY,
+    _REQUEST_LENGTH_NONCE,
+    _REQUEST_KEY,
+    _REQUEST_NONCE,
+)
 _RESPONSE_LENGTH_KEY = b"AEAD Resp Header Len Key"
 _RESPONSE_LENGTH_NONCE = b"AEAD Resp Header Len IV"
 _RESPONSE_KEY = b"AEAD Resp Header Key"
@@ -54,11 +60,13 @@ class AeadRequestSealer:
     def __init__(self, cmd_key: bytes, auth_id: bytes, connection_nonce: bytes) -> None:
         self.auth_id = auth_id
         self.connection_nonce = connection_nonce
-        path = (auth_id, connection_nonce)
-        self._length = aes_128_gcm(kdf16(cmd_key, _REQUEST_LENGTH_KEY, *path))
-        self._length_nonce = kdf(cmd_key, _REQUEST_LENGTH_NONCE, *path)[:12]
-        self._payload = aes_128_gcm(kdf16(cmd_key, _REQUEST_KEY, *path))
-        self._payload_nonce = kdf(cmd_key, _REQUEST_NONCE, *path)[:12]
+        length_key, length_nonce, key, nonce = kdf_each(
+            cmd_key, _REQUEST_SALTS, auth_id, connection_nonce
+        )
+        self._length = aes_128_gcm(length_key[:16])
+        self._length_nonce = length_nonce[:12]
+        self._payload = aes_128_gcm(key[:16])
+        self._payload_nonce = nonce[:12]
 
     def seal(self, instruction: bytes) -> bytes:
         """The whole header: EAuID, sealed length, ConnNonce, sealed instruction."""

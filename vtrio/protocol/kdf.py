@@ -5,7 +5,8 @@ Each path element is the *key* of a further HMAC whose hash function is the
 previous level, and the value being derived is the message fed to the
 innermost level. Both hashes of the chain have a 64-byte block and a 32-byte
 output, so every level is plain HMAC arithmetic over the level below, and the
-pads of a path element are computed once per call.
+pads of a path element are computed once for all the values derived under it
+(:func:`kdf_each`: the four keys and nonces of a request header).
 """
 
 from __future__ import annotations
@@ -51,34 +52,59 @@ def _first_level(key: bytes) -> Hash:
 
     Level 0 runs 2**depth times per derivation (40 times per handshake);
     its SHA-256 states after the key pads, and after this level's pads
-    (exactly one block each), are made once and copied.
+    (exactly one block each), are made once and copied. Both level-0 runs
+    are written out in one function: the calls cost as much as the hashing.
     """
     if len(key) > _BLOCK:
         return _wrap(_root, key)
     ipad, opad = _pads(key)
     inner_ipad = _sha256_after(_ROOT_IPAD, ipad)
     inner_opad = _sha256_after(_ROOT_IPAD, opad)
+    root_outer = _ROOT_OUTER
 
     def level(message: bytes) -> bytes:
-        return _finish(inner_opad, _finish(inner_ipad, message))
+        inner = inner_ipad.copy()
+        inner.update(message)
+        outer = root_outer.copy()
+        outer.update(inner.digest())
+        inner = inner_opad.copy()
+        inner.update(outer.digest())
+        outer = root_outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     return level
-
-
-def _finish(inner_state: hashlib._Hash, message: bytes) -> bytes:
-    """Level 0 of (the pad block in ``inner_state`` + ``message``)."""
-    inner = inner_state.copy()
-    inner.update(message)
-    outer = _ROOT_OUTER.copy()
-    outer.update(inner.digest())
-    return outer.digest()
 
 
 _ROOT_INNER = _sha256_after(_ROOT_IPAD)
 
 
 def _root(message: bytes) -> bytes:
-    return _finish(_ROOT_INNER, message)
+    inner = _ROOT_INNER.copy()
+    inner.update(message)
+    outer = _ROOT_OUTER.copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+Pads = list[tuple[bytes, bytes]]
+
+
+def _path_pads(path: tuple[bytes, ...]) -> Pads | None:
+    """The HMAC pads of the outer path elements, or None if one is longer
+    than a block (its key would be hashed by the level below it)."""
+    if any(len(element) > _BLOCK for element in path):
+        return None
+    return [_pads(element) for element in path]
+
+
+def _derive(level: Hash, pads: Pads, message: bytes) -> bytes:
+    """HMAC over ``level`` keyed by each of ``pads`` in turn, innermost first."""
+    ipad, opad = pads[-1]
+    if len(pads) == 1:
+        return level(opad + level(ipad + message))
+    inner = pads[:-1]
+    return _derive(level, inner, opad + _derive(level, inner, ipad + message))
 
 
 def kdf(key: bytes, *path: bytes) -> bytes:
@@ -88,10 +114,27 @@ def kdf(key: bytes, *path: bytes) -> bytes:
         key: the secret being derived from (cmdKey, ReqKey, RespIV, ...).
         path: salts and context (ASCII constants, EAuID, nonce), outermost last.
     """
-    derive: Hash = _first_level(path[0]) if path else _root
-    for element in path[1:]:
-        derive = _wrap(derive, element)
-    return derive(key)
+    if len(path) == 1:
+        return _first_level(path[0])(key)
+    return kdf_each(key, path[:1], *path[1:])[0] if path else _root(key)
+
+
+def kdf_each(key: bytes, salts: tuple[bytes, ...], *path: bytes) -> list[bytes]:
+    """``kdf(key, salt, *path)`` for each salt: a request header derives four
+    values under one (EAuID, nonce) path, whose pads are made once."""
+    pads = _path_pads(path)
+    derived = []
+    for salt in salts:
+        level = _first_level(salt)
+        if not path:
+            derived.append(level(key))
+        elif pads is not None:
+            derived.append(_derive(level, pads, key))
+        else:
+            for element in path:
+                level = _wrap(level, element)
+            derived.append(level(key))
+    return derived
 
 
 def kdf16(key: bytes, *path: bytes) -> bytes:
