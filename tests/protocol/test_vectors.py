@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -37,9 +37,6 @@ from vtrio.protocol.legacy import legacy_auth, legacy_iv
 
 from .helpers import VECTORS
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
 REQ = VECTORS["request"]
 CAPTURE = VECTORS["v2fly_response_capture"]
 
@@ -64,13 +61,14 @@ def test_kdf_long_path_element_is_hashed_first() -> None:
 def reference_kdf(key: bytes, *path: bytes) -> bytes:
     """The KDF as v2ray writes it: ``hmac.New`` nested over ``hmac.New``."""
 
-    def nest(outer: Callable[[bytes], Any], element: bytes) -> Callable[[bytes], Any]:
-        return lambda data=b"": hmac.new(element, data, outer)
+    def nest(outer: Any, element: bytes) -> Any:
+        def make(data: bytes = b"") -> hmac.HMAC:
+            return hmac.new(element, data, outer)
 
-    make: Callable[[bytes], Any] = lambda data=b"": hmac.new(  # noqa: E731
-        b"VMess AEAD KDF", data, hashlib.sha256
-    )
-    for element in path:
+        return make
+
+    make: Any = hashlib.sha256
+    for element in (b"VMess AEAD KDF", *path):
         make = nest(make, element)
     return bytes(make(key).digest())
 
