@@ -65,12 +65,9 @@ ACCEPT_PAUSE = 0.1
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
-    if isinstance(stream, TCPStream):
-        try:
-            host, port = stream.socket.getpeername()[:2]
-        except OSError:
-            return "?"
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(stream, TCPStream) and stream.peer is not None:
+        host, port = stream.peer
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return "?"
 
 

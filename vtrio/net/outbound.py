@@ -35,6 +35,7 @@ from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
+from vtrio.protocol.commands import SwitchAccount
 from vtrio.protocol.instruction import Command, Request
 
 if TYPE_CHECKING:
@@ -387,8 +388,6 @@ class VMessOutbound:
         )
 
         def learn(command: object) -> None:
-            from vtrio.protocol.commands import SwitchAccount
-
             if isinstance(command, SwitchAccount):
                 servers.learn(command, endpoint, time.monotonic())
 

@@ -119,26 +119,30 @@ class TCPStream(trio.abc.HalfCloseableStream):
     ``socket`` is the stdlib socket, for addresses and options.
     """
 
-    __slots__ = ("_eof_sent", "_sending", "_waiting", "socket")
+    __slots__ = ("_eof_sent", "_sending", "_waiting", "peer", "socket")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: tuple[str, int] | None = None
+    ) -> None:
+        """``peer`` is the remote address when the caller knows it (accept)."""
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)
         self.socket = sock
+        self.peer = peer
         self._sending = False
         self._eof_sent = False
         # Tasks inside a wait on this socket: only those need notify_closing
         # (trio drops a socket from epoll once nobody waits on it).
         self._waiting = 0
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # A connection reset before it was accepted may refuse options;
-            # its first read reports that, the accept loop must not fail.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-                    sock.setsockopt(
-                        socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT
-                    )
+        # A connection reset before it was accepted may refuse options (its
+        # first read reports that, the accept loop must not fail), and so
+        # does a socket that is not TCP.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT
+                )
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
@@ -308,7 +312,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
         waited = False
         while True:
             try:
-                accepted, _ = sock.accept()
+                accepted, address = sock.accept()
             except BlockingIOError:
                 await _wait_for(wait_readable, sock)
                 waited = True
@@ -321,7 +325,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
                 raise
             if not waited:
                 await _schedule_point()
-            return TCPStream(accepted)
+            return TCPStream(accepted, address[:2])
 
     async def aclose(self) -> None:
         if self.socket.fileno() >= 0:
