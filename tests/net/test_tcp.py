@@ -1,13 +1,11 @@
 """TCPStream and TCPListener over real loopback sockets: trio's generic stream
-checks (every call a checkpoint, half-close, conflicts, closing under a waiter),
-the schedule points a recently resumed task skips, and the listener's accept
-and close."""
+checks (every call a checkpoint, half-close, conflicts, closing under a waiter)
+and the listener's accept and close."""
 
 from __future__ import annotations
 
 import errno
 import socket
-import time
 from typing import cast
 
 import pytest
@@ -45,58 +43,9 @@ async def clogged_tcp_pair() -> tuple[TCPStream, TCPStream]:
     return client, server
 
 
-@pytest.fixture
-def every_call_yields(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No schedule point skipped: every call is a full trio checkpoint."""
-    monkeypatch.setattr(tcp, "SCHEDULE_INTERVAL", 0.0)
-
-
-@pytest.mark.usefixtures("every_call_yields")
 async def test_generic_half_closeable_stream_checks() -> None:
     with trio.fail_after(30):
         await trio.testing.check_half_closeable_stream(tcp_pair, clogged_tcp_pair)
-
-
-async def test_a_task_that_never_blocks_yields_every_interval() -> None:
-    """20 000 reads that find data waiting: most skip their schedule point,
-    yet the task gives way at least every SCHEDULE_INTERVAL."""
-    client, server = await tcp_pair()
-    await server.send_all(b"x" * 20000)
-    await trio.sleep(0.05)  # all of it in the client's receive buffer
-    other_task_runs = 0
-    reading = True
-
-    async def count_turns() -> None:
-        nonlocal other_task_runs
-        while reading:
-            other_task_runs += 1
-            await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(count_turns)
-        started = time.monotonic()
-        for _ in range(20000):
-            assert await client.receive_some(1) == b"x"
-        elapsed = time.monotonic() - started
-        reading = False
-    assert other_task_runs >= max(2, elapsed / (10 * tcp.SCHEDULE_INTERVAL))
-    assert other_task_runs < 20000 / 10
-    client.close()
-    server.close()
-
-
-async def test_a_call_that_skips_its_schedule_point_is_still_a_cancel_point() -> None:
-    client, server = await tcp_pair()
-    await server.send_all(b"ready")
-    assert await client.receive_some(5) == b"ready"  # resumed just now
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        with pytest.raises(trio.Cancelled):
-            await client.send_all(b"never sent")
-    await client.send_eof()
-    assert await server.receive_some(100) == b""
-    client.close()
-    server.close()
 
 
 async def test_send_all_waits_for_room_and_delivers_everything() -> None:
@@ -186,7 +135,6 @@ async def test_listener_accepts_in_order_then_refuses_when_closed() -> None:
         await server.aclose()
 
 
-@pytest.mark.usefixtures("every_call_yields")
 async def test_accept_is_a_checkpoint_even_with_a_connection_waiting() -> None:
     listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
     port = listeners[0].socket.getsockname()[1]
@@ -271,7 +219,6 @@ async def test_every_address_on_a_host_without_ipv6_is_ipv4_only(
     assert raised.value.errno == errno.EAFNOSUPPORT
 
 
-@pytest.mark.usefixtures("every_call_yields")
 @pytest.mark.parametrize("done_at_once", [True, False], ids=["polled", "waited"])
 async def test_connect_ip_whether_the_handshake_is_done_or_under_way(
     done_at_once: bool, monkeypatch: pytest.MonkeyPatch

@@ -6,15 +6,10 @@ socket's wrapper and its async ``_try_sync`` context manager), about 9 µs of
 Python per call, and a tunnel makes some twenty of them before its first
 byte. These classes make the call directly on a non-blocking stdlib socket
 and wait with ``trio.lowlevel.wait_readable`` / ``wait_writable`` only when
-it would block: half the cost. Every operation is a cancel point (a
-cancelled caller is refused before the call), and a schedule point when it
-waits. A call that did not wait yields to the scheduler unless the running
-task was resumed less than ``SCHEDULE_INTERVAL`` ago: the optimization trio
-itself considers (python-trio/trio#1757). A tunnel makes about ten calls a
-side that do not wait, and each yield is a pass of the run loop (together
-9 % of a client's instructions per tunnel, 3 % of a server's); a task that
-never waits still yields every millisecond. With the interval at zero,
-trio's generic stream checks pass on these classes (``tests/net/test_tcp.py``).
+it would block: half the cost, with Trio's semantics kept. Every operation
+is a checkpoint (a cancelled caller is refused before the call, and a call
+that did not wait still yields to the scheduler), so trio's generic stream
+checks pass on them (``tests/net/test_tcp.py``).
 
 Errors map as in ``trio.SocketStream``: a socket closed under us is
 ``trio.ClosedResourceError``, any other ``OSError`` on a connected stream is
@@ -26,13 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import operator
 import os
 import select
 import socket
-import threading
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,9 +43,6 @@ DEFAULT_RECEIVE_SIZE = 65536
 # Like trio.SocketStream: bounds how much unsent data the kernel holds for
 # us, so a slow reader pushes back on the relay instead of filling buffers.
 NOTSENT_LOWAT = 16384
-# A call that did not block skips its schedule point while the running task
-# has been running for less than this (seconds).
-SCHEDULE_INTERVAL = 0.001
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 # Accept failures that concern one incoming connection, not the listener
 # (the list trio.SocketListener skips).
@@ -73,37 +62,6 @@ _SKIPPED_ACCEPT_ERRNOS = {
     )
     if hasattr(errno, name)
 }
-
-
-class _LastResume(threading.local):
-    """When a task of this thread's run last came back from the scheduler here.
-
-    One thread runs one task at a time, so the task running now was resumed
-    no earlier than this: if it is recent, so is the current task's resume.
-    """
-
-    at = -math.inf
-
-
-_LAST_RESUME = _LastResume()
-
-
-def _resumed() -> None:
-    _LAST_RESUME.at = time.monotonic()
-
-
-async def _schedule_point() -> None:
-    """The schedule point of a call that did not block, unless one is recent."""
-    if time.monotonic() - _LAST_RESUME.at >= SCHEDULE_INTERVAL:
-        await cancel_shielded_checkpoint()
-        _resumed()
-
-
-async def _wait_for(
-    wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket
-) -> None:
-    await wait(sock)
-    _resumed()
 
 
 def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
@@ -156,7 +114,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise _stream_error(exc) from exc
         else:
-            await _schedule_point()
+            await cancel_shielded_checkpoint()
             return data
         while True:
             await self._wait(wait_readable)
@@ -191,7 +149,7 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise _stream_error(exc) from exc
         with memoryview(data) as view:
             if sent == len(view):
-                await _schedule_point()
+                await cancel_shielded_checkpoint()
                 return
             while sent < len(view):
                 await self._wait(wait_writable)
@@ -225,12 +183,12 @@ class TCPStream(trio.abc.HalfCloseableStream):
                 self.socket.shutdown(socket.SHUT_WR)
             except OSError as exc:
                 raise _stream_error(exc) from exc
-        await _schedule_point()
+        await cancel_shielded_checkpoint()
 
     async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
         self._waiting += 1
         try:
-            await _wait_for(wait, self.socket)
+            await wait(self.socket)
         finally:
             self._waiting -= 1
 
@@ -262,16 +220,16 @@ async def connect_ip(host: str, port: int, family: int) -> TCPStream:
             # is done when connect returns: a zero-timeout poll saves the
             # epoll round trip, and only a connection still under way waits.
             if _writable_now(sock):
-                await _schedule_point()
+                await cancel_shielded_checkpoint()
             else:
-                await _wait_for(wait_writable, sock)
+                await wait_writable(sock)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 raise OSError(
                     code, f"Error connecting to {host}:{port}: {os.strerror(code)}"
                 ) from None
         else:
-            await _schedule_point()
+            await cancel_shielded_checkpoint()
     except BaseException:
         sock.close()
         raise
@@ -313,7 +271,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
             try:
                 accepted, address = sock.accept()
             except BlockingIOError:
-                await _wait_for(wait_readable, sock)
+                await wait_readable(sock)
                 waited = True
                 continue
             except OSError as exc:
@@ -323,7 +281,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
                     continue
                 raise
             if not waited:
-                await _schedule_point()
+                await cancel_shielded_checkpoint()
             return TCPStream(accepted, address[:2])
 
     async def aclose(self) -> None:
