@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -363,13 +364,9 @@ class VMessOutbound:
         for offset in range(count):
             servers = self._endpoints[(first + offset) % count]
             name = f"{servers.origin.host}:{servers.origin.port}"
+            share = CONNECT_TIMEOUT / count if offset < count - 1 else math.inf
             try:
-                if offset == count - 1:
-                    endpoint, stream = await servers.dial(
-                        self._dial, now=time.monotonic()
-                    )
-                    return servers, endpoint, stream
-                with trio.move_on_after(CONNECT_TIMEOUT / count):
+                with trio.move_on_after(share):
                     endpoint, stream = await servers.dial(
                         self._dial, now=time.monotonic()
                     )
