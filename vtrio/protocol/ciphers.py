@@ -14,6 +14,7 @@ per-object set-up cost (research/crypto-cost.md). ``VTRIO_CRYPTO_BACKEND``
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import hmac
@@ -188,15 +189,16 @@ def _split_tag(sealed: Buffer) -> tuple[memoryview, memoryview]:
     return view[:-TAG_SIZE], view[-TAG_SIZE:]
 
 
-class _SealIntoAEAD:
+class _SealIntoAEAD(abc.ABC):
     """``seal`` through ``seal_into``, for the AEADs built from C functions."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def seal_into(
         self, nonce: bytes, plaintext: Buffer, out: memoryview, aad: bytes = b""
     ) -> None:
-        raise NotImplementedError
+        """Seal ``plaintext`` into ``out`` (its length plus the tag)."""
 
     def seal(self, nonce: bytes, plaintext: Buffer, aad: bytes = b"") -> bytes:
         out = bytearray(len(plaintext) + TAG_SIZE)
