@@ -52,6 +52,7 @@ def _unchunked(security: Security, command: Command) -> bool:
     request_splits=SPLITS,
     response_splits=SPLITS,
     switch=st.booleans(),
+    prepare=st.booleans(),
     seed=st.integers(0, 2**32),
 )
 def test_round_trip_both_directions(
@@ -66,6 +67,7 @@ def test_round_trip_both_directions(
     request_splits: list[int],
     response_splits: list[int],
     switch: bool,
+    prepare: bool,
     seed: int,
 ) -> None:
     account = user(security, alter_id=alter_id, experiments=frozenset(experiments))
@@ -100,6 +102,9 @@ def test_round_trip_both_directions(
     else:
         assert payload_of(body) == b"".join(messages)
 
+    if prepare:  # what a driver does while it waits: twice is harmless
+        for side in (server, client, server, client):
+            side.prepare_response()
     send_server = server.send_datagram if udp else server.send_data
     reply_command = SWITCH if switch else None
     reply = server.send_response(reply_command) + b"".join(

@@ -61,6 +61,28 @@ def test_accepts_a_known_user_and_reports_the_request() -> None:
     assert server.receive_state is ReceiveState.BODY
 
 
+@pytest.mark.parametrize("alter_id", [0, 4])
+@pytest.mark.parametrize("security", [Security.AES_128_GCM, Security.AES_128_CFB])
+def test_a_prepared_response_is_the_same_bytes(
+    alter_id: int, security: Security
+) -> None:
+    """prepare_response moves work earlier; it must not change a byte."""
+    wires = []
+    for prepare in (False, True):
+        wire, server, _ = first_packet(account=user(security, alter_id=alter_id))
+        if prepare:
+            server.prepare_response()  # before the request: nothing to key yet
+        assert isinstance(accept(server, wire), RequestHeader)
+        if prepare:
+            server.prepare_response()
+            server.prepare_response()
+        wires.append(server.send_response() + server.send_data(b"HTTP/1.1 200"))
+        server.prepare_response()  # after the response: no effect
+        wires[-1] += server.send_data(b" OK") + server.send_eof()
+    assert wires[0] == wires[1]
+    assert len(wires[0]) > len(b"HTTP/1.1 200 OK")
+
+
 def test_replayed_first_packet_is_drained() -> None:
     wire, server, validator = first_packet()
     assert isinstance(accept(server, wire), RequestHeader)

@@ -148,6 +148,8 @@ class _VMessBase:
                 event = self._conn.next_event()
                 if event is not NEED_DATA:
                     return event
+                # The wait is the time to key the response (a no-op after).
+                self._conn.prepare_response()
                 data = await self.transport_stream.receive_some(RECEIVE_SIZE)
                 if not self.first_bytes:
                     self.first_bytes = bytes(data[:16])

@@ -30,7 +30,7 @@ from vtrio.config.model import Security, VMessUser
 from vtrio.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 from vtrio.protocol.auth_id import AUTH_ID_LENGTH, auth_id_cipher, make_auth_id
 from vtrio.protocol.body import END, ChunkDecoder, ChunkEncoder, Framing
-from vtrio.protocol.ciphers import aes_128_cfb
+from vtrio.protocol.ciphers import StreamCipher, aes_128_cfb
 from vtrio.protocol.events import (
     NEED_DATA,
     Data,
@@ -72,7 +72,6 @@ from vtrio.protocol.instruction import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from vtrio.protocol.ciphers import StreamCipher
     from vtrio.protocol.commands import SwitchAccount
     from vtrio.protocol.legacy import LegacyHit
     from vtrio.protocol.validator import UserRecord, UserValidator
@@ -245,6 +244,10 @@ class _Connection(abc.ABC):
         return Datagram(payload) if datagram else Data(payload)
 
     @abc.abstractmethod
+    def prepare_response(self) -> None:
+        """Do the response's key work ahead of need, while the driver waits."""
+
+    @abc.abstractmethod
     def _next_header_event(self) -> Event | NeedData:
         """Parse the peer's header: the request (server) or response (client)."""
 
@@ -294,37 +297,40 @@ class ServerConnection(_Connection):
         self._request: RequestHeader | None = None
         self._instruction: Instruction | None = None
         self._framing: Framing | None = None
+        # Made by prepare_response: the header's AEAD pair, or its CFB stream.
+        self._response_header_cipher: AeadResponseSealer | StreamCipher | None = None
 
     @property
     def request(self) -> RequestHeader | None:
         """The accepted request, once RequestHeader was returned."""
         return self._request
 
-    def send_response(self, command: SwitchAccount | None = None) -> bytes:
-        """The response header; send it with the first response data (spec 5.4).
+    def prepare_response(self) -> None:
+        """Derive the response's keys, header ciphers and body encoder now.
 
-        Raises:
-            LocalProtocolError: no accepted request yet, or sent twice.
+        :meth:`send_response` does this itself when it was not called; a
+        driver calls it while it waits for the target, so the work is done
+        before the target's first bytes arrive rather than after. No effect
+        before a request was accepted or once the response went out.
         """
         instruction, framing = self._instruction, self._framing
         if (
-            self._send_state is not SendState.IDLE
+            self._encoder is not None
             or instruction is None
             or framing is None
+            or self._send_state is not SendState.IDLE
         ):
-            raise LocalProtocolError("send_response needs an accepted request, once")
+            return
         legacy = self._legacy_hit is not None
         key, iv = response_key_iv(instruction.key, instruction.iv, legacy=legacy)
-        plain = encode_response(instruction.response_auth, command)
         stream_cipher: StreamCipher | None = None
         if legacy:
             # The legacy header's CFB stream carries on into a legacy body.
-            cipher = aes_128_cfb(key, iv)
-            header = cipher.encrypt(plain)
+            self._response_header_cipher = aes_128_cfb(key, iv)
             if framing.security is SecurityType.LEGACY:
-                stream_cipher = cipher
+                stream_cipher = self._response_header_cipher
         else:
-            header = AeadResponseSealer(key, iv).seal(plain)
+            self._response_header_cipher = AeadResponseSealer(key, iv)
         self._encoder = ChunkEncoder(
             framing,
             key=key,
@@ -334,6 +340,23 @@ class ServerConnection(_Connection):
             random=self._random,
             stream_cipher=stream_cipher,
         )
+
+    def send_response(self, command: SwitchAccount | None = None) -> bytes:
+        """The response header; send it with the first response data (spec 5.4).
+
+        Raises:
+            LocalProtocolError: no accepted request yet, or sent twice.
+        """
+        if self._send_state is not SendState.IDLE or self._instruction is None:
+            raise LocalProtocolError("send_response needs an accepted request, once")
+        self.prepare_response()
+        plain = encode_response(self._instruction.response_auth, command)
+        cipher = self._response_header_cipher
+        if isinstance(cipher, StreamCipher):
+            header = cipher.encrypt(plain)
+        else:
+            assert cipher is not None  # made by prepare_response
+            header = cipher.seal(plain)
         self._send_state = SendState.OPEN
         return header
 
@@ -558,6 +581,7 @@ class ClientConnection(_Connection):
         self._response_sealer: AeadResponseSealer | None = None
         self._response_cipher: StreamCipher | None = None
         self._response_length: int | None = None
+        self._response_decoder: ChunkDecoder | None = None  # prepare_response
         self._header: bytes | None = None  # sealed ahead of start()
 
     @property
@@ -640,9 +664,38 @@ class ClientConnection(_Connection):
         timestamp = self._now + random(1)[0] % (2 * LEGACY_JITTER) - LEGACY_JITTER
         return seal_legacy_request(hmac_id, primary_key, timestamp, plain)
 
+    def prepare_response(self) -> None:
+        """Key the response header's AEAD and the body decoder now.
+
+        Reading the response does this itself when it was not called; a
+        driver calls it while it waits for the server's answer, so the work
+        is done before the answer arrives. No effect before the header was
+        sealed, once the response was read, or where the response's CFB
+        stream is only known from the header itself (legacy).
+        """
+        if (
+            self._instruction is None
+            or self._receive_state is not ReceiveState.HEADER
+            or self._response_decoder is not None
+        ):
+            return
+        if not self._legacy and self._response_sealer is None:
+            self._response_sealer = AeadResponseSealer(
+                self._response_key, self._response_iv
+            )
+        if self._security is not SecurityType.LEGACY:
+            self._response_decoder = ChunkDecoder(
+                self._framing,
+                key=self._response_key,
+                iv=self._response_iv,
+                request_key=self._instruction.key,
+                request_iv=self._instruction.iv,
+            )
+
     def _next_header_event(self) -> Event | NeedData:
         if self._instruction is None:
             raise LocalProtocolError("call start() before reading the response")
+        self.prepare_response()
         header = (
             self._read_legacy_response() if self._legacy else self._read_aead_response()
         )
@@ -653,26 +706,20 @@ class ClientConnection(_Connection):
         if header[0] != self._instruction.response_auth:
             raise RemoteProtocolError("response header does not match the request (V)")
         command = decode_response_command(header[:RESPONSE_FIXED_LENGTH], header[4:])
-        self._start_body(
-            ChunkDecoder(
-                self._framing,
-                key=self._response_key,
-                iv=self._response_iv,
-                request_key=self._instruction.key,
-                request_iv=self._instruction.iv,
-                stream_cipher=self._response_cipher
-                if self._security is SecurityType.LEGACY
-                else None,
-            )
+        decoder = self._response_decoder or ChunkDecoder(
+            self._framing,
+            key=self._response_key,
+            iv=self._response_iv,
+            request_key=self._instruction.key,
+            request_iv=self._instruction.iv,
+            stream_cipher=self._response_cipher,
         )
+        self._start_body(decoder)
         return ResponseHeader(command)
 
     def _read_aead_response(self) -> bytes | None:
         buffer = self._buffer
-        if self._response_sealer is None:
-            self._response_sealer = AeadResponseSealer(
-                self._response_key, self._response_iv
-            )
+        assert self._response_sealer is not None  # made by prepare_response
         if self._response_length is None:
             if len(buffer) < SEALED_LENGTH_FIELD:
                 return None
