@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -364,13 +363,12 @@ class VMessOutbound:
         for offset in range(count):
             servers = self._endpoints[(first + offset) % count]
             name = f"{servers.origin.host}:{servers.origin.port}"
-            share = CONNECT_TIMEOUT / count if offset < count - 1 else math.inf
+            attempt = servers.dial(self._dial, now=time.monotonic())
             try:
-                with trio.move_on_after(share):
-                    endpoint, stream = await servers.dial(
-                        self._dial, now=time.monotonic()
-                    )
-                    return servers, endpoint, stream
+                if offset == count - 1:  # the caller's timeout bounds it
+                    return servers, *await attempt
+                with trio.move_on_after(CONNECT_TIMEOUT / count):
+                    return servers, *await attempt
                 errors.append(f"{name}: connect timed out")
             except (OSError, DialError) as exc:
                 errors.append(f"{name}: {exc}")
