@@ -14,7 +14,12 @@ import pytest
 import trio
 
 from tests.support.echo import serve_tcp_echo, serve_udp_echo
-from tests.support.socks5 import SocksError, open_connect, open_udp_associate
+from tests.support.socks5 import (
+    SocksError,
+    open_connect,
+    open_udp_associate,
+    pack_address,
+)
 from vtrio import server
 from vtrio.config import model
 
@@ -167,6 +172,84 @@ async def test_half_close_keeps_the_other_direction_flowing() -> None:
                     received += chunk
             assert bytes(received) == data
             nursery.cancel_scope.cancel()
+
+
+async def serve_banner_then_echo(
+    *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A target that speaks first (as SMTP or SSH do), then echoes."""
+
+    async def banner(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 ready\r\n")
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(banner, listeners)
+
+
+async def test_a_target_that_speaks_first_is_heard() -> None:
+    """The client sends nothing: after the first-payload wait the request
+    header goes alone, the banner comes back, and the tunnel stays usable."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            target = await nursery.start(serve_banner_then_echo)
+            socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, target)
+            async with stream:
+                assert await receive_exactly(stream, 11) == b"220 ready\r\n"
+                await stream.send_all(b"HELO x")
+                assert await receive_exactly(stream, 6) == b"HELO x"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("eof", [False, True], ids=["payload", "payload-eof"])
+async def test_a_payload_pipelined_behind_the_request_arrives(eof: bool) -> None:
+    """Greeting, request and payload (and EOF) in one write, before any
+    reply: the payload is taken from the handshake buffer, not lost."""
+    data = payload(5000, "pipelined")
+    request = b"\x05\x01\x00" + b"\x05\x01\x00" + pack_address(LOOPBACK, 0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
+            request = request[:-2] + echo_port.to_bytes(2, "big")
+            stream = await trio.open_tcp_stream(LOOPBACK, socks_port)
+            async with stream:
+                await stream.send_all(request + data)
+                if eof:
+                    await stream.send_eof()
+                assert await receive_exactly(stream, 2 + 10) == (
+                    b"\x05\x00" + b"\x05\x00\x00" + pack_address("0.0.0.0", 0)
+                )
+                assert await receive_exactly(stream, len(data)) == data
+                if eof:
+                    assert await stream.receive_some(10) == b""
+            nursery.cancel_scope.cancel()
+
+
+async def test_eof_right_after_the_request_closes_the_tunnel() -> None:
+    """Nothing to send and EOF: the target sees EOF and the client too."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            async with stream:
+                await stream.send_eof()
+                assert await stream.receive_some(10) == b""
+            nursery.cancel_scope.cancel()
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, "closed early"
+        data += chunk
+    return data
 
 
 async def closed_port() -> int:

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from vtrio.config.model import StreamSettings
+from vtrio.net.buffered import BufferedStream
 from vtrio.net.inbound import ACCEPT_PAUSE, _accept_loop
 from vtrio.net.transport import open_listeners, tcp
 from vtrio.net.transport.tcp import TCPListener, TCPStream, from_trio_stream
@@ -76,6 +77,40 @@ async def test_send_eof_is_a_tcp_half_close() -> None:
         assert await client.receive_some(100) == b"reply"
         with pytest.raises(trio.ClosedResourceError):
             await client.send_all(b"more")
+
+
+async def test_receive_nowait_tells_nothing_yet_from_eof() -> None:
+    left, right = await tcp_pair()
+    with trio.testing.assert_no_checkpoints():
+        assert right.receive_nowait(100) is None
+    await left.send_all(b"early bytes")
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(0.01)  # loopback delivery
+    assert right.receive_nowait(5) == b"early"
+    assert right.receive_nowait(100) == b" bytes"
+    assert right.receive_nowait(100) is None
+    await left.send_eof()
+    await trio.sleep(0.01)
+    assert right.receive_nowait(100) == b""
+    right.close()
+    with pytest.raises(trio.ClosedResourceError):
+        right.receive_nowait(100)
+    left.close()
+
+
+async def test_buffered_receive_nowait_serves_the_handshake_leftover_first() -> None:
+    left, right = await tcp_pair()
+    buffered = BufferedStream(right)
+    await left.send_all(b"\x05\x01\x00GET /")
+    assert await buffered.receive_exactly(3) == b"\x05\x01\x00"
+    assert buffered.receive_nowait(3) == b"GET"
+    assert buffered.receive_nowait(100) == b" /"
+    assert buffered.receive_nowait(100) is None
+    assert (
+        BufferedStream(trio.testing.memory_stream_pair()[0]).receive_nowait(1) is None
+    )
+    left.close()
+    right.close()
 
 
 async def test_reset_by_peer_is_broken_resource() -> None:

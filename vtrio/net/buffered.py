@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import trio
 
+from vtrio.net.transport.tcp import TCPStream
+
 RECEIVE_SIZE = 16384
 
 
@@ -66,6 +68,18 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             del self._buffer[:size]
             return out
         return bytes(await self.transport_stream.receive_some(max_bytes))
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Bytes left over from the handshake, else what a TCP transport has
+        already received; None when that would mean waiting (or the
+        transport cannot tell). See :meth:`TCPStream.receive_nowait`."""
+        if self._buffer:
+            out = bytes(self._buffer[:max_bytes])
+            del self._buffer[:max_bytes]
+            return out
+        if isinstance(self.transport_stream, TCPStream):
+            return self.transport_stream.receive_nowait(max_bytes)
+        return None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport_stream.send_all(data)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vtrio.net.buffered import BufferedStream
 from vtrio.net.relay import Traffic, relay
-from vtrio.net.transport.tcp import close_forcefully
+from vtrio.net.transport.tcp import TCPStream, close_forcefully
 from vtrio.net.vmess_stream import VMessStream
 
 if TYPE_CHECKING:
@@ -25,17 +26,27 @@ if TYPE_CHECKING:
 
 # How long a VMess client waits for the first payload before sending its header.
 FIRST_PAYLOAD_WAIT = 0.1
+FIRST_PAYLOAD_SIZE = 16384
 
 
 async def _send_first_payload(client: trio.abc.Stream, vmess: VMessStream) -> int:
     """Send the header with whatever the client sends within the wait."""
     vmess.seal_header()  # while the client's first bytes are on their way
-    data = b""
-    with trio.move_on_after(FIRST_PAYLOAD_WAIT):
-        data = bytes(await client.receive_some(16384))
-        if not data:
-            await vmess.send_eof()
-            return 0
+    # Usually they are already here, and then the wait needs no cancel scope.
+    data = (
+        client.receive_nowait(FIRST_PAYLOAD_SIZE)
+        if isinstance(client, TCPStream | BufferedStream)
+        else None
+    )
+    if data is None:
+        with trio.move_on_after(FIRST_PAYLOAD_WAIT):
+            data = bytes(await client.receive_some(FIRST_PAYLOAD_SIZE))
+    if data is None:  # nothing within the wait: the header goes alone
+        await vmess.send_all(b"")
+        return 0
+    if not data:
+        await vmess.send_eof()
+        return 0
     await vmess.send_all(data)
     return len(data)
 

@@ -125,6 +125,17 @@ class TCPStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _stream_error(exc) from exc
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What has already arrived, without waiting and without a checkpoint:
+        None when nothing has, b"" at EOF. A caller that would wait under a
+        timeout needs no cancel scope when the bytes are there."""
+        try:
+            return self.socket.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
