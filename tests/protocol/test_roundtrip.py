@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vtrio.config.model import Security
 from vtrio.protocol.events import Datagram, EndOfStream, RequestHeader, ResponseHeader
+from vtrio.protocol.header import AeadRequestSealer, AeadResponseSealer
 from vtrio.protocol.instruction import Command, Request
 
 from .helpers import FIXED_NOW, feed_all, pair, payload_of, split, user
@@ -133,3 +134,20 @@ def test_aead_time_window_accepts_any_skew_up_to_120_seconds(
         seed=seed,
     )
     assert isinstance(feed_all(server, [client.start(b"x")])[0], RequestHeader)
+
+
+def test_a_tunnel_past_its_handshake_keeps_no_header_ciphers() -> None:
+    """An idle tunnel holds its body coders only: the four header AEADs (of
+    the request and of the response) are released on both sides."""
+    client, server, _ = pair(user(), Request(Command.TCP, "example.com", 80))
+    assert isinstance(feed_all(server, [client.start(b"ping")])[0], RequestHeader)
+    server.prepare_response()
+    reply = server.send_response() + server.send_data(b"pong")
+    assert payload_of(feed_all(client, [reply])[1:]) == b"pong"
+    for side in (client, server):
+        held = [
+            name
+            for name, value in vars(side).items()
+            if isinstance(value, AeadRequestSealer | AeadResponseSealer)
+        ]
+        assert held == [], f"{type(side).__name__} keeps {held}"

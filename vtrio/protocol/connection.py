@@ -351,7 +351,7 @@ class ServerConnection(_Connection):
             raise LocalProtocolError("send_response needs an accepted request, once")
         self.prepare_response()
         plain = encode_response(self._instruction.response_auth, command)
-        cipher = self._response_header_cipher
+        cipher, self._response_header_cipher = self._response_header_cipher, None
         if isinstance(cipher, StreamCipher):
             header = cipher.encrypt(plain)
         else:
@@ -434,6 +434,7 @@ class ServerConnection(_Connection):
         except RemoteProtocolError:
             return self._reject(True, "bad tag on the header")
         del buffer[:end]
+        self._sealer = None  # an idle tunnel should not keep header ciphers
         try:
             instruction = decode_instruction(plain)
         except RemoteProtocolError as exc:
@@ -467,6 +468,7 @@ class ServerConnection(_Connection):
             )
             cipher_offset += take
         del self._buffer[:cipher_offset]
+        self._legacy_cipher, self._legacy_plain = None, bytearray()
         try:
             instruction = decode_instruction(bytes(plain))
         except RemoteProtocolError as exc:
@@ -735,6 +737,7 @@ class ClientConnection(_Connection):
         if len(buffer) < end:
             return None
         header = self._response_sealer.open(bytes(buffer[SEALED_LENGTH_FIELD:end]))
+        self._response_sealer = None  # not kept by an idle tunnel
         if len(header) < RESPONSE_FIXED_LENGTH + header[3]:
             raise RemoteProtocolError("response command runs past the header")
         del buffer[:end]
