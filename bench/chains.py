@@ -7,7 +7,10 @@ chain and security it measures single-stream download and upload MB/s, an
 connections per second with p50/p99 latency, and the proxies' RSS idle and
 with N idle tunnels. Payloads are checksummed, so a broken chain cannot look
 fast. Rounds are interleaved across chains and the table shows medians, with
-ratios to v2ray's chain measured in the same run.
+ratios to v2ray's chain measured in the same run; for new connections per
+second, whose rounds spread most, also the median and range of each round's
+ratio. ``--size 0`` skips the transfers (more rounds of connections and
+memory in the same time).
 
     python bench/chains.py [--rounds 3] [--size 128] [--securities aes-128-gcm,none]
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
@@ -446,6 +449,19 @@ CHAINS = {
 UNSUPPORTED = {("v2ray", "zero")}
 
 
+async def transfers(
+    chain: Chain, target: int, size: int, row: dict[str, list[float]]
+) -> None:
+    """Download (with the proxies' CPU), upload and 8-stream download."""
+    cpu_before = chain.cpu()
+    row.setdefault("down", []).append(await download(chain, target, size))
+    row.setdefault("cpu/GB", []).append((chain.cpu() - cpu_before) / (size / 1e9))
+    row.setdefault("up", []).append(await upload(chain, target, size))
+    row.setdefault("8x down", []).append(
+        await parallel_download(chain, target, size, 8)
+    )
+
+
 async def run(args: argparse.Namespace) -> None:
     size = args.size * 1_000_000
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -469,19 +485,8 @@ async def run(args: argparse.Namespace) -> None:
                     try:
                         row = results.setdefault((chain.name, chain.security), {})
                         idle_server, idle_client = (p.rss_kib() for p in chain.proxies)
-                        cpu_before = chain.cpu()
-                        row.setdefault("down", []).append(
-                            await download(chain, target, size)
-                        )
-                        row.setdefault("cpu/GB", []).append(
-                            (chain.cpu() - cpu_before) / (size / 1e9)
-                        )
-                        row.setdefault("up", []).append(
-                            await upload(chain, target, size)
-                        )
-                        row.setdefault("8x down", []).append(
-                            await parallel_download(chain, target, size, 8)
-                        )
+                        if size:
+                            await transfers(chain, target, size, row)
                         rate, p50, p99 = await connections(
                             chain, target, args.connections
                         )
@@ -552,6 +557,17 @@ def report(
                 ratio = f" ({value / statistics.median(base[column]):.2f}x)"
             cells.append(f"{value:.1f}{ratio}".rjust(16))
         print(f"{name:<16}{security:<19}" + "".join(cells))
+    # Rounds are interleaved, so a round's ratio cancels the machine's drift.
+    print("\nnew connections per second, ratio to v2ray's chain in each round:")
+    for (name, security), row in sorted(results.items()):
+        v2ray_rates = results.get(("v2ray", security), {}).get("conn/s")
+        if name == "v2ray" or not v2ray_rates or not row.get("conn/s"):
+            continue
+        ratios = sorted(a / b for a, b in zip(row["conn/s"], v2ray_rates, strict=False))
+        print(
+            f"{name:<16}{security:<19}median {statistics.median(ratios):.2f}"
+            f" (from {ratios[0]:.2f} to {ratios[-1]:.2f})"
+        )
 
 
 def raise_file_limit() -> None:
@@ -567,7 +583,9 @@ def main() -> None:
     raise_file_limit()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--size", type=int, default=128, help="MB per transfer")
+    parser.add_argument(
+        "--size", type=int, default=128, help="MB per transfer (0: no transfers)"
+    )
     parser.add_argument(
         "--securities", default="aes-128-gcm,chacha20-poly1305,none,zero"
     )
