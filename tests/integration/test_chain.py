@@ -99,6 +99,19 @@ async def start_chain(
     return port
 
 
+async def open_echo_tunnel(
+    nursery: trio.Nursery,
+    security: model.Security = model.Security.AES_128_GCM,
+    *,
+    legacy: bool = False,
+    policy: model.LevelPolicy | None = None,
+) -> trio.SocketStream:
+    """An echo target, a chain in front of it, and a SOCKS tunnel to the echo."""
+    echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+    socks_port = await start_chain(nursery, security, legacy=legacy, policy=policy)
+    return await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+
+
 async def exchange(stream: trio.abc.Stream, data: bytes) -> bytes:
     received = bytearray()
 
@@ -124,9 +137,7 @@ async def test_tcp_chain_round_trips_a_checksummed_payload(
     data = payload(2 * 1024 * 1024 + 17, security.value)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            socks_port = await start_chain(nursery, security, legacy=legacy)
-            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            stream = await open_echo_tunnel(nursery, security, legacy=legacy)
             async with stream:
                 back = await exchange(stream, data)
             assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
@@ -161,9 +172,7 @@ async def test_half_close_keeps_the_other_direction_flowing() -> None:
     data = payload(300_000, "half")
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
-            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            stream = await open_echo_tunnel(nursery)
             async with stream:
                 await stream.send_all(data)
                 await stream.send_eof()
@@ -234,9 +243,7 @@ async def test_eof_right_after_the_request_closes_the_tunnel() -> None:
     """Nothing to send and EOF: the target sees EOF and the client too."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            socks_port = await start_chain(nursery, model.Security.AES_128_GCM)
-            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            stream = await open_echo_tunnel(nursery)
             async with stream:
                 await stream.send_eof()
                 assert await stream.receive_some(10) == b""
@@ -293,11 +300,7 @@ async def test_idle_tunnel_is_closed_after_conn_idle() -> None:
     policy = model.LevelPolicy(conn_idle=0.5, uplink_only=0.2, downlink_only=0.2)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            socks_port = await start_chain(
-                nursery, model.Security.AES_128_GCM, policy=policy
-            )
-            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            stream = await open_echo_tunnel(nursery, policy=policy)
             async with stream:
                 await stream.send_all(b"hello")
                 assert await exchange_once(stream) == b"hello"
