@@ -135,3 +135,28 @@ async def test_both_ends_key_the_response_while_they_wait() -> None:
             await server.send_all(b"pong")
             await client.send_all(b"more")
     assert sorted(received) == [b"more", b"pong"]
+
+
+async def test_receive_nowait_returns_what_decodes_without_reading() -> None:
+    """The payload that came with the header is there at once; after it the
+    stream says it would wait (it never reads the transport itself)."""
+    left, right = trio.testing.memory_stream_pair()
+    now = int(time.time())
+    client = VMessStream.client(left, USER, Request(Command.TCP, "example.com", 80))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"first payload")
+        server, request = await VMessStream.accept(
+            right,
+            ServerConnection(
+                UserValidator([USER], now=now), now=now, random=os.urandom
+            ),
+        )
+    assert isinstance(request, RequestHeader)
+    with trio.testing.assert_no_checkpoints():
+        assert server.receive_nowait(5) == b"first"
+        assert server.receive_nowait(100) == b" payload"
+        assert server.receive_nowait(100) is None
+    await client.send_eof()
+    assert server.receive_nowait(100) is None  # still unread on the transport
+    assert await server.receive_some() == b""
+    assert server.receive_nowait(100) == b""

@@ -1,6 +1,7 @@
 """Copy bytes both ways between two streams, with half-close and idle timeouts.
 
-Theory of operation: two pumps run in one nursery. When one side's input ends,
+Theory of operation: two pumps run in one nursery (bytes the client sent
+with its handshake are forwarded first). When one side's input ends,
 its pump sends EOF to the other side (``send_eof``, or ``aclose`` for streams
 that cannot half-close) and the other direction keeps flowing. The nursery's
 cancel scope is the idle timer of both pumps: every move of bytes pushes its
@@ -18,6 +19,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vtrio.net.buffered import BufferedStream
+from vtrio.net.transport.tcp import TCPStream
+from vtrio.net.vmess_stream import VMessStream
+
 if TYPE_CHECKING:
     from vtrio.config.model import LevelPolicy
 
@@ -31,6 +36,14 @@ class Traffic:
 
     up: int = 0
     down: int = 0
+
+
+def received_already(stream: trio.abc.Stream, max_bytes: int) -> bytes | None:
+    """What ``stream`` can return at once (b"" at its end), or None when it
+    would wait or cannot tell: the streams vtrio reads that know it."""
+    if isinstance(stream, TCPStream | BufferedStream | VMessStream):
+        return stream.receive_nowait(max_bytes)
+    return None
 
 
 async def send_eof_or_close(stream: trio.abc.Stream) -> None:
@@ -120,6 +133,11 @@ async def relay(
     # as a chunk); the downlink runs in this task, one task fewer per tunnel.
     async with trio.open_nursery() as nursery:
         timer = _IdleTimer(nursery.cancel_scope, policy.conn_idle)
+        # A first payload that came with the handshake (a VMess server's
+        # request) goes on before the pumps start, not after their first turn.
+        if early := received_already(client, receive_size):
+            await destination.send_all(early)
+            counters.up += len(early)
         nursery.start_soon(pump, client, destination, True)
         await pump(destination, client, False)
     return not nursery.cancel_scope.cancelled_caught

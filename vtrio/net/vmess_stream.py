@@ -36,6 +36,7 @@ from vtrio.protocol.events import (
     Datagram,
     EndOfStream,
     Event,
+    NeedData,
     Rejected,
     RequestHeader,
     ResponseHeader,
@@ -141,22 +142,28 @@ class _VMessBase:
         if self._broken:
             raise trio.BrokenResourceError("the VMess stream is broken")
 
-    async def _next_event(self) -> Event:
-        """The next protocol event, reading the transport as needed."""
+    def _event_now(self) -> Event | NeedData:
+        """The connection's next event from what was received so far."""
         try:
-            while True:
-                event = self._conn.next_event()
-                if event is not NEED_DATA:
-                    return event
-                # The wait is the time to key the response (a no-op after).
-                self._conn.prepare_response()
-                data = await self.transport_stream.receive_some(RECEIVE_SIZE)
-                if not self.first_bytes:
-                    self.first_bytes = bytes(data[:16])
-                self._conn.receive_data(data)
+            return self._conn.next_event()
         except RemoteProtocolError as exc:
             self._broken = True
             raise trio.BrokenResourceError(f"VMess: {exc}") from exc
+
+    async def _fill(self) -> None:
+        """Wait for the transport's next bytes and hand them to the connection."""
+        # The wait is the time to key the response (a no-op after).
+        self._conn.prepare_response()
+        data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+        if not self.first_bytes:
+            self.first_bytes = bytes(data[:16])
+        self._conn.receive_data(data)
+
+    async def _next_event(self) -> Event:
+        """The next protocol event, reading the transport as needed."""
+        while (event := self._event_now()) is NEED_DATA:
+            await self._fill()
+        return event
 
     async def _write(self, data: bytes | bytearray) -> None:
         try:
@@ -266,47 +273,56 @@ class VMessStream(_VMessBase, trio.abc.HalfCloseableStream):
             limit = RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
             if limit < 1:
                 raise ValueError("max_bytes must be at least 1")
-            if not self._pending:
-                if self._eof_received:
-                    await trio.lowlevel.checkpoint()
-                    return b""
-                self._pending = await self._receive_data(limit)
-                if not self._pending:
-                    return b""
-            else:
+            if self._pending or self._eof_received:
                 await trio.lowlevel.checkpoint()
-            out, self._pending = self._pending[:limit], self._pending[limit:]
-            return out
+            else:
+                while (decoded := self._decoded(limit)) is None:
+                    await self._fill()
+                self._pending = decoded
+            return self._take(limit)
 
-    async def _receive_data(self, limit: int) -> bytes:
-        """At least one chunk's data, plus every further chunk already buffered.
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Data that has arrived and decodes now, without waiting or a
+        checkpoint: None when more bytes are needed, b"" at the end. See
+        :meth:`TCPStream.receive_nowait`."""
+        with self._receive_guard:
+            self._check_open()
+            if not self._pending and not self._eof_received:
+                decoded = self._decoded(RECEIVE_SIZE)
+                if decoded is None:
+                    return None
+                self._pending = decoded
+            return self._take(max_bytes)
+
+    def _take(self, limit: int) -> bytes:
+        out, self._pending = self._pending[:limit], self._pending[limit:]
+        return out
+
+    def _decoded(self, limit: int) -> bytes | None:
+        """Every chunk's data that is complete now, joined (up to about
+        ``limit``), b"" at the end of the stream, None if more bytes must
+        come first.
 
         Joining the chunks a single transport read brought in lets the relay
         write them with one send instead of one per chunk (peers write chunks
         of 2 KiB to 15 KiB).
         """
-        while True:
-            event = await self._next_event()
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and not self._eof_received:
+            event = self._event_now()
             if isinstance(event, Data):
-                parts = [event.data]
-                size = len(event.data)
-                while size < limit:
-                    more = self._conn.next_event()
-                    if isinstance(more, Data):
-                        parts.append(more.data)
-                        size += len(more.data)
-                        continue
-                    if isinstance(more, EndOfStream):
-                        self._eof_received = True
-                    elif more is not NEED_DATA:
-                        self._handle_control(more)
-                        continue
-                    break
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            if isinstance(event, EndOfStream):
+                parts.append(event.data)
+                size += len(event.data)
+            elif isinstance(event, EndOfStream):
                 self._eof_received = True
-                return b""
-            self._handle_control(event)
+            elif event is NEED_DATA:
+                break
+            else:
+                self._handle_control(event)
+        if parts:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"" if self._eof_received else None
 
     def _handle_control(self, event: Event) -> None:
         if isinstance(event, ResponseHeader):
