@@ -69,6 +69,11 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             return out
         return bytes(await self.transport_stream.receive_some(max_bytes))
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes read past the handshake are waiting here."""
+        return len(self._buffer)
+
     def receive_nowait(self, max_bytes: int) -> bytes | None:
         """Bytes left over from the handshake, else what a TCP transport has
         already received; None when that would mean waiting (or the

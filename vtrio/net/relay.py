@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.net.buffered import BufferedStream
-from vtrio.net.transport.tcp import TCPStream
 from vtrio.net.vmess_stream import VMessStream
 
 if TYPE_CHECKING:
@@ -38,10 +37,13 @@ class Traffic:
     down: int = 0
 
 
-def received_already(stream: trio.abc.Stream, max_bytes: int) -> bytes | None:
-    """What ``stream`` can return at once (b"" at its end), or None when it
-    would wait or cannot tell: the streams vtrio reads that know it."""
-    if isinstance(stream, TCPStream | BufferedStream | VMessStream):
+def _handshake_leftover(stream: trio.abc.Stream, max_bytes: int) -> bytes | None:
+    """Bytes that came in with the client's handshake and wait in user space
+    (a VMess server's first payload, a SOCKS client's pipelined data); no
+    system call is made to find out."""
+    if isinstance(stream, VMessStream) or (
+        isinstance(stream, BufferedStream) and stream.buffered
+    ):
         return stream.receive_nowait(max_bytes)
     return None
 
@@ -135,7 +137,7 @@ async def relay(
         timer = _IdleTimer(nursery.cancel_scope, policy.conn_idle)
         # A first payload that came with the handshake (a VMess server's
         # request) goes on before the pumps start, not after their first turn.
-        if early := received_already(client, receive_size):
+        if early := _handshake_leftover(client, receive_size):
             await destination.send_all(early)
             counters.up += len(early)
         nursery.start_soon(pump, client, destination, True)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vtrio.net.relay import Traffic, received_already, relay
-from vtrio.net.transport.tcp import close_forcefully
+from vtrio.net.buffered import BufferedStream
+from vtrio.net.relay import Traffic, relay
+from vtrio.net.transport.tcp import TCPStream, close_forcefully
 from vtrio.net.vmess_stream import VMessStream
 
 if TYPE_CHECKING:
@@ -32,7 +33,11 @@ async def _send_first_payload(client: trio.abc.Stream, vmess: VMessStream) -> in
     """Send the header with whatever the client sends within the wait."""
     vmess.seal_header()  # while the client's first bytes are on their way
     # Usually they are already here, and then the wait needs no cancel scope.
-    data = received_already(client, FIRST_PAYLOAD_SIZE)
+    data = (
+        client.receive_nowait(FIRST_PAYLOAD_SIZE)
+        if isinstance(client, TCPStream | BufferedStream)
+        else None
+    )
     if data is None:
         with trio.move_on_after(FIRST_PAYLOAD_WAIT):
             data = bytes(await client.receive_some(FIRST_PAYLOAD_SIZE))
