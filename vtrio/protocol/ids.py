@@ -9,6 +9,7 @@ passes in, as sing does (v2ray asks the CPU for AES instructions).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 
@@ -40,12 +41,14 @@ def parse_user_id(text: str) -> uuid.UUID:
     return uuid.uuid5(uuid.UUID(int=0), text)
 
 
+@functools.lru_cache(maxsize=4096)  # a client derives it for every tunnel
 def cmd_key(user_id: uuid.UUID) -> bytes:
     """MD5(UUID bytes || the cmdKey salt): keys the auth ID and the headers."""
     return hashlib.md5(user_id.bytes + CMD_KEY_SALT).digest()
 
 
-def alter_ids(primary: uuid.UUID, count: int) -> list[uuid.UUID]:
+@functools.lru_cache(maxsize=256)  # a legacy client picks one per tunnel
+def alter_ids(primary: uuid.UUID, count: int) -> tuple[uuid.UUID, ...]:
     """The legacy alter IDs derived one from the other, starting at ``primary``."""
     chain: list[uuid.UUID] = []
     current = primary.bytes
@@ -58,7 +61,7 @@ def alter_ids(primary: uuid.UUID, count: int) -> list[uuid.UUID]:
             candidate = state.digest()
         chain.append(uuid.UUID(bytes=candidate))
         current = candidate
-    return chain
+    return tuple(chain)
 
 
 def auto_security(machine: str) -> SecurityType:
