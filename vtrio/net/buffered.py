@@ -36,6 +36,9 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         """
         while len(self._buffer) < size:
             await self._fill()
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
         out = bytes(self._buffer[:size])
         del self._buffer[:size]
         return out
@@ -51,10 +54,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         while True:
             index = self._buffer.find(delimiter, start)
             if index >= 0:
-                end = index + len(delimiter)
-                out = bytes(self._buffer[:end])
-                del self._buffer[:end]
-                return out
+                return self._take(index + len(delimiter))
             if len(self._buffer) > limit:
                 raise ValueError(f"no {delimiter!r} within {limit} bytes")
             start = max(0, len(self._buffer) - len(delimiter) + 1)
@@ -63,10 +63,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._buffer:
             await trio.lowlevel.checkpoint()
-            size = len(self._buffer) if max_bytes is None else max_bytes
-            out = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            return out
+            return self._take(len(self._buffer) if max_bytes is None else max_bytes)
         return bytes(await self.transport_stream.receive_some(max_bytes))
 
     @property
@@ -79,9 +76,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         already received; None when that would mean waiting (or the
         transport cannot tell). See :meth:`TCPStream.receive_nowait`."""
         if self._buffer:
-            out = bytes(self._buffer[:max_bytes])
-            del self._buffer[:max_bytes]
-            return out
+            return self._take(max_bytes)
         if isinstance(self.transport_stream, TCPStream):
             return self.transport_stream.receive_nowait(max_bytes)
         return None

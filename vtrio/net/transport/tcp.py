@@ -106,24 +106,13 @@ class TCPStream(trio.abc.HalfCloseableStream):
         if size < 1:
             raise ValueError("max_bytes must be at least 1")
         await checkpoint_if_cancelled()
-        sock = self.socket
-        try:
-            data = sock.recv(size)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise _stream_error(exc) from exc
-        else:
+        if (data := self.receive_nowait(size)) is not None:
             await cancel_shielded_checkpoint()
             return data
         while True:
             await self._wait(wait_readable)
-            try:
-                return sock.recv(size)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise _stream_error(exc) from exc
+            if (data := self.receive_nowait(size)) is not None:
+                return data
 
     def receive_nowait(self, max_bytes: int) -> bytes | None:
         """What has already arrived, without waiting and without a checkpoint:
