@@ -686,13 +686,7 @@ class ClientConnection(_Connection):
                 self._response_key, self._response_iv
             )
         if self._security is not SecurityType.LEGACY:
-            self._response_decoder = ChunkDecoder(
-                self._framing,
-                key=self._response_key,
-                iv=self._response_iv,
-                request_key=self._instruction.key,
-                request_iv=self._instruction.iv,
-            )
+            self._response_decoder = self._response_body_decoder(None)
 
     def _next_header_event(self) -> Event | NeedData:
         if self._instruction is None:
@@ -708,16 +702,25 @@ class ClientConnection(_Connection):
         if header[0] != self._instruction.response_auth:
             raise RemoteProtocolError("response header does not match the request (V)")
         command = decode_response_command(header[:RESPONSE_FIXED_LENGTH], header[4:])
-        decoder = self._response_decoder or ChunkDecoder(
+        self._start_body(
+            self._response_decoder or self._response_body_decoder(self._response_cipher)
+        )
+        return ResponseHeader(command)
+
+    def _response_body_decoder(
+        self, stream_cipher: StreamCipher | None
+    ) -> ChunkDecoder:
+        """The response body's decoder; a legacy body continues the CFB
+        stream of the legacy response header."""
+        assert self._instruction is not None  # the header was sealed
+        return ChunkDecoder(
             self._framing,
             key=self._response_key,
             iv=self._response_iv,
             request_key=self._instruction.key,
             request_iv=self._instruction.iv,
-            stream_cipher=self._response_cipher,
+            stream_cipher=stream_cipher,
         )
-        self._start_body(decoder)
-        return ResponseHeader(command)
 
     def _read_aead_response(self) -> bytes | None:
         buffer = self._buffer
