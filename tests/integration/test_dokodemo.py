@@ -47,6 +47,34 @@ async def test_tcp_goes_to_the_fixed_destination() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def serve_banner(*, task_status: trio.TaskStatus[int]) -> None:
+    """A target that speaks first (as SMTP or SSH do)."""
+
+    async def greet(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 ready\r\n")
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(greet, listeners)
+
+
+async def test_a_target_that_speaks_first_is_reached_at_once() -> None:
+    """The door is accepted without waiting for the client's first bytes
+    (inbounds whose client speaks first defer the accept until it has)."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            banner_port = await nursery.start(serve_banner)
+            bound = await nursery.start(
+                server.run, dokodemo_config(banner_port, frozenset({"tcp"}), DIRECT)
+            )
+            stream = await trio.open_tcp_stream(LOOPBACK, bound["door"][0][1])
+            async with stream:
+                with trio.fail_after(0.5):
+                    assert await stream.receive_some(64) == b"220 ready\r\n"
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("through_vmess", [False, True], ids=["direct", "vmess"])
 async def test_udp_datagrams_come_back_to_each_source(through_vmess: bool) -> None:
     with trio.fail_after(15):

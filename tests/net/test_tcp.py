@@ -271,3 +271,32 @@ async def test_connect_ip_whether_the_handshake_is_done_or_under_way(
     for closeable in (client, server):
         closeable.close()
     await listeners[0].aclose()
+
+
+async def test_a_deferring_listener_accepts_once_the_first_bytes_are_in() -> None:
+    listeners = await open_listeners(
+        StreamSettings(), "127.0.0.1", 0, defer_accept=True
+    )
+    listener = listeners[0]
+    sock = listener.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    async with listener:
+        port = sock.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        async with client:
+            with trio.move_on_after(0.3) as waited:
+                await listener.accept()
+            assert waited.cancelled_caught, "accepted before the client spoke"
+            await client.send_all(b"hello")
+            with trio.fail_after(2):
+                server = await listener.accept()
+            async with server:
+                # The request is already there: the first read does not wait.
+                assert server.receive_nowait(16) == b"hello"
+
+
+async def test_listeners_do_not_defer_accept_by_default() -> None:
+    listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
+    async with listeners[0]:
+        sock = listeners[0].socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0

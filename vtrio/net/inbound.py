@@ -353,7 +353,12 @@ async def serve_ports(
     listeners: list[TCPListener] = []
     for port in ports:
         listeners += await transport.open_listeners(
-            inbound.stream, inbound.listen, port, reuse_port=reuse_port
+            inbound.stream,
+            inbound.listen,
+            port,
+            reuse_port=reuse_port,
+            # A dokodemo-door target may speak first (SMTP, SSH banners).
+            defer_accept=inbound.protocol != "dokodemo-door",
         )
     bound = [
         (str(listener.socket.getsockname()[0]), int(listener.socket.getsockname()[1]))

@@ -36,10 +36,18 @@ if TYPE_CHECKING:
 
 # What trio.open_tcp_listeners asks for; the kernel caps it at somaxconn.
 LISTEN_BACKLOG = 0xFFFF
+# How long the kernel holds a connection that has sent nothing before handing
+# it to accept anyway (TCP_DEFER_ACCEPT; it rounds up to a SYN-ACK resend).
+DEFER_ACCEPT_SECONDS = 1
 
 
 async def open_listeners(
-    settings: StreamSettings, host: str, port: int, *, reuse_port: bool = False
+    settings: StreamSettings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    defer_accept: bool = False,
 ) -> list[TCPListener]:
     """Bind the TCP listeners of an inbound, as ``trio.open_tcp_listeners`` does.
 
@@ -49,6 +57,10 @@ async def open_listeners(
         port: port to bind; 0 picks a free one.
         reuse_port: set SO_REUSEPORT, so several worker processes share the
             port and the kernel spreads connections over them.
+        defer_accept: the client speaks first (VMess, SOCKS, HTTP): a
+            connection is accepted once its first bytes are in (Linux
+            ``TCP_DEFER_ACCEPT``), so the server wakes once per connection
+            instead of once for the accept and again for the request.
 
     Returns:
         The bound listeners.
@@ -83,6 +95,10 @@ async def open_listeners(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if defer_accept and hasattr(socket, "TCP_DEFER_ACCEPT"):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS
+                )
             sock.bind(sockaddr)
             sock.listen(LISTEN_BACKLOG)
     except BaseException:
