@@ -10,11 +10,14 @@ fast. Rounds are interleaved across chains and the table shows medians, with
 ratios to v2ray's chain measured in the same run; for new connections per
 second, whose rounds spread most, also the median and quartiles of each
 round's ratio. ``--size 0`` skips the transfers (more rounds of connections and
-memory in the same time).
+memory in the same time); ``--in-flight`` sets how many tunnels the connection
+test keeps open at once (4: latency counts as much as CPU; 64: the proxies'
+CPU per tunnel decides).
 
     python bench/chains.py [--rounds 3] [--size 128] [--securities aes-128-gcm,none]
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
                            [--idle-tunnels 1000] [--pin] [--vtrio-workers 2]
+                           [--in-flight 4]
 """
 
 from __future__ import annotations
@@ -378,9 +381,9 @@ async def parallel_download(
 
 
 async def connections(
-    chain: Chain, target: int, count: int
+    chain: Chain, target: int, count: int, in_flight: int = 4
 ) -> tuple[float, float, float]:
-    """Sequential-ish new tunnels (4 at a time), each one echo round trip.
+    """New tunnels, ``in_flight`` at a time, each one echo round trip.
 
     A tunnel the chain drops is counted and reported, not fatal: v2ray 4.34
     closes one in a few thousand before the echo comes back.
@@ -403,8 +406,8 @@ async def connections(
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(worker, count // 4)
+        for _ in range(in_flight):
+            nursery.start_soon(worker, count // in_flight)
     rate = len(latencies) / (time.perf_counter() - started)
     if failures:
         print(
@@ -488,7 +491,7 @@ async def run(args: argparse.Namespace) -> None:
                         if size:
                             await transfers(chain, target, size, row)
                         rate, p50, p99 = await connections(
-                            chain, target, args.connections
+                            chain, target, args.connections, args.in_flight
                         )
                         row.setdefault("conn/s", []).append(rate)
                         row.setdefault("p50 ms", []).append(p50)
@@ -536,7 +539,8 @@ def report(
     ]
     print(
         f"\nmedians of {args.rounds} interleaved round(s),"
-        f" {args.size} MB per transfer, vtrio workers: {args.vtrio_workers}; "
+        f" {args.size} MB per transfer, {args.in_flight} tunnels in flight,"
+        f" vtrio workers: {args.vtrio_workers}; "
         "MB/s, CPU-s per GB (both proxies), RSS in KiB; (x) = ratio to v2ray's chain\n"
     )
     header = f"{'chain':<16}{'security':<19}" + "".join(f"{c:>16}" for c in columns)
@@ -597,6 +601,12 @@ def main() -> None:
         "--chains", default="vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio"
     )
     parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=4,
+        help="tunnels opened at once in the connection test",
+    )
     parser.add_argument("--idle-tunnels", type=int, default=0)
     parser.add_argument(
         "--pin", action="store_true", help="taskset: client on core 0, server on 1"
