@@ -476,6 +476,7 @@ class BlockCipher:
 
 
 def _openssl_ecb(key: bytes) -> Cipher[modes.ECB]:
+    """AES-128-ECB on OpenSSL, imported here: ``cryptography`` is optional."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     return Cipher(algorithms.AES(key), modes.ECB())
