@@ -13,7 +13,7 @@ from Crypto.Hash import SHAKE128
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtrio.errors import RemoteProtocolError
+from vtrio.errors import LocalProtocolError, RemoteProtocolError
 from vtrio.protocol import ciphers
 
 pytest.importorskip("cryptography")
@@ -134,6 +134,33 @@ def test_the_pycryptodome_backend_uses_the_per_key_gcm() -> None:
 
 def test_backend_name_is_one_of_the_two() -> None:
     assert ciphers.backend_name() in ("pycryptodome", "cryptography")
+
+
+@pytest.mark.parametrize("backend", ["pycryptodome", "cryptography"])
+def test_block_cipher_matches_pycryptodome_ecb(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ciphers, "_BACKEND", backend)
+    for n in range(8):
+        key, block = bytes([n]) * 16, bytes(range(n, n + 16))
+        cipher = ciphers.aes_128_ecb(key)
+        reference = AES.new(key, AES.MODE_ECB)
+        assert cipher.encrypt(block) == reference.encrypt(block)
+        assert cipher.decrypt(block) == reference.decrypt(block)
+        assert cipher.decrypt(cipher.encrypt(block)) == block
+
+
+def test_the_raw_block_cipher_takes_exactly_one_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pycryptodome's C function would read past a short buffer."""
+    monkeypatch.setattr(ciphers, "_BACKEND", "pycryptodome")
+    cipher = ciphers.aes_128_ecb(bytes(16))
+    for size in (0, 15, 17, 32):
+        with pytest.raises(LocalProtocolError):
+            cipher.decrypt(bytes(size))
+        with pytest.raises(LocalProtocolError):
+            cipher.encrypt(bytes(size))
 
 
 @pytest.mark.parametrize("backend", ["pycryptodome", "cryptography"])

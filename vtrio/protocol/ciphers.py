@@ -457,10 +457,12 @@ class BlockCipher:
 
     A server tries one block per recently seen user on every handshake, so
     the per-call cost matters: with ``cryptography`` the ECB contexts are
-    made once and reused (about 0.5 µs a block against pycryptodome's 3 µs).
+    made once and reused (about 0.5 µs a block); on pycryptodome its ECB C
+    functions are called directly (about 0.7 µs, against 2.4 µs through its
+    Python wrapper).
     """
 
-    __slots__ = ("decrypt", "encrypt")
+    __slots__ = ("_ecb", "decrypt", "encrypt")
 
     def __init__(self, key: bytes) -> None:
         self.encrypt: Callable[[bytes], bytes]
@@ -469,10 +471,31 @@ class BlockCipher:
             cipher = _openssl_ecb(key)
             self.encrypt = cipher.encryptor().update
             self.decrypt = cipher.decryptor().update
+            return
+        # The raw path reads this object's C state: it lives as long.
+        self._ecb: Any = AES.new(key, AES.MODE_ECB)
+        if _RAW_C is not None:
+            state = self._ecb._state.get()
+            self.encrypt = _raw_block(_RAW_C, _RAW_C.ecb_encrypt, state)
+            self.decrypt = _raw_block(_RAW_C, _RAW_C.ecb_decrypt, state)
         else:
-            ecb: Any = AES.new(key, AES.MODE_ECB)
-            self.encrypt = ecb.encrypt
-            self.decrypt = ecb.decrypt
+            self.encrypt = self._ecb.encrypt
+            self.decrypt = self._ecb.decrypt
+
+
+def _raw_block(raw: _RawC, function: Any, state: Any) -> Callable[[bytes], bytes]:
+    """One block through pycryptodome's ECB C ``function`` on a key's state."""
+    out = raw.ffi.new("uint8_t[]", _BLOCK)
+    result = raw.ffi.buffer(out)
+
+    def crypt(block: bytes) -> bytes:
+        if len(block) != _BLOCK:
+            raise LocalProtocolError(f"AES-ECB takes one {_BLOCK}-byte block")
+        if function(state, raw.pointer(block), out, _BLOCK):
+            raise LocalProtocolError("AES-ECB failed")
+        return bytes(result)
+
+    return crypt
 
 
 def _openssl_ecb(key: bytes) -> Cipher[modes.ECB]:
