@@ -32,7 +32,7 @@ import trio
 
 from bench.chains import (
     Chain,
-    connections,
+    echo_tunnels,
     free_port,
     serve_target,
     v2_client,
@@ -103,9 +103,9 @@ async def count_tunnels(socks: int, pid: int, tunnels: int) -> None:
 
     async with trio.open_nursery() as nursery:
         target = await nursery.start(serve_target)
-        await connections(chain, target, WARM_UP)
+        await echo_tunnels(chain, target, 4, count=WARM_UP)
         await control("-i", "on")
-        await connections(chain, target, tunnels)
+        await echo_tunnels(chain, target, 4, count=tunnels)
         await control("-i", "off")
         await control("-d")
         nursery.cancel_scope.cancel()
