@@ -389,14 +389,15 @@ async def parallel_download(
     return size / (time.perf_counter() - started) / 1e6
 
 
-# The connection test's first seconds are not counted. A chain may finish a
-# tunnel well after its client closed: v2ray 4.34 does not pass the client's
-# EOF on to the target but closes that side when a policy timer fires, 1.0 s
-# later (measured at the target), where vtrio and sing-box close it within a
-# millisecond. A shorter test leaves v2ray's teardowns out of the measurement
-# and counts everyone else's; after the warm-up the deferred work runs
-# alongside new tunnels, and the rate is the one a chain can sustain.
-CONNECTION_WARM_UP = 1.5
+# How long a chain may take to finish tunnels its client closed. v2ray 4.34
+# does not pass the client's EOF on to the target but closes that side when a
+# policy timer fires, 1.0 s later (measured at the target), where vtrio and
+# sing-box close it within a millisecond. The connection test counts only
+# after this long (a shorter test would leave v2ray's teardowns out and count
+# everyone else's; past it the deferred work runs alongside new tunnels, and
+# the rate is the one a chain can sustain), and tests wait this long after
+# closing many tunnels, so that no test pays for the one before.
+DEFERRED_TEARDOWN = 1.5
 
 
 async def echo_tunnels(
@@ -452,15 +453,30 @@ async def connections(
     """Sustained new tunnels per second: those finished within ``window``
     seconds after the warm-up; with their p50 and p99 latency in ms."""
     finished = await echo_tunnels(
-        chain, target, in_flight, seconds=CONNECTION_WARM_UP + window
+        chain, target, in_flight, seconds=DEFERRED_TEARDOWN + window
     )
-    latencies = sorted(
-        latency for end, latency in finished if end >= CONNECTION_WARM_UP
-    )
+    latencies = sorted(latency for end, latency in finished if end >= DEFERRED_TEARDOWN)
     rate = len(latencies) / window
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     return rate, p50, p99
+
+
+async def idle_memory(
+    chain: Chain, target: int, count: int, row: dict[str, list[float]]
+) -> None:
+    """KiB per idle tunnel, client and server, into ``row`` (a failure is reported)."""
+    server, client = chain.proxies
+    idle_client, idle_server = client.rss_kib(), server.rss_kib()
+    try:
+        client_kib, server_kib = await idle_tunnels(chain, target, count)
+    except (OSError, EOFError) as exc:
+        print(f"{chain.name}: idle tunnels: {exc}", file=sys.stderr)
+        return
+    finally:
+        await trio.sleep(DEFERRED_TEARDOWN)  # closed tunnels end before the next test
+    row["KiB/tunnel c"] = [(client_kib - idle_client) / count]
+    row["KiB/tunnel s"] = [(server_kib - idle_server) / count]
 
 
 async def idle_tunnels(chain: Chain, target: int, count: int) -> tuple[int, int]:
@@ -530,6 +546,10 @@ async def run(args: argparse.Namespace) -> None:
                     try:
                         row = results.setdefault((chain.name, chain.security), {})
                         idle_server, idle_client = (p.rss_kib() for p in chain.proxies)
+                        # Once per chain, in the first round it works, and first:
+                        # the other tests leave tunnels closing in the proxies.
+                        if args.idle_tunnels and "KiB/tunnel c" not in row:
+                            await idle_memory(chain, target, args.idle_tunnels, row)
                         if size:
                             await transfers(chain, target, size, row)
                         rate, p50, p99 = await connections(
@@ -540,22 +560,6 @@ async def run(args: argparse.Namespace) -> None:
                         row.setdefault("p99 ms", []).append(p99)
                         row.setdefault("RSS idle c", []).append(idle_client)
                         row.setdefault("RSS idle s", []).append(idle_server)
-                        # Measured once per chain, in the first round it works.
-                        if args.idle_tunnels and "KiB/tunnel c" not in row:
-                            try:
-                                client_kib, server_kib = await idle_tunnels(
-                                    chain, target, args.idle_tunnels
-                                )
-                            except (OSError, EOFError) as exc:
-                                message = f"{chain.name}: idle tunnels: {exc}"
-                                print(message, file=sys.stderr)
-                                continue
-                            row["KiB/tunnel c"] = [
-                                (client_kib - idle_client) / args.idle_tunnels
-                            ]
-                            row["KiB/tunnel s"] = [
-                                (server_kib - idle_server) / args.idle_tunnels
-                            ]
                     finally:
                         chain.stop()
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
@@ -647,7 +651,7 @@ def main() -> None:
         type=float,
         default=3.0,
         help="how long the connection test counts, after a warm-up of"
-        f" {CONNECTION_WARM_UP} s",
+        f" {DEFERRED_TEARDOWN} s",
     )
     parser.add_argument(
         "--in-flight",
