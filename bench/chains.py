@@ -457,6 +457,8 @@ async def connections(
     )
     latencies = sorted(latency for end, latency in finished if end >= DEFERRED_TEARDOWN)
     rate = len(latencies) / window
+    if not latencies:  # a broken chain: reported by echo_tunnels
+        return rate, math.nan, math.nan
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     return rate, p50, p99
