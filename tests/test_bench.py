@@ -1,0 +1,56 @@
+"""The benchmark's connection test on a real vtrio chain: counts and windows."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from bench.chains import (
+    DEFERRED_TEARDOWN,
+    Chain,
+    connections,
+    echo_tunnels,
+    serve_target,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
+    chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm")
+    chain.start(tmp_path, pin=False)
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+async def test_a_counted_run_opens_exactly_that_many_tunnels(chain: Chain) -> None:
+    async with trio.open_nursery() as nursery:
+        target = await nursery.start(serve_target)
+        finished = await echo_tunnels(chain, target, 3, count=9)
+        nursery.cancel_scope.cancel()
+    assert len(finished) == 9
+    ends = [end for end, _ in finished]
+    assert ends == sorted(ends)  # finish times, from the start of the run
+    assert all(0 < latency <= end for end, latency in finished)
+
+
+async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -> None:
+    window = 0.5
+    async with trio.open_nursery() as nursery:
+        target = await nursery.start(serve_target)
+        started = trio.current_time()
+        rate, p50, p99 = await connections(chain, target, 2, window)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert elapsed == pytest.approx(DEFERRED_TEARDOWN + window, abs=0.3)
+    assert rate > 0
+    assert 0 < p50 <= p99
