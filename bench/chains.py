@@ -467,9 +467,9 @@ async def connections(
 async def idle_memory(
     chain: Chain, target: int, count: int, row: dict[str, list[float]]
 ) -> None:
-    """KiB per idle tunnel, client and server, into ``row`` (a failure is reported)."""
-    server, client = chain.proxies
-    idle_client, idle_server = client.rss_kib(), server.rss_kib()
+    """KiB per idle tunnel, client and server, into ``row`` (a failure is
+    reported); the baseline is the chain's idle RSS already in ``row``."""
+    idle_client, idle_server = row["RSS idle c"][-1], row["RSS idle s"][-1]
     try:
         client_kib, server_kib = await idle_tunnels(chain, target, count)
     except (OSError, EOFError) as exc:
@@ -548,6 +548,8 @@ async def run(args: argparse.Namespace) -> None:
                     try:
                         row = results.setdefault((chain.name, chain.security), {})
                         idle_server, idle_client = (p.rss_kib() for p in chain.proxies)
+                        row.setdefault("RSS idle c", []).append(idle_client)
+                        row.setdefault("RSS idle s", []).append(idle_server)
                         # Once per chain, in the first round it works, and first:
                         # the other tests leave tunnels closing in the proxies.
                         if args.idle_tunnels and "KiB/tunnel c" not in row:
@@ -560,8 +562,6 @@ async def run(args: argparse.Namespace) -> None:
                         row.setdefault("conn/s", []).append(rate)
                         row.setdefault("p50 ms", []).append(p50)
                         row.setdefault("p99 ms", []).append(p99)
-                        row.setdefault("RSS idle c", []).append(idle_client)
-                        row.setdefault("RSS idle s", []).append(idle_server)
                     finally:
                         chain.stop()
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
@@ -605,8 +605,9 @@ def report(
                 continue
             value = statistics.median(values)
             ratio = ""
-            if base.get(column) and name != "v2ray":
-                ratio = f" ({value / statistics.median(base[column]):.2f}x)"
+            base_value = statistics.median(base[column]) if base.get(column) else 0
+            if base_value and name != "v2ray":  # 0: e.g. RSS that did not grow
+                ratio = f" ({value / base_value:.2f}x)"
             cells.append(f"{value:.1f}{ratio}".rjust(16))
         print(f"{name:<16}{security:<19}" + "".join(cells))
     # Rounds are interleaved, so a round's ratio cancels the machine's drift.
