@@ -105,17 +105,23 @@ def expected_digest(size: int) -> bytes:
 
 
 async def socks_connect(port: int, target_port: int) -> trio.SocketStream:
+    """A SOCKS5 CONNECT; the stream is closed if the handshake fails or is
+    cancelled (a timed connection test cancels tunnels half-way)."""
     stream = await trio.open_tcp_stream(LOOPBACK, port)
-    await stream.send_all(b"\x05\x01\x00")
-    await receive_exactly(stream, 2)
-    await stream.send_all(
-        b"\x05\x01\x00\x01"
-        + bytes(map(int, LOOPBACK.split(".")))
-        + target_port.to_bytes(2, "big")
-    )
-    reply = await receive_exactly(stream, 10)
-    if reply[1] != 0:
-        raise OSError(f"SOCKS reply {reply[1]}")
+    try:
+        await stream.send_all(b"\x05\x01\x00")
+        await receive_exactly(stream, 2)
+        await stream.send_all(
+            b"\x05\x01\x00\x01"
+            + bytes(map(int, LOOPBACK.split(".")))
+            + target_port.to_bytes(2, "big")
+        )
+        reply = await receive_exactly(stream, 10)
+        if reply[1] != 0:
+            raise OSError(f"SOCKS reply {reply[1]}")
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     return stream
 
 
