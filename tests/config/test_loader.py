@@ -72,6 +72,21 @@ def test_server_config_is_normalized() -> None:
     assert ipaddress.ip_address("10.1.2.3") in block.ips[0]
 
 
+def test_fields_v2ray_defines_are_accepted_and_ignored() -> None:
+    """v2ray decodes inbound and outbound users into one account type and
+    keeps deprecated timeouts, so configs written for it carry these."""
+    document = server(clients=[{"id": USER, "security": "aes-128-gcm"}])
+    document["inbounds"].append(  # type: ignore[attr-defined]
+        {"protocol": "socks", "port": 1080, "settings": {"timeout": 300}}
+    )
+    document["outbounds"] = [{"protocol": "freedom", "settings": {"timeout": 60}}]
+    config = loads(json.dumps(document), environ={})
+    settings = config.inbounds[0].settings
+    assert isinstance(settings, model.VMessInboundSettings)
+    assert [user.id for user in settings.users] == [uuid.UUID(USER)]
+    assert [inbound.protocol for inbound in config.inbounds] == ["vmess", "socks"]
+
+
 def test_xray_dialect_users_custom_id_and_flat_outbound() -> None:
     server = load(["configs/xray-server.jsonc"])
     settings = server.inbounds[0].settings
@@ -229,6 +244,11 @@ BAD_INPUTS = [
         {"inbounds": []},
         "$.inbounds",
         "at least one inbound",
+    ),
+    (
+        {**server(), "policy": {"levels": {"0": {}, "1": {"handshake": "4s"}}}},
+        "$.policy.levels.1.handshake",
+        "Expected `float | null`",
     ),
 ]
 

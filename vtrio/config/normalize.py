@@ -28,6 +28,7 @@ from vtrio.config.v2ray import (
     HttpInboundV2,
     InboundV2,
     OutboundV2,
+    PolicyLevelV2,
     PolicyV2,
     RootV2,
     RoutingV2,
@@ -258,10 +259,13 @@ class Normalizer:
             return model.Policy()
         levels: dict[int, model.LevelPolicy] = {}
         base = model.DEFAULT_LEVEL_POLICY
-        for key, level in policy.levels.items():
+        for key, raw in policy.levels.items():
             path = f"$.policy.levels.{key}"
             if not key.isdigit():
                 self.error('level keys are numbers like "0"', path)
+                continue
+            level = self.decode(raw, PolicyLevelV2, path)
+            if level is None:
                 continue
             buffer = base.buffer_size
             if level.buffer_size is not None:

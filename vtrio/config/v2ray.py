@@ -70,7 +70,9 @@ class PolicyLevelV2(V2Base):
 
 
 class PolicyV2(V2Base):
-    levels: dict[str, PolicyLevelV2] = {}
+    # Raw per level, so that an error names its level: msgspec writes a
+    # dictionary key as "[...]".
+    levels: dict[str, msgspec.Raw] = {}
     system: msgspec.Raw = ABSENT
 
 
@@ -139,7 +141,10 @@ class VMessClientV2(V2Base):
     level: int = 0
     alter_id: int = 0
     email: str = ""
-    # Xray writes these on inbound users; vtrio reads and ignores them.
+    # v2ray reads inbound and outbound users into one account type, so an
+    # inbound user may carry the client's ``security`` (the client picks the
+    # body security per request). Xray writes ``flow``. Read and ignored.
+    security: str | None = None
     flow: str | None = None
     experiments: str | None = None
 
@@ -193,6 +198,7 @@ class SocksInboundV2(V2Base):
     accounts: list[AccountV2] = []
     udp: bool = False
     ip: str | None = None
+    timeout: int | None = None  # v2ray 4, deprecated there; ignored
     user_level: int = 0
 
 
@@ -215,6 +221,7 @@ class DokodemoInboundV2(V2Base):
 class FreedomV2(V2Base):
     domain_strategy: str = "AsIs"
     redirect: str | None = None
+    timeout: int | None = None  # v2ray 4, deprecated there; ignored
     user_level: int = 0
     # Xray extras, accepted and ignored.
     fragment: msgspec.Raw = ABSENT
