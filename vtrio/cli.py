@@ -92,7 +92,9 @@ def _setup_logging(log: Log, override: str | None) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     error_handler: logging.Handler = (
-        logging.FileHandler(log.error)
+        logging.NullHandler()
+        if log.error_off
+        else logging.FileHandler(log.error)
         if log.error
         else logging.StreamHandler(sys.stderr)
     )
@@ -101,8 +103,10 @@ def _setup_logging(log: Log, override: str | None) -> None:
     root.setLevel(level)
     access = logging.getLogger("vtrio.access")
     access.handlers.clear()
-    access.propagate = not log.access
-    if log.access:
+    access.propagate = not (log.access or log.access_off)
+    if log.access_off:
+        access.addHandler(logging.NullHandler())
+    elif log.access:
         handler = logging.FileHandler(log.access)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         access.addHandler(handler)

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from vtrio.config.jsonc import line_and_column, strip_comments
+from vtrio.config.lenient import conform
 from vtrio.config.model import Config
 from vtrio.config.normalize import V5_HINT, Normalizer
 from vtrio.config.v2ray import RootV2
@@ -110,7 +111,9 @@ def _build(value: Any, source: str, environ: dict[str, str] | None) -> Config:
         raise ConfigError("expected a JSON object", source=source)
     try:
         # Raw sections need JSON text, so the merged value is encoded again.
-        root = msgspec.json.decode(msgspec.json.encode(value), type=RootV2)
+        root = msgspec.json.decode(
+            msgspec.json.encode(conform(value, RootV2)), type=RootV2
+        )
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = re.search(r" - at `(\$.*)`$", text)

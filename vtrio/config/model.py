@@ -265,6 +265,9 @@ class Log:
     # File paths; None means stderr (error) / stdout-like stderr (access).
     access: str | None = None
     error: str | None = None
+    # Written "none" in the config (v2ray's word for no log at all).
+    access_off: bool = False
+    error_off: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import msgspec
 
 from vtrio.config import model
+from vtrio.config.lenient import conform
 from vtrio.config.v2ray import (
     IGNORED_SECTIONS,
     BlackholeV2,
@@ -35,6 +36,7 @@ from vtrio.config.v2ray import (
     RuleV2,
     SocksInboundV2,
     StreamV2,
+    TlsV2,
     VMessInboundV2,
 )
 from vtrio.config.xray import VMessOutboundXray
@@ -60,6 +62,49 @@ OUTBOUND_PROTOCOLS = {
     "freedom": "freedom",
     "blackhole": "blackhole",
 }
+UNSUPPORTED_RULE_CONDITIONS = (
+    "source",
+    "source_port",
+    "user",
+    "protocol",
+    "attrs",
+    "source_ip",
+    "local_ip",
+    "local_port",
+    "vless_route",
+    "process",
+    "webhook",
+)
+# Settings whose meaning vtrio lacks and must not drop silently: each would
+# leave the peer less checked or less hidden than the config asks.
+UNSUPPORTED_TLS = {
+    "reject_unknown_sni": "rejectUnknownSni",
+    "verify_client_certificate": "verifyClientCertificate (client certificates)",
+    "pinned_peer_certificate_chain_sha256": "pinnedPeerCertificateChainSha256",
+    "pinned_peer_certificate_public_key_sha256": (
+        "pinnedPeerCertificatePublicKeySha256"
+    ),
+    "pinned_peer_cert_sha256": "pinnedPeerCertSha256",
+    "verify_peer_cert_by_name": "verifyPeerCertByName",
+    "verify_peer_cert_in_names": "verifyPeerCertInNames",
+    "server_name_to_verify": "serverNameToVerify",
+    "ech_server_keys": "echServerKeys (ECH)",
+    "ech_config_list": "echConfigList (ECH)",
+    "ech_force_query": "echForceQuery (ECH)",
+}
+# v2ray's and Xray's spellings of freedom's strategies, compared in lower case.
+FREEDOM_STRATEGIES = {
+    "": "AsIs",
+    "asis": "AsIs",
+    "useip": "UseIP",
+    "use_ip": "UseIP",
+    **dict.fromkeys(
+        ("useip4", "useipv4", "use_ipv4", "use_ip_v4", "use_ip4"), "UseIPv4"
+    ),
+    **dict.fromkeys(
+        ("useip6", "useipv6", "use_ipv6", "use_ip_v6", "use_ip6"), "UseIPv6"
+    ),
+}
 NOT_SUPPORTED_NETWORKS = {
     "kcp": "mKCP",
     "mkcp": "mKCP",
@@ -73,6 +118,8 @@ NOT_SUPPORTED_NETWORKS = {
     "splithttp": "SplitHTTP",
     "domainsocket": "domain sockets",
     "ds": "domain sockets",
+    "hysteria": "Hysteria",
+    "hy2": "Hysteria 2",
 }
 SECURITIES = {s.value: s for s in model.Security}
 EXPERIMENTS = ("AuthenticatedLength", "NoTerminationSignal")
@@ -194,6 +241,8 @@ class Normalizer:
         self.source = source
         self.environ = dict(os.environ) if environ is None else environ
         self.errors: list[ConfigError] = []
+        # The JSON path each built inbound and outbound came from.
+        self._paths: dict[str, list[str]] = {"inbounds": [], "outbounds": []}
 
     def error(self, message: str, path: str) -> None:
         self.errors.append(ConfigError(message, path=path, source=self.source))
@@ -201,7 +250,9 @@ class Normalizer:
     def decode(self, raw: msgspec.Raw, type_: type[T], path: str) -> T | None:
         """Decode a raw section with ``type_``; errors get ``path`` as prefix."""
         try:
-            return msgspec.json.decode(raw or b"{}", type=type_)
+            # The raw text is this loader's own encoding: it decodes.
+            value = conform(msgspec.json.decode(raw or b"{}"), type_)
+            return msgspec.json.decode(msgspec.json.encode(value), type=type_)
         except msgspec.ValidationError as exc:
             where, message = _msgspec_path(exc, path)
             self.error(message, where)
@@ -213,16 +264,16 @@ class Normalizer:
                 LOGGER.warning(
                     "%s: section %r is not used by vtrio; ignored", self.source, name
                 )
-        inbounds = [
-            inbound
-            for index, raw in enumerate(root.inbounds)
-            if (inbound := self.inbound(raw, f"$.inbounds[{index}]")) is not None
-        ]
-        outbounds = [
-            outbound
-            for index, raw in enumerate(root.outbounds)
-            if (outbound := self.outbound(raw, f"$.outbounds[{index}]")) is not None
-        ]
+        inbounds: list[model.Inbound] = []
+        for path, raw in _legacy_first(root, "inbound"):
+            if (inbound := self.inbound(raw, path)) is not None:
+                inbounds.append(inbound)
+                self._paths["inbounds"].append(path)
+        outbounds: list[model.Outbound] = []
+        for path, raw in _legacy_first(root, "outbound"):
+            if (outbound := self.outbound(raw, path)) is not None:
+                outbounds.append(outbound)
+                self._paths["outbounds"].append(path)
         config = model.Config(
             inbounds=tuple(inbounds),
             outbounds=tuple(outbounds),
@@ -250,8 +301,10 @@ class Normalizer:
             level = "warning"
         return model.Log(
             level=cast("Literal['debug', 'info', 'warning', 'error', 'none']", level),
-            access=log.access or None,
-            error=log.error or None,
+            access=None if log.access in ("", "none") else log.access,
+            error=None if log.error in ("", "none") else log.error,
+            access_off=log.access == "none",
+            error_off=log.error == "none",
         )
 
     def policy(self, policy: PolicyV2 | None) -> model.Policy:
@@ -290,16 +343,26 @@ class Normalizer:
     def routing(self, routing: RoutingV2 | None) -> model.Routing:
         if routing is None:
             return model.Routing()
-        strategy = routing.domain_strategy
-        if strategy not in ("AsIs", "IPIfNonMatch", "IPOnDemand"):
-            self.error(
-                "expected AsIs, IPIfNonMatch or IPOnDemand", "$.routing.domainStrategy"
-            )
+        legacy = routing.settings
+        path = "$.routing.domainStrategy"
+        given = routing.domain_strategy
+        if given is None and legacy is not None:
+            path, given = "$.routing.settings.domainStrategy", legacy.domain_strategy
+        strategy = _DOMAIN_STRATEGIES.get((given or "AsIs").lower().replace("_", "-"))
+        if strategy is None:
+            self.error("expected AsIs, IPIfNonMatch or IPOnDemand", path)
             strategy = "AsIs"
+        entries = [
+            (f"$.routing.rules[{index}]", rule)
+            for index, rule in enumerate(routing.rules)
+        ]
+        if legacy is not None:
+            entries += [
+                (f"$.routing.settings.rules[{index}]", rule)
+                for index, rule in enumerate(legacy.rules)
+            ]
         rules = [
-            rule
-            for index, raw in enumerate(routing.rules)
-            if (rule := self.rule(raw, f"$.routing.rules[{index}]")) is not None
+            rule for path, raw in entries if (rule := self.rule(raw, path)) is not None
         ]
         return model.Routing(
             domain_strategy=cast(
@@ -318,12 +381,13 @@ class Normalizer:
         if not rule.outbound_tag:
             self.error("a rule needs an outboundTag", path)
             return None
-        for name in ("source", "source_port", "user", "protocol", "attrs"):
+        for name in UNSUPPORTED_RULE_CONDITIONS:
             if getattr(rule, name):
-                self.error(f"rule condition {name!r} is not supported yet", path)
+                condition = _json_name(RuleV2, name)
+                self.error(f"rule condition {condition!r} is not supported yet", path)
                 return None
         domains = self.domains(
-            _as_list(rule.domain) + (rule.domains or []), f"{path}.domain"
+            _as_list(rule.domain) + _as_list(rule.domains), f"{path}.domain"
         )
         ips = self.ips(_as_list(rule.ip), f"{path}.ip")
         ports: tuple[tuple[int, int], ...] = ()
@@ -332,7 +396,7 @@ class Normalizer:
                 ports = _ranges(parse_ports(rule.port, f"{path}.port", self.environ))
             except ConfigError as exc:
                 self.error(exc.message, exc.path)
-        networks = {n for n in (rule.network or "").replace(" ", "").split(",") if n}
+        networks = set(_as_list(rule.network))
         if not networks <= {"tcp", "udp"}:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
             networks &= {"tcp", "udp"}
@@ -504,14 +568,15 @@ class Normalizer:
         if settings.auth not in ("noauth", "password"):
             self.error('expected "noauth" or "password"', f"{path}.auth")
             return None
-        if settings.auth == "password" and not settings.accounts:
+        accounts = settings.accounts or settings.users
+        if settings.auth == "password" and not accounts:
             self.error(
                 'auth is "password" but no accounts are given', f"{path}.accounts"
             )
             return None
         return model.SocksInboundSettings(
             auth=cast("Literal['noauth', 'password']", settings.auth),
-            accounts=self._accounts(settings.accounts),
+            accounts=self._accounts(accounts),
             udp=settings.udp,
             ip=settings.ip,
         )
@@ -523,7 +588,7 @@ class Normalizer:
         if settings is None:
             return None
         return model.HttpInboundSettings(
-            accounts=self._accounts(settings.accounts),
+            accounts=self._accounts(settings.accounts or settings.users),
             allow_transparent=settings.allow_transparent,
         )
 
@@ -533,9 +598,13 @@ class Normalizer:
         settings = self.decode(raw, DokodemoInboundV2, path)
         if settings is None:
             return None
-        networks = {n.strip() for n in settings.network.split(",") if n.strip()}
+        network = settings.network or settings.allowed_network or "tcp"
+        networks = set(_as_list(network))
         if not networks <= {"tcp", "udp"}:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
+            return None
+        if settings.port_map:
+            self.error("portMap is not supported yet", f"{path}.portMap")
             return None
         if settings.follow_redirect:
             self.error(
@@ -544,17 +613,21 @@ class Normalizer:
             )
             return None
         port = None
-        if settings.port is not None:
+        given, where = settings.port, f"{path}.port"
+        if given is None or given == 0:
+            given, where = settings.rewrite_port, f"{path}.rewritePort"
+        if given is not None:
             try:
-                port = parse_ports(settings.port, f"{path}.port", self.environ)[0]
+                port = parse_ports(given, where, self.environ)[0]
             except ConfigError as exc:
                 self.error(exc.message, exc.path)
                 return None
-        if not settings.address or port is None:
+        address = settings.address or settings.rewrite_address
+        if not address or port is None:
             self.error("dokodemo-door needs an address and a port", path)
             return None
         return model.DokodemoInboundSettings(
-            address=settings.address,
+            address=address,
             port=port,
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
         )
@@ -590,19 +663,7 @@ class Normalizer:
             freedom = self.decode(raw.settings, FreedomV2, settings_path)
             settings = None
             if freedom is not None:
-                strategy = freedom.domain_strategy
-                if strategy not in ("AsIs", "UseIP", "UseIPv4", "UseIPv6"):
-                    self.error(
-                        "expected AsIs, UseIP, UseIPv4 or UseIPv6",
-                        f"{settings_path}.domainStrategy",
-                    )
-                    strategy = "AsIs"
-                settings = model.FreedomSettings(
-                    domain_strategy=cast(
-                        "Literal['AsIs', 'UseIP', 'UseIPv4', 'UseIPv6']", strategy
-                    ),
-                    redirect=freedom.redirect or None,
-                )
+                settings = self.freedom(freedom, settings_path)
         else:
             blackhole = self.decode(raw.settings, BlackholeV2, settings_path)
             settings = None
@@ -621,6 +682,33 @@ class Normalizer:
             protocol=cast("Literal['vmess', 'freedom', 'blackhole']", protocol),
             settings=settings,
             stream=stream,
+        )
+
+    def freedom(self, freedom: FreedomV2, path: str) -> model.FreedomSettings | None:
+        given, where = freedom.domain_strategy, f"{path}.domainStrategy"
+        if freedom.target_strategy:
+            given, where = freedom.target_strategy, f"{path}.targetStrategy"
+        strategy = FREEDOM_STRATEGIES.get(given.lower())
+        if strategy is None:
+            self.error("expected AsIs, UseIP, UseIPv4 or UseIPv6", where)
+            return None
+        if freedom.final_rules:
+            self.error(
+                "finalRules are not supported yet (freedom would not apply them)",
+                f"{path}.finalRules",
+            )
+            return None
+        if freedom.ips_blocked:
+            LOGGER.warning(
+                "%s: %s.ipsBlocked is ignored (Xray removed it for finalRules)",
+                self.source,
+                path,
+            )
+        return model.FreedomSettings(
+            domain_strategy=cast(
+                "Literal['AsIs', 'UseIP', 'UseIPv4', 'UseIPv6']", strategy
+            ),
+            redirect=freedom.redirect or None,
         )
 
     def vmess_outbound(
@@ -743,16 +831,22 @@ class Normalizer:
         stream = self.decode(raw, StreamV2, path)
         if stream is None:
             return None
-        network = stream.network.lower()
+        given, where = stream.network, f"{path}.network"
+        if stream.method is not None:
+            given, where = stream.method, f"{path}.method"
+        network = given.lower()
         if network in NOT_SUPPORTED_NETWORKS:
             self.error(
                 f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
                 " (vtrio has tcp, ws and tls)",
-                f"{path}.network",
+                where,
             )
             return None
         if network not in ("tcp", "raw", "ws", "websocket"):
-            self.error(f"unknown network {stream.network!r}", f"{path}.network")
+            self.error(f"unknown network {given!r}", where)
+            return None
+        if stream.finalmask:
+            self.error("finalmask is not supported yet", f"{path}.finalmask")
             return None
         tcp = stream.tcp_settings or stream.raw_settings
         if tcp is not None and tcp.header is not None and tcp.header.type != "none":
@@ -800,6 +894,21 @@ class Normalizer:
                 self.error("security is tls but tlsSettings has no certificates", path)
                 return None
             return model.TLSSettings()
+        for name, label in UNSUPPORTED_TLS.items():
+            if getattr(tls, name):
+                self.error(
+                    f"{label} is not supported yet, and vtrio will not drop it"
+                    " silently",
+                    f"{path}.{_json_name(TlsV2, name)}",
+                )
+                return None
+        if tls.fingerprint:
+            LOGGER.warning(
+                "%s: %s.fingerprint %r is ignored: vtrio's TLS hello is Python's own",
+                self.source,
+                path,
+                tls.fingerprint,
+            )
         certificates = []
         for index, cert in enumerate(tls.certificates or []):
             where = f"{path}.certificates[{index}]"
@@ -832,7 +941,7 @@ class Normalizer:
             return None
         return model.TLSSettings(
             server_name=tls.server_name,
-            alpn=tuple(tls.alpn or ()),
+            alpn=tuple(_as_list(tls.alpn)),
             certificates=tuple(certificates),
             allow_insecure=tls.allow_insecure,
             disable_system_root=tls.disable_system_root,
@@ -873,7 +982,9 @@ class Normalizer:
             seen: set[str] = set()
             for index, tag in enumerate(tags):
                 if tag and tag in seen:
-                    self.error(f"tag {tag!r} is used twice", f"$.{kind}[{index}].tag")
+                    self.error(
+                        f"tag {tag!r} is used twice", f"{self._paths[kind][index]}.tag"
+                    )
                 seen.add(tag)
         inbound_tags = {i.tag for i in config.inbounds}
         outbound_tags = {o.tag for o in config.outbounds}
@@ -893,7 +1004,7 @@ class Normalizer:
                 or not settings.detour_to
             ):
                 continue
-            path = f"$.inbounds[{index}].settings.detour.to"
+            path = f"{self._paths['inbounds'][index]}.settings.detour.to"
             try:
                 target = config.inbound(settings.detour_to)
             except KeyError:
@@ -921,10 +1032,49 @@ class Normalizer:
         del root
 
 
+# v2ray's spellings of the domain strategies (compared in lower case).
+_DOMAIN_STRATEGIES = {
+    "asis": "AsIs",
+    "ipifnonmatch": "IPIfNonMatch",
+    "ip-if-non-match": "IPIfNonMatch",
+    "ipondemand": "IPOnDemand",
+    "ip-on-demand": "IPOnDemand",
+}
+
+
+def _legacy_first(root: RootV2, kind: str) -> list[tuple[str, Any]]:
+    """Inbounds or outbounds with their paths, in v2ray 4's order: v2ray 3's
+    single ``inbound``/``outbound`` first (the outbound is then the default),
+    then its ``inboundDetour``/``outboundDetour``, then the list; the root's
+    ``port`` is the first inbound's when that has none."""
+    single = getattr(root, kind)
+    entries: list[tuple[str, Any]] = [(f"$.{kind}", single)] if single else []
+    entries += [
+        (f"$.{kind}Detour[{index}]", entry)
+        for index, entry in enumerate(getattr(root, f"{kind}_detour"))
+    ]
+    entries += [
+        (f"$.{kind}s[{index}]", entry)
+        for index, entry in enumerate(getattr(root, f"{kind}s"))
+    ]
+    if kind == "inbound" and root.port and entries and entries[0][1].port is None:
+        path, first = entries[0]
+        entries[0] = (path, msgspec.structs.replace(first, port=root.port))
+    return entries
+
+
+def _json_name(struct: type[msgspec.Struct], name: str) -> str:
+    """The JSON spelling of a dialect struct's field."""
+    return next(f.encode_name for f in msgspec.structs.fields(struct) if f.name == name)
+
+
 def _as_list(value: list[str] | str | None) -> list[str]:
+    """v2ray's string list: a JSON list, or one string of comma-separated
+    items."""
     if value is None:
         return []
-    return [value] if isinstance(value, str) else list(value)
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
 
 
 def _ranges(ports: tuple[int, ...]) -> tuple[tuple[int, int], ...]:

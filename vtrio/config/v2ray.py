@@ -82,23 +82,42 @@ class RuleV2(V2Base):
     balancer_tag: str | None = None
     inbound_tag: list[str] | str | None = None
     domain: list[str] | str | None = None
-    domains: list[str] | None = None
+    domains: list[str] | str | None = None
     ip: list[str] | str | None = None
     port: Port | None = None
-    network: str | None = None
+    network: list[str] | str | None = None
+    # Conditions vtrio refuses by name (normalize.UNSUPPORTED_RULE_CONDITIONS).
     source: msgspec.Raw = ABSENT
     source_port: msgspec.Raw = ABSENT
     user: msgspec.Raw = ABSENT
     protocol: msgspec.Raw = ABSENT
     attrs: msgspec.Raw = ABSENT
+    source_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="sourceIP")  # Xray
+    local_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="localIP")  # Xray
+    local_port: msgspec.Raw = ABSENT  # Xray
+    vless_route: msgspec.Raw = ABSENT  # Xray
+    process: msgspec.Raw = ABSENT  # Xray
+    webhook: msgspec.Raw = ABSENT  # Xray
     rule_tag: str | None = None
+    domain_matcher: str | None = None  # a matching algorithm; same results
+
+
+class RoutingSettingsV2(V2Base):
+    """v2ray 3's ``routing.settings``, still read by v2ray 4."""
+
+    domain_strategy: str | None = None
+    rules: list[RuleV2] = []
 
 
 class RoutingV2(V2Base):
-    domain_strategy: str = "AsIs"
+    domain_strategy: str | None = None
     domain_matcher: str | None = None
     rules: list[RuleV2] = []
     balancers: msgspec.Raw = ABSENT
+    # v2ray 3's layout: {"strategy": "rules", "settings": {...}}; its rules
+    # follow the top-level ones.
+    strategy: str | None = None
+    settings: RoutingSettingsV2 | None = None
 
 
 class RootV2(V2Base):
@@ -107,6 +126,12 @@ class RootV2(V2Base):
     outbounds: list[OutboundV2] = []
     routing: RoutingV2 | None = None
     policy: PolicyV2 | None = None
+    # v2ray 3's layout, which v2ray 4 still reads (normalize.py orders them).
+    port: int | None = None
+    inbound: InboundV2 | None = None
+    outbound: OutboundV2 | None = None
+    inbound_detour: list[InboundV2] = []
+    outbound_detour: list[OutboundV2] = []
     # Accepted and ignored (a warning names each one present).
     dns: msgspec.Raw = ABSENT
     stats: msgspec.Raw = ABSENT
@@ -118,6 +143,11 @@ class RootV2(V2Base):
     burst_observatory: msgspec.Raw = ABSENT
     metrics: msgspec.Raw = ABSENT
     browser_forwarder: msgspec.Raw = ABSENT
+    services: msgspec.Raw = ABSENT  # v2ray 4.38+
+    multi_observatory: msgspec.Raw = ABSENT  # v2fly 5's v4 form
+    geodata: msgspec.Raw = ABSENT  # Xray
+    env: msgspec.Raw = ABSENT  # Xray
+    version: msgspec.Raw = ABSENT  # Xray
 
 
 IGNORED_SECTIONS = (
@@ -131,6 +161,11 @@ IGNORED_SECTIONS = (
     "burst_observatory",
     "metrics",
     "browser_forwarder",
+    "services",
+    "multi_observatory",
+    "geodata",
+    "env",
+    "version",
 )
 
 # --- protocol settings --------------------------------------------------------
@@ -196,6 +231,7 @@ class AccountV2(V2Base):
 class SocksInboundV2(V2Base):
     auth: str = "noauth"
     accounts: list[AccountV2] = []
+    users: list[AccountV2] = []  # Xray's other name for accounts
     udp: bool = False
     ip: str | None = None
     timeout: int | None = None  # v2ray 4, deprecated there; ignored
@@ -204,6 +240,7 @@ class SocksInboundV2(V2Base):
 
 class HttpInboundV2(V2Base):
     accounts: list[AccountV2] = []
+    users: list[AccountV2] = []  # Xray's other name for accounts
     allow_transparent: bool = False
     timeout: int | None = None
     user_level: int = 0
@@ -212,14 +249,20 @@ class HttpInboundV2(V2Base):
 class DokodemoInboundV2(V2Base):
     address: str | None = None
     port: Port | None = None
-    network: str = "tcp"
+    network: list[str] | str | None = None
+    # Xray's newer names for address, port and network (the old ones win).
+    rewrite_address: str | None = None
+    rewrite_port: Port | None = None
+    allowed_network: list[str] | str | None = None
+    port_map: dict[str, str] = {}  # Xray; refused unless empty
     follow_redirect: bool = False
     timeout: int | None = None
     user_level: int = 0
 
 
 class FreedomV2(V2Base):
-    domain_strategy: str = "AsIs"
+    domain_strategy: str = ""
+    target_strategy: str = ""  # Xray's newer name; it wins
     redirect: str | None = None
     timeout: int | None = None  # v2ray 4, deprecated there; ignored
     user_level: int = 0
@@ -227,6 +270,8 @@ class FreedomV2(V2Base):
     fragment: msgspec.Raw = ABSENT
     noises: msgspec.Raw = ABSENT
     proxy_protocol: int | None = None
+    ips_blocked: msgspec.Raw = ABSENT  # removed by Xray, which warns
+    final_rules: list[msgspec.Raw] = []  # Xray; refused unless empty
 
 
 class BlackholeResponseV2(V2Base):
@@ -253,18 +298,34 @@ class CertificateV2(V2Base):
 
 class TlsV2(V2Base):
     server_name: str | None = None
-    alpn: list[str] | None = None
+    alpn: list[str] | str | None = None
     certificates: list[CertificateV2] | None = None
     allow_insecure: bool = False
     disable_system_root: bool = False
     min_version: str | None = None
     max_version: str | None = None
     cipher_suites: str | None = None
-    # Xray uTLS fingerprint and friends: accepted, not reproducible here.
-    fingerprint: str | None = None
-    reject_unknown_sni: bool | None = None
     enable_session_resumption: bool | None = None
-    pinned_peer_certificate_chain_sha256: list[str] | None = None
+    # Xray's uTLS fingerprint: accepted, not reproducible here (a warning).
+    fingerprint: str | None = None
+    # Xray: key preferences and a debugging key log, ignored.
+    curve_preferences: list[str] | str | None = None
+    master_key_log: str | None = None
+    ech_sockopt: msgspec.Raw = ABSENT
+    # Checks and features vtrio does not have: refused when set, since
+    # ignoring them would weaken what the config asks for
+    # (normalize.UNSUPPORTED_TLS).
+    reject_unknown_sni: bool = False
+    verify_client_certificate: bool = False  # v2ray 4.42+
+    pinned_peer_certificate_chain_sha256: list[str] | None = None  # v2ray
+    pinned_peer_certificate_public_key_sha256: list[str] | None = None  # Xray
+    pinned_peer_cert_sha256: str = ""  # Xray
+    verify_peer_cert_by_name: str = ""  # Xray
+    verify_peer_cert_in_names: list[str] | None = None  # Xray
+    server_name_to_verify: str = ""  # Xray
+    ech_server_keys: str = ""  # Xray
+    ech_config_list: str = ""  # Xray
+    ech_force_query: str = ""  # Xray
 
 
 class WebSocketV2(V2Base):
@@ -291,6 +352,7 @@ class TcpV2(V2Base):
 
 class StreamV2(V2Base):
     network: str = "tcp"
+    method: str | None = None  # Xray's newer name for network; it wins
     security: str = "none"
     tls_settings: TlsV2 | None = None
     ws_settings: WebSocketV2 | None = None
@@ -307,3 +369,7 @@ class StreamV2(V2Base):
     xhttp_settings: msgspec.Raw = ABSENT
     splithttp_settings: msgspec.Raw = ABSENT
     reality_settings: msgspec.Raw = ABSENT
+    gun_settings: msgspec.Raw = ABSENT
+    hysteria_settings: msgspec.Raw = ABSENT
+    hy2_settings: msgspec.Raw = ABSENT
+    finalmask: msgspec.Raw = ABSENT  # Xray's packet masks; refused when set

@@ -1,0 +1,485 @@
+"""Configs that load in v2ray or Xray load the same way here.
+
+Go's JSON decoder matches keys ignoring case and reads null as absent; v2ray 4
+still reads v2ray 3's layout; Xray renamed fields and added new ones; both
+take "a,b" where a list is meant. What vtrio cannot do is refused by name,
+never dropped, when dropping it would weaken the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtrio.config import loads, model
+from vtrio.config.jsonc import strip_comments
+from vtrio.errors import ConfigErrors
+
+USER = "b831381d-6324-4d53-ad4f-8cda48b30811"
+
+
+def vmess_in(**extra: Any) -> dict[str, Any]:
+    return {
+        "tag": "in",
+        "port": 10086,
+        "protocol": "vmess",
+        "settings": {"clients": [{"id": USER}]},
+        **extra,
+    }
+
+
+def document(**root: Any) -> str:
+    base: dict[str, Any] = {
+        "inbounds": [vmess_in()],
+        "outbounds": [{"protocol": "freedom", "tag": "direct"}],
+    }
+    return json.dumps({**base, **root})
+
+
+def errors(text: str) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigErrors) as info:
+        loads(text, source="t.json", environ={})
+    return [(error.path, error.message) for error in info.value.errors]
+
+
+def test_keys_match_fields_ignoring_case_and_null_means_absent() -> None:
+    text = json.dumps(
+        {
+            "Log": {"LogLevel": "info", "access": None},
+            "inbounds": [
+                {
+                    "Port": 10086,
+                    "protocol": "vmess",
+                    "tag": None,
+                    "listen": None,
+                    "Settings": {
+                        "clients": [
+                            {"ID": USER, "alterID": 4, "Email": "a@b", "level": None}
+                        ]
+                    },
+                    "streamSettings": {
+                        "Network": "ws",
+                        "wsSettings": {"Path": "/v", "headers": {"User-Agent": "u"}},
+                    },
+                    "sniffing": None,
+                }
+            ],
+            "outbounds": [{"protocol": "freedom", "settings": None}],
+            "routing": None,
+        }
+    )
+    config = loads(text, environ={})
+    inbound = config.inbounds[0]
+    assert (inbound.tag, inbound.ports) == ("", (10086,))
+    assert isinstance(inbound.settings, model.VMessInboundSettings)
+    (user,) = inbound.settings.users
+    assert (user.id, user.alter_id, user.email, user.level) == (
+        uuid.UUID(USER),
+        4,
+        "a@b",
+        0,
+    )
+    assert (inbound.stream.network, inbound.stream.ws.path) == ("ws", "/v")
+    assert inbound.stream.ws.headers == (("User-Agent", "u"),)  # data keep case
+    assert config.log.level == "info"
+
+
+def test_the_later_of_two_spellings_wins_as_in_go() -> None:
+    clients = f'[{{"id": "{USER}", "alterId": 1, "alterID": 2}}]'
+    text = document(inbounds=[vmess_in(settings={})]).replace(
+        '"settings": {}', f'"settings": {{"clients": {clients}}}'
+    )
+    settings = loads(text, environ={}).inbounds[0].settings
+    assert isinstance(settings, model.VMessInboundSettings)
+    assert settings.users[0].alter_id == 2
+
+
+def test_unknown_keys_are_still_refused_by_name() -> None:
+    found = errors(document(inbounds=[vmess_in(colour="red")]))
+    assert found == [("$.inbounds[0]", "Object contains unknown field `colour`")]
+
+
+def test_v2ray_3_layout_is_read_in_v2ray_4_order() -> None:
+    text = json.dumps(
+        {
+            "port": 10086,
+            "inbound": {"protocol": "vmess", "settings": {"clients": [{"id": USER}]}},
+            "outbound": {"protocol": "freedom", "tag": "direct"},
+            "inboundDetour": [{"protocol": "socks", "port": 1080, "tag": "socks"}],
+            "outboundDetour": [{"protocol": "blackhole", "tag": "blocked"}],
+            "inbounds": [{"protocol": "http", "port": 8080, "tag": "http"}],
+            "routing": {
+                "strategy": "rules",
+                "rules": [{"port": 25, "outboundTag": "blocked"}],
+                "settings": {
+                    "domainStrategy": "IPIfNonMatch",
+                    "rules": [{"ip": ["10.0.0.0/8"], "outboundTag": "blocked"}],
+                },
+            },
+        }
+    )
+    config = loads(text, environ={})
+    assert [(i.protocol, i.ports) for i in config.inbounds] == [
+        ("vmess", (10086,)),
+        ("socks", (1080,)),
+        ("http", (8080,)),
+    ]
+    assert [o.tag for o in config.outbounds] == ["direct", "blocked"]
+    assert config.routing.domain_strategy == "IPIfNonMatch"
+    top, legacy = config.routing.rules
+    assert top.ports == ((25, 25),)
+    assert legacy.ips
+    assert not legacy.ports
+
+
+def test_v2ray_3_layout_errors_name_their_own_paths() -> None:
+    text = json.dumps(
+        {
+            "inbound": {"protocol": "vmess", "port": 1, "tag": "a"},
+            "inboundDetour": [{"protocol": "socks", "port": "x"}],
+            "inbounds": [{"protocol": "socks", "port": 2, "tag": "a"}],
+            "routing": {"settings": {"domainStrategy": "Sometimes"}},
+        }
+    )
+    paths = [path for path, _ in errors(text)]
+    assert paths == [
+        "$.inboundDetour[0].port",
+        "$.routing.settings.domainStrategy",
+        "$.inbounds[0].tag",  # the tag "a" of $.inbound, used again
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("ip_if_non_match", "IPIfNonMatch"),
+        ("ipondemand", "IPOnDemand"),
+        ("asis", "AsIs"),
+    ],
+)
+def test_routing_domain_strategies_in_v2ray_spellings(
+    given: str, expected: str
+) -> None:
+    config = loads(document(routing={"domainStrategy": given}), environ={})
+    assert config.routing.domain_strategy == expected
+
+
+def test_xray_names_for_tunnel_socks_freedom_and_stream() -> None:
+    text = json.dumps(
+        {
+            "inbounds": [
+                {
+                    "protocol": "tunnel",
+                    "port": 5353,
+                    "settings": {
+                        "rewriteAddress": "1.1.1.1",
+                        "rewritePort": 53,
+                        "allowedNetwork": ["tcp", "udp"],
+                        "portMap": {},
+                    },
+                },
+                {
+                    "protocol": "socks",
+                    "port": 1080,
+                    "settings": {
+                        "auth": "password",
+                        "users": [{"user": "u", "pass": "p"}],
+                    },
+                },
+                vmess_in(streamSettings={"network": "tcp", "method": "ws"}),
+            ],
+            "outbounds": [
+                {
+                    "protocol": "freedom",
+                    "settings": {"domainStrategy": "AsIs", "targetStrategy": "useipv4"},
+                }
+            ],
+        }
+    )
+    config = loads(text, environ={})
+    tunnel, socks, vmess = config.inbounds
+    assert isinstance(tunnel.settings, model.DokodemoInboundSettings)
+    assert (tunnel.settings.address, tunnel.settings.port) == ("1.1.1.1", 53)
+    assert tunnel.settings.networks == {"tcp", "udp"}
+    assert isinstance(socks.settings, model.SocksInboundSettings)
+    assert socks.settings.accounts == (model.Account("u", "p"),)
+    assert vmess.stream.network == "ws"
+    freedom = config.outbounds[0].settings
+    assert isinstance(freedom, model.FreedomSettings)
+    assert freedom.domain_strategy == "UseIPv4"
+
+
+def test_comma_strings_where_lists_are_meant() -> None:
+    text = json.dumps(
+        {
+            "inbounds": [
+                vmess_in(
+                    streamSettings={
+                        "security": "tls",
+                        "tlsSettings": {
+                            "alpn": "h2,http/1.1",
+                            "certificates": [
+                                {
+                                    "certificate": ["C"],
+                                    "key": ["K"],
+                                    "usage": "encipherment",
+                                }
+                            ],
+                        },
+                    }
+                )
+            ],
+            "outbounds": [{"protocol": "freedom", "tag": "direct"}],
+            "routing": {
+                "rules": [
+                    {
+                        "domain": "full:a.test,b.test",
+                        "network": ["tcp", "udp"],
+                        "outboundTag": "direct",
+                    }
+                ]
+            },
+        }
+    )
+    config = loads(text, environ={})
+    assert config.inbounds[0].stream.tls.alpn == ("h2", "http/1.1")
+    (rule,) = config.routing.rules
+    assert len(rule.domains) == 2
+    assert rule.networks == {"tcp", "udp"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pinnedPeerCertificateChainSha256", ["aGFzaA=="]),
+        ("pinnedPeerCertSha256", "ab" * 32),
+        ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
+        ("verifyPeerCertByName", "example.com"),
+        ("verifyPeerCertInNames", ["example.com"]),
+        ("serverNameToVerify", "example.com"),
+        ("echConfigList", "AEX+DQ"),
+        ("echForceQuery", "full"),
+        ("rejectUnknownSni", True),
+        ("verifyClientCertificate", True),
+        ("echServerKeys", "AEX+DQ"),
+    ],
+)
+def test_tls_checks_vtrio_lacks_are_refused_not_dropped(
+    field: str, value: object
+) -> None:
+    stream = {"security": "tls", "tlsSettings": {"serverName": "h", field: value}}
+    text = document(
+        outbounds=[
+            {
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [{"address": "h", "port": 1, "users": [{"id": USER}]}]
+                },
+                "streamSettings": stream,
+            }
+        ]
+    )
+    ((path, message),) = errors(text)
+    assert path == f"$.outbounds[0].streamSettings.tlsSettings.{field}"
+    assert "not supported yet" in message
+
+
+def test_tls_settings_that_change_nothing_checked_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = {
+        "security": "tls",
+        "tlsSettings": {
+            "fingerprint": "chrome",
+            "curvePreferences": "X25519,CurveP256",
+            "masterKeyLog": "",
+            "echServerKeys": "",
+            "rejectUnknownSni": False,
+        },
+    }
+    text = document(
+        outbounds=[
+            {
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [{"address": "h", "port": 1, "users": [{"id": USER}]}]
+                },
+                "streamSettings": stream,
+            }
+        ]
+    )
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        loads(text, environ={})
+    assert any(
+        "fingerprint 'chrome' is ignored" in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "path", "fragment"),
+    [
+        (
+            {
+                "inbounds": [
+                    {
+                        "protocol": "tunnel",
+                        "port": 1,
+                        "settings": {
+                            "address": "a",
+                            "port": 2,
+                            "portMap": {"1": "b:3"},
+                        },
+                    }
+                ]
+            },
+            "$.inbounds[0].settings.portMap",
+            "portMap is not supported",
+        ),
+        (
+            {
+                "outbounds": [
+                    {
+                        "protocol": "freedom",
+                        "settings": {
+                            "finalRules": [{"action": "block", "ip": ["10.0.0.0/8"]}]
+                        },
+                    }
+                ]
+            },
+            "$.outbounds[0].settings.finalRules",
+            "finalRules are not supported",
+        ),
+        (
+            {"inbounds": [vmess_in(streamSettings={"finalmask": {"udp": []}})]},
+            "$.inbounds[0].streamSettings.finalmask",
+            "finalmask is not supported",
+        ),
+        (
+            {"inbounds": [vmess_in(streamSettings={"method": "hysteria"})]},
+            "$.inbounds[0].streamSettings.method",
+            "Hysteria transport is not supported",
+        ),
+        (
+            {
+                "routing": {
+                    "rules": [{"sourceIP": ["10.0.0.1"], "outboundTag": "direct"}]
+                }
+            },
+            "$.routing.rules[0]",
+            "rule condition 'sourceIP' is not supported",
+        ),
+        (
+            {
+                "outbounds": [
+                    {
+                        "protocol": "freedom",
+                        "settings": {"domainStrategy": "ForceIPv6v4"},
+                    }
+                ]
+            },
+            "$.outbounds[0].settings.domainStrategy",
+            "expected AsIs, UseIP",
+        ),
+    ],
+)
+def test_what_vtrio_lacks_is_refused_by_name(
+    settings: dict[str, Any], path: str, fragment: str
+) -> None:
+    found = errors(document(**settings))
+    assert any(p == path and fragment in m for p, m in found), found
+
+
+def test_v2ray_and_xray_fields_without_effect_here_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = document(
+        inbounds=[
+            vmess_in(settings={"clients": [{"id": USER, "security": "auto"}]}),
+            {"protocol": "socks", "port": 1080, "settings": {"timeout": 300}},
+        ],
+        outbounds=[
+            {
+                "protocol": "freedom",
+                "tag": "direct",
+                "settings": {"timeout": 10, "ipsBlocked": ["1.2.3.4"]},
+            }
+        ],
+        geodata={"path": "/usr/share/xray"},
+        env={"XRAY_LOCATION_ASSET": "/x"},
+        version={"min": "25.0.0"},
+        services={},
+        routing={
+            "rules": [
+                {"domainMatcher": "mph", "ip": ["10.0.0.0/8"], "outboundTag": "direct"}
+            ]
+        },
+    )
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        config = loads(text, environ={})
+    assert len(config.inbounds) == 2
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for section in ("geodata", "env", "version", "services", "ipsBlocked"):
+        assert section in messages
+
+
+def test_log_none_means_no_log_not_a_file_named_none(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vtrio.cli import _setup_logging
+
+    config = loads(document(log={"access": "none", "error": "none"}), environ={})
+    assert (config.log.access, config.log.access_off) == (None, True)
+    assert (config.log.error, config.log.error_off) == (None, True)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    access = logging.getLogger("vtrio.access")
+    saved = (root.handlers[:], root.level, access.handlers[:], access.propagate)
+    try:
+        _setup_logging(config.log, None)
+        logging.getLogger("vtrio.access").info("from a:1 closed tcp:b:2")
+        logging.getLogger("vtrio").error("an error")
+        assert not access.propagate
+        assert all(isinstance(h, logging.NullHandler) for h in root.handlers)
+    finally:
+        root.handlers[:], access.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        access.propagate = saved[3]
+    assert list(tmp_path.iterdir()) == []
+
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[2] / "configs").glob("*.json*"))
+
+
+def _recased(value: Any, pick: Any) -> Any:
+    """Every object key in another case, except inside data maps (headers)."""
+    if isinstance(value, list):
+        return [_recased(item, pick) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        spelled = pick([key, key.upper(), key.lower(), key.swapcase()])
+        out[spelled] = item if key == "headers" else _recased(item, pick)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(path=st.sampled_from(CONFIGS), data=st.data())
+def test_any_key_case_loads_the_same_config(path: pathlib.Path, data: Any) -> None:
+    original = json.loads(strip_comments(path.read_bytes()))
+
+    def pick(options: list[str]) -> str:
+        return str(data.draw(st.sampled_from(options)))
+
+    recased = _recased(original, pick)
+    environ: dict[str, str] = {}
+    assert loads(json.dumps(recased), environ=environ) == loads(
+        json.dumps(original), environ=environ
+    )
