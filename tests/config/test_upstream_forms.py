@@ -483,3 +483,26 @@ def test_any_key_case_loads_the_same_config(path: pathlib.Path, data: Any) -> No
     assert loads(json.dumps(recased), environ=environ) == loads(
         json.dumps(original), environ=environ
     )
+
+
+def test_root_transport_fills_the_streams_without_settings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = document(
+        inbounds=[
+            vmess_in(streamSettings={"network": "ws"}),
+            vmess_in(
+                tag="own",
+                port=10087,
+                streamSettings={"network": "ws", "wsSettings": {"path": "/own"}},
+            ),
+        ],
+        transport={"wsSettings": {"path": "/ray"}, "kcpSettings": {"mtu": 1350}},
+    )
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        config = loads(text, environ={})
+    assert [i.stream.ws.path for i in config.inbounds] == ["/ray", "/own"]
+    assert config.outbounds[0].stream.network == "tcp"
+    assert not caplog.records
+    found = errors(document(transport={"wsSettings": {"path": 7}}))
+    assert found[0][0] == "$.transport.wsSettings.path"

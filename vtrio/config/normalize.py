@@ -37,6 +37,7 @@ from vtrio.config.v2ray import (
     SocksInboundV2,
     StreamV2,
     TlsV2,
+    TransportV2,
     VMessInboundV2,
 )
 from vtrio.config.xray import VMessOutboundXray
@@ -241,6 +242,7 @@ class Normalizer:
         self.source = source
         self.environ = dict(os.environ) if environ is None else environ
         self.errors: list[ConfigError] = []
+        self._transport: TransportV2 | None = None
         # The JSON path each built inbound and outbound came from.
         self._paths: dict[str, list[str]] = {"inbounds": [], "outbounds": []}
 
@@ -259,6 +261,7 @@ class Normalizer:
             return None
 
     def run(self, root: RootV2) -> model.Config:
+        self._transport = root.transport
         for name in IGNORED_SECTIONS:
             if getattr(root, name):
                 LOGGER.warning(
@@ -820,7 +823,8 @@ class Normalizer:
     def stream(
         self, raw: msgspec.Raw, path: str, *, server: bool
     ) -> model.StreamSettings | None:
-        if not raw:
+        transport = self._transport
+        if not raw and transport is None:
             return model.StreamSettings()
         if b'"transport"' in bytes(raw) and b'"network"' not in bytes(raw):
             self.error(
@@ -831,6 +835,13 @@ class Normalizer:
         stream = self.decode(raw, StreamV2, path)
         if stream is None:
             return None
+        if transport is not None:
+            stream = msgspec.structs.replace(
+                stream,
+                tcp_settings=stream.tcp_settings
+                or (None if stream.raw_settings else transport.tcp_settings),
+                ws_settings=stream.ws_settings or transport.ws_settings,
+            )
         given, where = stream.network, f"{path}.network"
         if stream.method is not None:
             given, where = stream.method, f"{path}.method"

@@ -137,7 +137,7 @@ class RootV2(V2Base):
     stats: msgspec.Raw = ABSENT
     api: msgspec.Raw = ABSENT
     reverse: msgspec.Raw = ABSENT
-    transport: msgspec.Raw = ABSENT
+    transport: TransportV2 | None = None
     fakedns: msgspec.Raw = ABSENT
     observatory: msgspec.Raw = ABSENT
     burst_observatory: msgspec.Raw = ABSENT
@@ -155,7 +155,6 @@ IGNORED_SECTIONS = (
     "stats",
     "api",
     "reverse",
-    "transport",
     "fakedns",
     "observatory",
     "burst_observatory",
@@ -373,3 +372,15 @@ class StreamV2(V2Base):
     hysteria_settings: msgspec.Raw = ABSENT
     hy2_settings: msgspec.Raw = ABSENT
     finalmask: msgspec.Raw = ABSENT  # Xray's packet masks; refused when set
+
+
+class TransportV2(V2Base):
+    """v2ray 4's root ``transport``: the settings of every stream that has
+    none of its own."""
+
+    tcp_settings: TcpV2 | None = None
+    ws_settings: WebSocketV2 | None = None
+    kcp_settings: msgspec.Raw = ABSENT
+    http_settings: msgspec.Raw = ABSENT
+    ds_settings: msgspec.Raw = ABSENT
+    quic_settings: msgspec.Raw = ABSENT
