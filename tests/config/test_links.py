@@ -87,6 +87,13 @@ def test_uri_form() -> None:
         ),
         (v2rayn({"add": "", "port": 1, "id": str(USER)}), "no server address"),
         (v2rayn({"add": "h", "port": 1, "id": ""}), "id is empty"),
+        (v2rayn({"add": "h", "port": 1, "id": str(USER), "aid": "x"}), "alterId"),
+        (v2rayn({"add": "h", "port": 1, "id": str(USER), "aid": -1}), "alterId"),
+        (
+            v2rayn({"add": "h", "port": 1, "id": str(USER), "type": "http"}),
+            "TCP header 'http' (obfuscation) is not supported",
+        ),
+        (f"vmess://{USER}@h:1?type=tcp&headerType=http", "is not supported"),
     ],
 )
 def test_bad_links_are_config_errors(text: str, fragment: str) -> None:
@@ -144,3 +151,14 @@ def test_client_config_is_a_socks_entry_to_the_server() -> None:
     assert inbound.settings.udp
     with pytest.raises(ConfigError):
         client_config(link, "1081")
+
+
+def test_ipv6_server_in_brackets_and_websocket_type_field() -> None:
+    link = parse_link(
+        v2rayn(
+            {"add": "[2001:db8::1]", "port": "443", "id": str(USER), "aid": " 0 "}
+            | {"net": "ws", "type": "none", "path": "/p"}
+        )
+    )
+    assert (link.address, link.port, link.user.alter_id) == ("2001:db8::1", 443, 0)
+    assert (link.stream.network, link.stream.ws.path) == ("ws", "/p")

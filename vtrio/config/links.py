@@ -53,12 +53,24 @@ def _b64decode(text: str) -> bytes:
 
 
 def _stream(
-    net: str, host: str, path: str, tls: str, sni: str, alpn: str, insecure: bool
+    net: str,
+    header: str,
+    host: str,
+    path: str,
+    tls: str,
+    sni: str,
+    alpn: str,
+    insecure: bool,
 ) -> model.StreamSettings:
     network = (net or "tcp").lower()
     if network not in ("tcp", "ws", "websocket", "raw"):
         raise ConfigError(
             f"transport {net!r} is not supported yet (tcp or ws)", path="link.net"
+        )
+    if network in ("tcp", "raw") and header.lower() not in ("", "none"):
+        raise ConfigError(
+            f"TCP header {header!r} (obfuscation) is not supported yet",
+            path="link.type",
         )
     security = (tls or "none").lower()
     if security not in ("none", "tls", ""):
@@ -91,6 +103,19 @@ def _stream(
     )
 
 
+def _alter_id(text: str) -> int:
+    if not text.strip():
+        return 0
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise ConfigError(f"alterId must be in 0..65535, got {text!r}", path="link.aid")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    """A server address; an IPv6 literal may come in brackets."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
 def _port(value: object, path: str) -> int:
     ports = parse_ports(value if isinstance(value, int) else str(value), path)
     return ports[0]
@@ -121,16 +146,17 @@ def parse_link(text: str) -> Link:
         value = data.get(key, default)
         return default if value is None else str(value)
 
-    address = text_of("add")
+    address = _host(text_of("add").strip())
     if not address:
         raise ConfigError("the link has no server address", path="link.add")
     user = model.VMessUser(
         id=parse_id(text_of("id"), "link.id"),
-        alter_id=int(text_of("aid", "0") or 0),
+        alter_id=_alter_id(text_of("aid")),
         security=parse_security(text_of("scy", "auto") or "auto", "link.scy"),
     )
     stream = _stream(
         text_of("net"),
+        text_of("type"),
         text_of("host"),
         text_of("path"),
         text_of("tls"),
@@ -154,6 +180,7 @@ def _parse_uri(body: str) -> Link:
     )
     stream = _stream(
         query.get("type", "tcp"),
+        query.get("headerType", ""),
         query.get("host", ""),
         query.get("path", "/"),
         query.get("security", ""),
