@@ -35,6 +35,11 @@ def vmess_in(**extra: Any) -> dict[str, Any]:
     }
 
 
+def vmess_out(**extra: Any) -> dict[str, Any]:
+    server = {"address": "h", "port": 1, "users": [{"id": USER}]}
+    return {"protocol": "vmess", "settings": {"vnext": [server]}, **extra}
+
+
 def document(**root: Any) -> str:
     base: dict[str, Any] = {
         "inbounds": [vmess_in()],
@@ -275,17 +280,7 @@ def test_tls_checks_vtrio_lacks_are_refused_not_dropped(
     field: str, value: object
 ) -> None:
     stream = {"security": "tls", "tlsSettings": {"serverName": "h", field: value}}
-    text = document(
-        outbounds=[
-            {
-                "protocol": "vmess",
-                "settings": {
-                    "vnext": [{"address": "h", "port": 1, "users": [{"id": USER}]}]
-                },
-                "streamSettings": stream,
-            }
-        ]
-    )
+    text = document(outbounds=[vmess_out(streamSettings=stream)])
     ((path, message),) = errors(text)
     assert path == f"$.outbounds[0].streamSettings.tlsSettings.{field}"
     assert "not supported yet" in message
@@ -304,17 +299,7 @@ def test_tls_settings_that_change_nothing_checked_load(
             "rejectUnknownSni": False,
         },
     }
-    text = document(
-        outbounds=[
-            {
-                "protocol": "vmess",
-                "settings": {
-                    "vnext": [{"address": "h", "port": 1, "users": [{"id": USER}]}]
-                },
-                "streamSettings": stream,
-            }
-        ]
-    )
+    text = document(outbounds=[vmess_out(streamSettings=stream)])
     with caplog.at_level(logging.WARNING, "vtrio.config"):
         loads(text, environ={})
     assert any(
