@@ -14,11 +14,13 @@ import pathlib
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtrio.config import loads, model
+from vtrio.cli import _setup_logging
+from vtrio.config import loads, model, v2ray, xray
 from vtrio.config.jsonc import strip_comments
 from vtrio.errors import ConfigErrors
 
@@ -417,8 +419,6 @@ def test_v2ray_and_xray_fields_without_effect_here_load(
 def test_log_none_means_no_log_not_a_file_named_none(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vtrio.cli import _setup_logging
-
     config = loads(document(log={"access": "none", "error": "none"}), environ={})
     assert (config.log.access, config.log.access_off) == (None, True)
     assert (config.log.error, config.log.error_off) == (None, True)
@@ -491,3 +491,16 @@ def test_root_transport_fills_the_streams_without_settings(
     assert not caplog.records
     found = errors(document(transport={"wsSettings": {"path": 7}}))
     assert found[0][0] == "$.transport.wsSettings.path"
+
+
+def test_no_two_fields_of_a_dialect_struct_differ_only_in_case() -> None:
+    structs = [
+        value
+        for module in (v2ray, xray)
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, msgspec.Struct)
+    ]
+    assert len(structs) > 20
+    for struct in structs:
+        names = [field.encode_name for field in msgspec.structs.fields(struct)]
+        assert len({name.casefold() for name in names}) == len(names), struct
