@@ -1,4 +1,5 @@
-"""The SOCKS5 inbound: CONNECT and UDP ASSOCIATE (RFC 1928, RFC 1929).
+"""The SOCKS inbound: SOCKS5 CONNECT and UDP ASSOCIATE (RFC 1928, RFC 1929),
+and SOCKS4/4a CONNECT, as v2ray's socks inbound serves them.
 
 Theory of operation: the handshake is read from a :class:`BufferedStream`, so
 bytes a client pipelines behind its request are kept for the relay. CONNECT
@@ -6,6 +7,8 @@ dials the routed outbound and answers with the matching reply code (refused,
 unreachable, general failure). UDP ASSOCIATE binds a UDP socket next to the
 TCP one; each datagram names its own destination, and the association lives
 as long as the client keeps the TCP connection open (RFC 1928 section 7).
+SOCKS4 has no authentication, so an inbound that asks for a password
+refuses it, like v2ray.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("vtrio.net.socks")
 
 VERSION = 5
+SOCKS4_VERSION = 4
+SOCKS4_GRANTED, SOCKS4_REJECTED = 90, 91
+# A SOCKS4 user id or 4a host name ends with NUL within this many bytes.
+SOCKS4_FIELD_LIMIT = 255
 NO_AUTH, PASSWORD, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 CONNECT, BIND, UDP_ASSOCIATE = 1, 2, 3
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 3, 4
@@ -112,10 +119,53 @@ def _reply(code: int, address: Address = UNSPECIFIED, port: int = 0) -> bytes:
     return bytes((VERSION, code, 0)) + pack_socks_address(address, port)
 
 
+def _socks4_reply(code: int) -> bytes:
+    return bytes((0, code)) + bytes(6)  # port and address unused, as v2ray
+
+
+async def _socks4_request(
+    stream: BufferedStream, settings: SocksInboundSettings
+) -> tuple[int, Address, int]:
+    """Command, address and port of a SOCKS4/4a request (its version read).
+
+    Raises:
+        RemoteProtocolError: a password is required, or a field is too long.
+    """
+    command, port_high, port_low, *ip = await stream.receive_exactly(7)
+    address: Address = ipaddress.IPv4Address(bytes(ip))
+    try:
+        await stream.receive_until(b"\0", SOCKS4_FIELD_LIMIT)  # user id: unused
+        if ip[0] == 0:  # 4a: 0.0.0.x, the host name follows
+            host = await stream.receive_until(b"\0", SOCKS4_FIELD_LIMIT)
+            address = parse_address(host[:-1].decode("idna"))
+    except (ValueError, UnicodeError) as exc:
+        raise RemoteProtocolError(f"bad SOCKS4 request: {exc}") from exc
+    if settings.auth == "password":
+        await stream.send_all(_socks4_reply(SOCKS4_REJECTED))
+        raise RemoteProtocolError("SOCKS4 has no password; this inbound needs one")
+    return command, address, port_high << 8 | port_low
+
+
+async def _socks5_request(
+    stream: BufferedStream, settings: SocksInboundSettings
+) -> tuple[int, Address, int]:
+    """Command, address and port of a SOCKS5 request, after the method
+    negotiation (its version read)."""
+    await _authenticate(stream, settings)
+    _version, command, _ = await stream.receive_exactly(3)
+    head = await stream.receive_exactly(2)
+    if head[0] == ATYP_IPV4:
+        rest = await stream.receive_exactly(4 + 2 - 1)
+    elif head[0] == ATYP_IPV6:
+        rest = await stream.receive_exactly(16 + 2 - 1)
+    else:
+        rest = await stream.receive_exactly(head[1] + 2)
+    address, port, _ = unpack_socks_address(head + rest, 0)
+    return command, address, port
+
+
 async def _authenticate(stream: BufferedStream, settings: SocksInboundSettings) -> None:
-    version, count = await stream.receive_exactly(2)
-    if version != VERSION:
-        raise RemoteProtocolError(f"not SOCKS5 (version byte {version})")
+    (count,) = await stream.receive_exactly(1)
     methods = await stream.receive_exactly(count)
     wanted = PASSWORD if settings.auth == "password" else NO_AUTH
     if wanted not in methods:
@@ -144,27 +194,30 @@ async def handle_socks(
     raw: trio.abc.Stream,
     source: str,
 ) -> None:
-    """Serve one SOCKS5 client until its tunnel or association ends."""
+    """Serve one SOCKS client until its tunnel or association ends."""
     stream = BufferedStream(raw)
     with trio.fail_after(context.handshake_timeout()):
-        await _authenticate(stream, settings)
-        _version, command, _ = await stream.receive_exactly(3)
-        head = await stream.receive_exactly(2)
-        if head[0] == ATYP_IPV4:
-            rest = await stream.receive_exactly(4 + 2 - 1)
-        elif head[0] == ATYP_IPV6:
-            rest = await stream.receive_exactly(16 + 2 - 1)
+        (version,) = await stream.receive_exactly(1)
+        if version == VERSION:
+            command, address, port = await _socks5_request(stream, settings)
+        elif version == SOCKS4_VERSION:
+            command, address, port = await _socks4_request(stream, settings)
         else:
-            rest = await stream.receive_exactly(head[1] + 2)
-        address, port, _ = unpack_socks_address(head + rest, 0)
+            raise RemoteProtocolError(f"not SOCKS5 or 4 (version byte {version})")
     session = Session(inbound_tag=inbound.tag, source=source)
+    socks4 = version == SOCKS4_VERSION
     if command == CONNECT:
 
         async def connected() -> None:
-            await stream.send_all(_reply(SUCCEEDED))
+            await stream.send_all(
+                _socks4_reply(SOCKS4_GRANTED) if socks4 else _reply(SUCCEEDED)
+            )
 
         async def failed(exc: Exception) -> None:
-            await stream.send_all(_reply(reply_code(exc)))
+            # SOCKS4 has one code for every failure.
+            await stream.send_all(
+                _socks4_reply(SOCKS4_REJECTED) if socks4 else _reply(reply_code(exc))
+            )
 
         await run_tunnel(
             context,
@@ -174,6 +227,8 @@ async def handle_socks(
             on_connected=connected,
             on_failed=failed,
         )
+    elif socks4:  # BIND
+        await stream.send_all(_socks4_reply(SOCKS4_REJECTED))
     elif command == UDP_ASSOCIATE and settings.udp:
         await _associate(context, settings, stream, raw, session)
     else:

@@ -1,0 +1,117 @@
+"""SOCKS4 and 4a on the socks inbound, as v2ray's serves them: CONNECT only,
+one failure code, refused when the inbound wants a password."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+
+from tests.support.echo import serve_tcp_echo
+from tests.support.socks5 import receive_exactly
+from vtrio import server
+from vtrio.config import model
+
+LOOPBACK = "127.0.0.1"
+GRANTED, REJECTED = 90, 91
+
+
+def socks_config(
+    settings: model.SocksInboundSettings, *, handshake: float = 4
+) -> model.Config:
+    return model.Config(
+        policy=model.Policy({0: model.LevelPolicy(handshake=handshake)}),
+        inbounds=(
+            model.Inbound(
+                tag="socks-in",
+                protocol="socks",
+                listen=LOOPBACK,
+                ports=(0,),
+                settings=settings,
+            ),
+        ),
+        outbounds=(model.Outbound("direct", "freedom", model.FreedomSettings()),),
+    )
+
+
+def socks4_request(
+    port: int, *, ip: str = LOOPBACK, host: str = "", command: int = 1
+) -> bytes:
+    head = struct.pack("!BBH", 4, command, port) + socket.inet_aton(ip) + b"user\0"
+    return head + (host.encode() + b"\0" if host else b"")
+
+
+async def exchange(
+    proxy_port: int, request: bytes, payload: bytes = b""
+) -> tuple[bytes, bytes]:
+    """The 8-byte reply and what the payload brought back (b"" when refused)."""
+    stream = await trio.open_tcp_stream(LOOPBACK, proxy_port)
+    async with stream:
+        await stream.send_all(request + payload)  # pipelined, as clients do
+        reply = await receive_exactly(stream, 8)
+        echoed = (
+            await receive_exactly(stream, len(payload)) if reply[1] == GRANTED else b""
+        )
+        return reply, echoed
+
+
+async def closed_port() -> int:
+    sock = trio.socket.socket()
+    await sock.bind((LOOPBACK, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_socks4_and_4a_connect_relay_bytes_and_failures_get_91() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(
+                server.run, socks_config(model.SocksInboundSettings())
+            )
+            proxy = bound["socks-in"][0][1]
+            reply, echoed = await exchange(proxy, socks4_request(echo), b"four")
+            assert (reply, echoed) == (bytes((0, GRANTED)) + bytes(6), b"four")
+            reply, echoed = await exchange(
+                proxy, socks4_request(echo, ip="0.0.0.1", host="localhost"), b"4a"
+            )
+            assert (reply[1], echoed) == (GRANTED, b"4a")
+            reply, _ = await exchange(proxy, socks4_request(await closed_port()))
+            assert reply == bytes((0, REJECTED)) + bytes(6)
+            reply, _ = await exchange(proxy, socks4_request(echo, command=2))  # BIND
+            assert reply[1] == REJECTED
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("oversized", ["user", "host"])
+async def test_socks4_fields_without_their_nul_are_bounded(oversized: str) -> None:
+    """Refused at the limit, not at the (here one minute) handshake deadline."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            config = socks_config(model.SocksInboundSettings(), handshake=60)
+            bound = await nursery.start(server.run, config)
+            request = struct.pack("!BBH", 4, 1, 80) + socket.inet_aton("0.0.0.1")
+            request += b"x" * 300 if oversized == "user" else b"\0" + b"h" * 300
+            stream = await trio.open_tcp_stream(LOOPBACK, bound["socks-in"][0][1])
+            async with stream:
+                await stream.send_all(request)
+                assert await stream.receive_some(10) == b""  # closed, no reply
+            nursery.cancel_scope.cancel()
+
+
+async def test_socks4_is_refused_where_a_password_is_required() -> None:
+    settings = model.SocksInboundSettings(
+        auth="password", accounts=(model.Account("u", "p"),)
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, socks_config(settings))
+            reply, echoed = await exchange(
+                bound["socks-in"][0][1], socks4_request(echo), b"x"
+            )
+            assert (reply[1], echoed) == (REJECTED, b"")
+            nursery.cancel_scope.cancel()
