@@ -504,3 +504,13 @@ def test_no_two_fields_of_a_dialect_struct_differ_only_in_case() -> None:
     for struct in structs:
         names = [field.encode_name for field in msgspec.structs.fields(struct)]
         assert len({name.casefold() for name in names}) == len(names), struct
+
+
+def test_xray_mixed_inbound_is_the_socks_inbound() -> None:
+    text = document(
+        inbounds=[{"protocol": "mixed", "port": 1080, "settings": {"udp": True}}]
+    )
+    (inbound,) = loads(text, environ={}).inbounds
+    assert inbound.protocol == "socks"
+    assert isinstance(inbound.settings, model.SocksInboundSettings)
+    assert inbound.settings.udp

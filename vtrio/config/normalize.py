@@ -57,6 +57,7 @@ INBOUND_PROTOCOLS = {
     "http": "http",
     "dokodemo-door": "dokodemo-door",
     "tunnel": "dokodemo-door",  # Xray's alias
+    "mixed": "socks",  # Xray's alias; its socks inbound serves HTTP too
 }
 OUTBOUND_PROTOCOLS = {
     "vmess": "vmess",

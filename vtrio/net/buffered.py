@@ -38,6 +38,16 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             await self._fill()
         return self._take(size)
 
+    async def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes, left in place for the next read.
+
+        Raises:
+            trio.BrokenResourceError: the peer closed first.
+        """
+        while len(self._buffer) < size:
+            await self._fill()
+        return bytes(self._buffer[:size])
+
     def _take(self, size: int) -> bytes:
         out = bytes(self._buffer[:size])
         del self._buffer[:size]

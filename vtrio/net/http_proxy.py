@@ -67,8 +67,9 @@ async def handle_http(
     raw: trio.abc.Stream,
     source: str,
 ) -> None:
-    """Serve one HTTP proxy client."""
-    stream = BufferedStream(raw)
+    """Serve one HTTP proxy client (``raw`` may be a socks inbound's buffered
+    stream that found an HTTP request)."""
+    stream = raw if isinstance(raw, BufferedStream) else BufferedStream(raw)
     with trio.fail_after(context.handshake_timeout()):
         try:
             head = await stream.receive_until(b"\r\n\r\n", MAX_HEAD)

@@ -8,7 +8,9 @@ unreachable, general failure). UDP ASSOCIATE binds a UDP socket next to the
 TCP one; each datagram names its own destination, and the association lives
 as long as the client keeps the TCP connection open (RFC 1928 section 7).
 SOCKS4 has no authentication, so an inbound that asks for a password
-refuses it, like v2ray.
+refuses it, like v2ray. A connection that starts with neither version byte
+is served as an HTTP proxy request with the same accounts, as Xray's socks
+(and ``mixed``) inbound does.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vtrio.config.model import HttpInboundSettings
 from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.buffered import BufferedStream
+from vtrio.net.http_proxy import handle_http
 from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.transport.tcp import TCPStream
 from vtrio.net.tunnel import run_tunnel
@@ -194,16 +198,21 @@ async def handle_socks(
     raw: trio.abc.Stream,
     source: str,
 ) -> None:
-    """Serve one SOCKS client until its tunnel or association ends."""
+    """Serve one SOCKS (or HTTP proxy) client until its tunnel or
+    association ends."""
     stream = BufferedStream(raw)
     with trio.fail_after(context.handshake_timeout()):
-        (version,) = await stream.receive_exactly(1)
+        (version,) = await stream.peek(1)
+        if version not in (VERSION, SOCKS4_VERSION):
+            accounts = settings.accounts if settings.auth == "password" else ()
+            http = HttpInboundSettings(accounts=accounts)
+            await handle_http(context, inbound, http, stream, source)
+            return
+        await stream.receive_exactly(1)
         if version == VERSION:
             command, address, port = await _socks5_request(stream, settings)
-        elif version == SOCKS4_VERSION:
-            command, address, port = await _socks4_request(stream, settings)
         else:
-            raise RemoteProtocolError(f"not SOCKS5 or 4 (version byte {version})")
+            command, address, port = await _socks4_request(stream, settings)
     session = Session(inbound_tag=inbound.tag, source=source)
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:

@@ -1,8 +1,10 @@
-"""SOCKS4 and 4a on the socks inbound, as v2ray's serves them: CONNECT only,
-one failure code, refused when the inbound wants a password."""
+"""The socks inbound beyond SOCKS5: SOCKS4 and 4a as v2ray serves them
+(CONNECT only, one failure code, refused when the inbound wants a password),
+and HTTP proxy requests with the same accounts, as Xray's socks inbound."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 
@@ -114,4 +116,47 @@ async def test_socks4_is_refused_where_a_password_is_required() -> None:
                 bound["socks-in"][0][1], socks4_request(echo), b"x"
             )
             assert (reply[1], echoed) == (REJECTED, b"")
+            nursery.cancel_scope.cancel()
+
+
+async def http_connect(proxy_port: int, target: int, headers: str = "") -> bytes:
+    """The status line of a CONNECT, then "ping" echoed if it was 200."""
+    stream = await trio.open_tcp_stream(LOOPBACK, proxy_port)
+    async with stream:
+        await stream.send_all(
+            f"CONNECT {LOOPBACK}:{target} HTTP/1.1\r\n{headers}\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(1024)
+            assert chunk, head
+            head += chunk
+        status = head.split(b"\r\n", 1)[0]
+        if b" 200 " in status:
+            await stream.send_all(b"ping")
+            assert await receive_exactly(stream, 4) == b"ping"
+        return status
+
+
+async def test_http_proxy_requests_on_the_socks_port_use_its_accounts() -> None:
+    settings = model.SocksInboundSettings(
+        auth="password", accounts=(model.Account("u", "p"),)
+    )
+    token = base64.b64encode(b"u:p").decode()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            open_socks = await nursery.start(
+                server.run, socks_config(model.SocksInboundSettings())
+            )
+            guarded = await nursery.start(server.run, socks_config(settings))
+            status = await http_connect(open_socks["socks-in"][0][1], echo)
+            assert status.startswith(b"HTTP/1.1 200")
+            guarded_port = guarded["socks-in"][0][1]
+            status = await http_connect(guarded_port, echo)
+            assert status.startswith(b"HTTP/1.1 407")
+            status = await http_connect(
+                guarded_port, echo, f"Proxy-Authorization: Basic {token}\r\n"
+            )
+            assert status.startswith(b"HTTP/1.1 200")
             nursery.cancel_scope.cancel()
