@@ -514,3 +514,14 @@ def test_xray_mixed_inbound_is_the_socks_inbound() -> None:
     assert inbound.protocol == "socks"
     assert isinstance(inbound.settings, model.SocksInboundSettings)
     assert inbound.settings.udp
+
+
+@pytest.mark.parametrize(("enabled", "warned"), [(True, True), (False, False)])
+def test_enabled_sniffing_is_named_in_a_warning(
+    enabled: bool, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    sniffing = {"enabled": enabled, "destOverride": ["http", "tls"]}
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        loads(document(inbounds=[vmess_in(sniffing=sniffing)]), environ={})
+    found = [r.getMessage() for r in caplog.records if "sniffing" in r.getMessage()]
+    assert len(found) == warned

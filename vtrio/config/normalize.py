@@ -459,6 +459,13 @@ class Normalizer:
     # --- inbounds ---------------------------------------------------------------
 
     def inbound(self, raw: InboundV2, path: str) -> model.Inbound | None:
+        if raw.sniffing and _sniffing_enabled(raw.sniffing):
+            LOGGER.warning(
+                "%s: %s.sniffing is not supported: routing and the outbound see"
+                " the address the client asked for",
+                self.source,
+                path,
+            )
         protocol = INBOUND_PROTOCOLS.get(raw.protocol)
         if protocol is None:
             self.error(
@@ -1098,6 +1105,13 @@ def _ranges(ports: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         else:
             ranges.append((port, port))
     return tuple(ranges)
+
+
+def _sniffing_enabled(raw: msgspec.Raw) -> bool:
+    data: Any = msgspec.json.decode(raw)
+    return isinstance(data, dict) and any(
+        key.casefold() == "enabled" and value is True for key, value in data.items()
+    )
 
 
 def _looks_like_v5_users(raw: msgspec.Raw) -> bool:
