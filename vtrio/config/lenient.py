@@ -24,13 +24,16 @@ import msgspec.inspect as mi
 
 def conform(value: Any, type_: Any) -> Any:
     """``value`` (decoded JSON) with keys and nulls as ``type_`` spells them."""
-    return _conform(value, mi.type_info(type_))
+    return _conform(value, _type_info(type_))
+
+
+_type_info = functools.cache(mi.type_info)
 
 
 @functools.cache
 def _fields(struct: type[msgspec.Struct]) -> dict[str, tuple[str, mi.Type]]:
     """Case-folded JSON name -> (JSON name, type) of a struct's fields."""
-    info = mi.type_info(struct)
+    info = _type_info(struct)
     assert isinstance(info, mi.StructType)
     return {
         field.encode_name.casefold(): (field.encode_name, field.type)
