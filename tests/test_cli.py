@@ -36,6 +36,7 @@ def test_check_prints_a_summary() -> None:
     assert result.exit_code == 0, result.output
     assert "vmess-in" in result.stdout
     assert "2 user(s), 1 legacy" in result.stdout
+    assert "warning  inbound vmess-in: 1 user(s) with alterId > 0" in result.stdout
     assert result.stdout.rstrip().endswith("Configuration OK.")
 
 

@@ -16,6 +16,7 @@ import typer
 
 from vtrio import __version__
 from vtrio.config import load
+from vtrio.config.advice import advisories
 from vtrio.config.links import (
     Link,
     client_config,
@@ -122,6 +123,8 @@ def _run(config: Config, workers: int, banner: list[str]) -> None:
     try:
         for line in banner:
             typer.echo(line)
+        for line in advisories(config):
+            logging.getLogger("vtrio").warning("%s", line)
         serve_main(config, workers=workers)
     except ValueError as exc:
         _fail(str(exc))
@@ -289,6 +292,8 @@ def check(
         raise typer.Exit(code=2)
     for line in _summary(loaded):
         typer.echo(line)
+    for line in advisories(loaded):
+        typer.echo(f"warning  {line}")
     typer.echo("Configuration OK.")
 
 
