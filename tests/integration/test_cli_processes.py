@@ -59,14 +59,19 @@ async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
                 "listen": LOOPBACK,
                 "port": server_port,
                 "protocol": "vmess",
-                "settings": {"clients": [{"id": USER, "email": "cli@test"}]},
+                "settings": {
+                    "clients": [
+                        {"id": USER, "email": "cli@test"},
+                        {"id": "old-client", "alterId": 4},
+                    ]
+                },
             }
         ],
         "outbounds": [{"protocol": "freedom"}],
     }
     config_file = tmp_path / "server.json"
     config_file.write_text(json.dumps(server_json))
-    (link,) = config_links(loads(json.dumps(server_json)))
+    link, _legacy = config_links(loads(json.dumps(server_json)))
     data = hashlib.shake_256(b"cli").digest(1_500_000)
     python = sys.executable
     with trio.fail_after(40):
@@ -110,6 +115,9 @@ async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
             assert client.stdout is not None
             banner = await client.stdout.receive_some(4096)
             assert f"SOCKS5 on {LOOPBACK}:{socks_port}" in banner.decode()
+            assert server.stdout is not None
+            log = await server.stdout.receive_some(4096)
+            assert b"vmess-in: 1 user(s) with alterId > 0" in log
             assert codes == [0, 0]
             nursery.cancel_scope.cancel()
 
