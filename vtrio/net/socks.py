@@ -130,12 +130,12 @@ def _socks4_reply(code: int) -> bytes:
 async def _socks4_request(
     stream: BufferedStream, settings: SocksInboundSettings
 ) -> tuple[int, Address, int]:
-    """Command, address and port of a SOCKS4/4a request (its version read).
+    """Command, address and port of a SOCKS4/4a request.
 
     Raises:
         RemoteProtocolError: a password is required, or a field is too long.
     """
-    command, port_high, port_low, *ip = await stream.receive_exactly(7)
+    _version, command, port_high, port_low, *ip = await stream.receive_exactly(8)
     address: Address = ipaddress.IPv4Address(bytes(ip))
     try:
         await stream.receive_until(b"\0", SOCKS4_FIELD_LIMIT)  # user id: unused
@@ -154,7 +154,7 @@ async def _socks5_request(
     stream: BufferedStream, settings: SocksInboundSettings
 ) -> tuple[int, Address, int]:
     """Command, address and port of a SOCKS5 request, after the method
-    negotiation (its version read)."""
+    negotiation."""
     await _authenticate(stream, settings)
     _version, command, _ = await stream.receive_exactly(3)
     head = await stream.receive_exactly(2)
@@ -169,7 +169,7 @@ async def _socks5_request(
 
 
 async def _authenticate(stream: BufferedStream, settings: SocksInboundSettings) -> None:
-    (count,) = await stream.receive_exactly(1)
+    _version, count = await stream.receive_exactly(2)
     methods = await stream.receive_exactly(count)
     wanted = PASSWORD if settings.auth == "password" else NO_AUTH
     if wanted not in methods:
@@ -208,7 +208,6 @@ async def handle_socks(
             http = HttpInboundSettings(accounts=accounts)
             await handle_http(context, inbound, http, stream, source)
             return
-        await stream.receive_exactly(1)
         if version == VERSION:
             command, address, port = await _socks5_request(stream, settings)
         else:
