@@ -6,6 +6,7 @@ code (2 for a bad config or argument); a traceback is always a bug.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -27,6 +28,7 @@ from vtrio.config.links import (
 from vtrio.config.model import (
     Config,
     Log,
+    Ntp,
     SocksInboundSettings,
     StreamSettings,
     TLSSettings,
@@ -170,6 +172,14 @@ def _summary(config: Config) -> list[str]:
     return lines
 
 
+def _ntp_server(text: str) -> Ntp:
+    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address."""
+    host, colon, port = text.rpartition(":")
+    if not colon or "]" in port or (":" in host and not host.endswith("]")):
+        return Ntp(text.strip("[]"))
+    return Ntp(host.strip("[]"), parse_ports(port, "--ntp")[0])
+
+
 def _transport(stream: StreamSettings) -> str:
     text: str = stream.network
     if stream.network == "ws":
@@ -231,6 +241,10 @@ def client(
     listen: Annotated[
         str, typer.Option(help="Local SOCKS5 HOST:PORT.")
     ] = "127.0.0.1:1080",
+    ntp: Annotated[
+        str | None,
+        typer.Option(help="NTP server HOST[:PORT] to correct this clock by."),
+    ] = None,
     log_level: LogLevel = None,
 ) -> None:
     """A local SOCKS5 entry (CONNECT and UDP) tunnelling to a VMess server."""
@@ -261,6 +275,8 @@ def client(
                 "give a vmess:// link, or --server and --id", path="client"
             )
         config = client_config(parsed, listen)
+        if ntp:
+            config = dataclasses.replace(config, ntp=_ntp_server(ntp))
     except ConfigError as exc:
         _fail(str(exc))
     _setup_logging(config.log, log_level)

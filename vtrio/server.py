@@ -21,13 +21,13 @@ import functools
 import logging
 import os
 import signal
-import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from vtrio.config.model import DokodemoInboundSettings, VMessInboundSettings
 from vtrio.errors import VtrioError
+from vtrio.net.clock import keep_synced, unix_now
 from vtrio.net.context import ServerContext
 from vtrio.net.dokodemo import serve_dokodemo_udp
 from vtrio.net.dynamic_port import DetourPorts, DetourWorker
@@ -82,6 +82,8 @@ async def run(
     }
     bound: Bound = {}
     async with trio.open_nursery() as root:
+        if config.ntp is not None:
+            await root.start(keep_synced, config.ntp)
         connections = await root.start(_hold_connections)
         async with trio.open_nursery() as listeners:
             detours: dict[str, DetourPorts] = {}
@@ -167,9 +169,7 @@ async def _run_detour(
             task_status=_Started(task_status),
         )
 
-    await detour.run(
-        serve_worker, now=lambda: int(time.time()), task_status=task_status
-    )
+    await detour.run(serve_worker, now=unix_now, task_status=task_status)
 
 
 class _Started:

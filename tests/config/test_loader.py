@@ -348,3 +348,16 @@ def test_any_value_in_any_slot_gives_a_located_error_or_loads(
     except ConfigError as exc:
         errors = [exc]
     assert all(error.path.startswith("$") for error in errors)
+
+
+def test_ntp_section_names_a_server_to_correct_the_clock_by() -> None:
+    config = loads(
+        json.dumps({**server(), "ntp": {"server": "time.example", "interval": 600}}),
+        environ={},
+    )
+    assert config.ntp == model.Ntp("time.example", 123, 600.0)
+    off = {**server(), "ntp": {"server": "time.example", "enabled": False}}
+    assert loads(json.dumps(off), environ={}).ntp is None
+    assert loads(json.dumps(server()), environ={}).ntp is None
+    bad = {**server(), "ntp": {"server": "t", "port": 0, "interval": 1}}
+    assert [path for path, _ in errors_of(bad)] == ["$.ntp.port", "$.ntp.interval"]

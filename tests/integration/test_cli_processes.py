@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from tests.support.echo import serve_tcp_echo
+from tests.support.ntp import serve_ntp
 from tests.support.socks5 import open_connect
 from vtrio.config import loads
 from vtrio.config.links import config_links
@@ -281,3 +282,73 @@ async def test_start_up_failures_are_one_line_and_exit_2(
             assert result.returncode == 2
             assert expected in result.stderr.decode()
             assert b"Traceback" not in result.stderr
+
+
+async def test_an_ntp_corrected_server_needs_a_corrected_client(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The server's NTP says its clock is 300 s slow: a client on the system
+    clock is refused (too far apart), one corrected by the same NTP works."""
+    server_port, socks_port = await free_port(), await free_port()
+    async with trio.open_nursery() as nursery:
+        ntp_port = await nursery.start(serve_ntp, 300.0)
+        server_json = {
+            "ntp": {"server": LOOPBACK, "port": ntp_port},
+            "log": {"loglevel": "info"},
+            "inbounds": [
+                {
+                    "tag": "vmess-in",
+                    "listen": LOOPBACK,
+                    "port": server_port,
+                    "protocol": "vmess",
+                    "settings": {"clients": [{"id": USER}]},
+                }
+            ],
+            "outbounds": [{"protocol": "freedom"}],
+        }
+        config_file = tmp_path / "server.json"
+        config_file.write_text(json.dumps(server_json))
+        (link,) = config_links(loads(json.dumps(server_json)))
+        python = sys.executable
+        echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+        with trio.fail_after(40):
+            server = await trio.lowlevel.open_process(
+                [python, "-m", "vtrio", "serve", str(config_file)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            clients = []
+            try:
+                await wait_for_port(server_port)
+                for ntp in (None, f"{LOOPBACK}:{ntp_port}"):
+                    command = [python, "-m", "vtrio", "client", link]
+                    command += ["--listen", f"{LOOPBACK}:{socks_port}"]
+                    command += ["--ntp", ntp] if ntp else []
+                    clients.append(
+                        await trio.lowlevel.open_process(
+                            command, stdout=subprocess.DEVNULL
+                        )
+                    )
+                    await wait_for_port(socks_port)
+                    stream = await open_connect(
+                        LOOPBACK, socks_port, LOOPBACK, echo_port
+                    )
+                    async with stream:
+                        await stream.send_all(b"ping")
+                        await stream.send_eof()
+                        echoed = b""
+                        while chunk := await stream.receive_some(100):
+                            echoed += chunk
+                    assert echoed == (b"ping" if ntp else b"")
+                    clients[-1].send_signal(signal.SIGTERM)
+                    await clients[-1].wait()
+            finally:
+                for process in (*clients, server):
+                    if process.returncode is None:
+                        process.send_signal(signal.SIGTERM)
+                await server.wait()
+            assert server.stdout is not None
+            log = await server.stdout.receive_some(16384)
+            assert b"the clock is +300." in log
+            assert b"auth ID timestamp -300 s off" in log
+        nursery.cancel_scope.cancel()

@@ -271,12 +271,22 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
+class Ntp:
+    """An NTP server that corrects the clock of VMess timestamps."""
+
+    server: str
+    port: int = 123
+    interval: float = 1800.0  # seconds between queries
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     inbounds: tuple[Inbound, ...] = ()
     outbounds: tuple[Outbound, ...] = ()
     routing: Routing = field(default_factory=Routing)
     policy: Policy = field(default_factory=Policy)
     log: Log = field(default_factory=Log)
+    ntp: Ntp | None = None
     # The files this config was read from, for messages.
     sources: tuple[str, ...] = ()
 

@@ -28,6 +28,7 @@ from vtrio.config.v2ray import (
     FreedomV2,
     HttpInboundV2,
     InboundV2,
+    NtpV2,
     OutboundV2,
     PolicyLevelV2,
     PolicyV2,
@@ -284,6 +285,7 @@ class Normalizer:
             routing=self.routing(root.routing),
             policy=self.policy(root.policy),
             log=self.log(root),
+            ntp=self.ntp(root.ntp),
             sources=tuple(self.source.split(" + ")),
         )
         self.check(config, root)
@@ -310,6 +312,15 @@ class Normalizer:
             access_off=log.access == "none",
             error_off=log.error == "none",
         )
+
+    def ntp(self, ntp: NtpV2 | None) -> model.Ntp | None:
+        if ntp is None or not ntp.enabled:
+            return None
+        if not 0 < ntp.port < 65536:
+            self.error("expected a port in 1..65535", "$.ntp.port")
+        if ntp.interval < 10:
+            self.error("expected at least 10 seconds", "$.ntp.interval")
+        return model.Ntp(ntp.server, ntp.port, ntp.interval)
 
     def policy(self, policy: PolicyV2 | None) -> model.Policy:
         if policy is None:

@@ -126,6 +126,7 @@ class RootV2(V2Base):
     outbounds: list[OutboundV2] = []
     routing: RoutingV2 | None = None
     policy: PolicyV2 | None = None
+    ntp: NtpV2 | None = None  # vtrio's, as sing-box's (v2ray ignores it)
     # v2ray 3's layout, which v2ray 4 still reads (normalize.py orders them).
     port: int | None = None
     inbound: InboundV2 | None = None
@@ -384,3 +385,12 @@ class TransportV2(V2Base):
     http_settings: msgspec.Raw = ABSENT
     ds_settings: msgspec.Raw = ABSENT
     quic_settings: msgspec.Raw = ABSENT
+
+
+class NtpV2(V2Base):
+    """vtrio's ``ntp``: where to correct the clock of VMess timestamps."""
+
+    server: str
+    enabled: bool = True
+    port: int = 123
+    interval: float = 1800.0

@@ -19,7 +19,6 @@ import errno
 import functools
 import logging
 import os
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -32,6 +31,7 @@ from vtrio.config.model import (
 )
 from vtrio.errors import DialError, RemoteProtocolError, VtrioError
 from vtrio.net import transport
+from vtrio.net.clock import unix_now
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
 from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
@@ -142,7 +142,7 @@ class VMessHandler:
             stream = await transport.accept_stream(self._inbound.stream, raw)
             connection = ServerConnection(
                 self._validator,
-                now=int(time.time()),
+                now=unix_now(),
                 random=os.urandom,
                 disable_insecure_encryption=self._settings.disable_insecure_encryption,
                 aead_forced=self._settings.aead_forced,
@@ -166,9 +166,7 @@ class VMessHandler:
             inbound_tag=tag, source=source, email=user.email, level=user.level
         )
         if self._detour is not None:
-            vmess.response_command = self._detour.switch_account(
-                user, now=int(time.time())
-            )
+            vmess.response_command = self._detour.switch_account(user, now=unix_now())
         if request.command is Command.MUX:
             async with trio.open_nursery() as nursery:
                 dispatch = MuxDispatch(context.dispatcher, session, nursery)
@@ -323,7 +321,7 @@ def make_handler(
     """
     settings = inbound.settings
     if isinstance(settings, VMessInboundSettings):
-        validator = UserValidator(settings.users, now=int(time.time()))
+        validator = UserValidator(settings.users, now=unix_now())
         return VMessHandler(context, inbound, settings, validator, detour)
     if isinstance(settings, SocksInboundSettings):
         return functools.partial(handle_socks, context, inbound, settings)

@@ -23,12 +23,12 @@ import contextlib
 import operator
 import os
 import platform
-import time
 from typing import TYPE_CHECKING, Self
 
 import trio
 
 from vtrio.errors import LocalProtocolError, RemoteProtocolError
+from vtrio.net.clock import unix_now
 from vtrio.protocol.connection import ClientConnection, ServerConnection
 from vtrio.protocol.events import (
     NEED_DATA,
@@ -110,7 +110,7 @@ class _VMessBase:
             random: source of keys, nonces and padding.
         """
         connection = ClientConnection(
-            account, request, now=int(time.time()), random=random, machine=MACHINE
+            account, request, now=unix_now(), random=random, machine=MACHINE
         )
         return cls(transport, connection)
 
