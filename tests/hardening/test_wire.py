@@ -102,8 +102,8 @@ async def test_a_replay_after_the_window_is_refused_too(
             running(config()) as (port, _),
         ):
             first = client_connection(KNOWN, target.port).start(b"hi")
-            later = time.time() + 200
-            monkeypatch.setattr("vtrio.net.inbound.time.time", lambda: later)
+            later = int(time.time()) + 200
+            monkeypatch.setattr("vtrio.net.inbound.unix_now", lambda: later)
             closing = await probe(port, first)
     assert (closing.answer, closing.how, target.accepted) == (b"", "fin", 0)
 
