@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 from typing import TYPE_CHECKING
 
 from typer.testing import CliRunner
 
+from tests.support.certs import make_pki
 from vtrio import __version__
 from vtrio.cli import app
 from vtrio.config.links import parse_link
+from vtrio.net.transport.tls import chain_hash
 
 if TYPE_CHECKING:
     import pathlib
@@ -124,3 +128,18 @@ def test_check_reads_the_certificates(tmp_path: pathlib.Path) -> None:
     assert result.stderr.startswith(
         f"{config}: $.inbounds[0].streamSettings.tlsSettings.certificates[0]: cannot load"
     )
+
+
+def test_cert_hash_prints_the_pin_of_a_pem_chain(tmp_path: pathlib.Path) -> None:
+    pki = make_pki()
+    chain = tmp_path / "chain.pem"
+    chain.write_text(pki.cert_pem + pki.ca_pem)
+    result = RUNNER.invoke(app, ["cert-hash", str(chain)])
+    assert result.exit_code == 0, result.output
+    ders = [ssl.PEM_cert_to_DER_cert(pem) for pem in (pki.cert_pem, pki.ca_pem)]
+    assert result.stdout.strip() == base64.b64encode(chain_hash(ders)).decode()
+    empty = tmp_path / "empty.pem"
+    empty.write_text("nothing")
+    result = RUNNER.invoke(app, ["cert-hash", str(empty)])
+    assert result.exit_code == 2
+    assert "no PEM certificate" in result.output

@@ -6,9 +6,12 @@ code (2 for a bad config or argument); a traceback is always a bug.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
+import re
 import signal
+import ssl
 import sys
 import uuid
 from typing import Annotated, NoReturn
@@ -39,7 +42,7 @@ from vtrio.config.model import (
 )
 from vtrio.config.normalize import parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
-from vtrio.net.transport.tls import server_context
+from vtrio.net.transport.tls import chain_hash, server_context
 
 app = typer.Typer(
     name="vtrio",
@@ -48,6 +51,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+PEM_HEADER, PEM_FOOTER = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
 
 LogLevel = Annotated[
     str | None,
@@ -311,6 +316,23 @@ def check(
     for line in advisories(loaded):
         typer.echo(f"warning  {line}")
     typer.echo("Configuration OK.")
+
+
+@app.command("cert-hash")
+def cert_hash(
+    path: Annotated[str, typer.Argument(help="PEM file: the chain, leaf first.")],
+) -> None:
+    """The pinnedPeerCertificateChainSha256 of a server's certificate chain."""
+    try:
+        with open(path) as file:
+            text = file.read()
+    except OSError as exc:
+        _fail(f"{path}: cannot read: {exc.strerror or exc}")
+    blocks = re.findall(f"{PEM_HEADER}.*?{PEM_FOOTER}", text, re.DOTALL)
+    if not blocks:
+        _fail(f"{path}: no PEM certificate in it")
+    chain = [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
+    typer.echo(base64.b64encode(chain_hash(chain)).decode())
 
 
 @app.command("uuid")

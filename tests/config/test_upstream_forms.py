@@ -8,6 +8,7 @@ never dropped, when dropping it would weaken the config.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import pathlib
@@ -265,7 +266,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("pinnedPeerCertificateChainSha256", ["aGFzaA=="]),
         ("pinnedPeerCertSha256", "ab" * 32),
         ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
         ("verifyPeerCertByName", "example.com"),
@@ -525,3 +525,16 @@ def test_enabled_sniffing_is_named_in_a_warning(
         loads(document(inbounds=[vmess_in(sniffing=sniffing)]), environ={})
     found = [r.getMessage() for r in caplog.records if "sniffing" in r.getMessage()]
     assert len(found) == warned
+
+
+def test_v2ray_chain_pins_are_read_and_checked() -> None:
+    def pinned(pins: list[str]) -> str:
+        tls = {"allowInsecure": True, "pinnedPeerCertificateChainSha256": pins}
+        stream = {"security": "tls", "tlsSettings": tls}
+        return document(outbounds=[vmess_out(streamSettings=stream)])
+
+    config = loads(pinned([base64.b64encode(bytes(range(32))).decode()]), environ={})
+    assert config.outbounds[0].stream.tls.pinned_chain_sha256 == (bytes(range(32)),)
+    ((path, message),) = errors(pinned(["aGFzaA=="]))
+    assert path.endswith("tlsSettings.pinnedPeerCertificateChainSha256[0]")
+    assert "vtrio cert-hash" in message

@@ -7,9 +7,11 @@ checksums and the typed errors a misconfigured peer gets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import random
+import ssl
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from vtrio.config.model import (
 )
 from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.transport import accept_stream, dial, open_listeners
+from vtrio.net.transport.tls import chain_hash
 from vtrio.net.transport.websocket import (
     WebSocketStream,
     accept_websocket,
@@ -52,6 +55,11 @@ def client_tls(**changes: Any) -> TLSSettings:
         server_name="vtrio.test", certificates=(trusted,), disable_system_root=True
     )
     return replace(settings, **changes)
+
+
+def leaf_pin() -> bytes:
+    """The chain hash of what the test server sends: its leaf alone."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(make_pki().cert_pem)).digest()
 
 
 def stream_settings(
@@ -210,6 +218,11 @@ async def test_sni_defaults_to_dialled_host() -> None:
         ),
         pytest.param(
             {"certificates": ()}, "unable to get local issuer", id="untrusted"
+        ),
+        pytest.param(
+            {"certificates": (), "pinned_chain_sha256": (leaf_pin(),)},
+            "unable to get local issuer",
+            id="pinned-but-untrusted",
         ),
     ],
 )
@@ -439,3 +452,66 @@ async def test_dial_refused_is_dial_error() -> None:
         await listeners[0].aclose()
         with pytest.raises(DialError, match=f"cannot connect to 127.0.0.1:{port}"):
             await dial(StreamSettings(), "127.0.0.1", port)
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        pytest.param({"allow_insecure": True, "certificates": ()}, id="insecure"),
+        pytest.param({}, id="verified-too"),
+        pytest.param(
+            {"allow_insecure": True, "server_name": "wrong.example"},
+            id="name-unchecked",
+        ),
+    ],
+)
+async def test_a_pinned_chain_is_accepted(tls: dict[str, object]) -> None:
+    """Pinned and insecure: the hash alone decides (v2ray); pinned and
+    verified: both must pass."""
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(
+                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
+            )
+            pins = (bytes(32), leaf_pin())
+            client = stream_settings(
+                "tcp", "tls", client_tls(pinned_chain_sha256=pins, **tls)
+            )
+            async with await dial(client, "127.0.0.1", port) as stream:
+                assert await exchange(stream, b"pinned") == b"pinned"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_chain_that_is_not_pinned_is_refused_with_its_hash() -> None:
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(
+                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
+            )
+            client = stream_settings(
+                "tcp",
+                "tls",
+                client_tls(
+                    allow_insecure=True,
+                    certificates=(),
+                    pinned_chain_sha256=(bytes(32),),
+                ),
+            )
+            with pytest.raises(DialError) as caught:
+                await dial(client, "127.0.0.1", port)
+            nursery.cancel_scope.cancel()
+    expected = base64.b64encode(leaf_pin()).decode()
+    assert f"not pinned (its hash: {expected})" in str(caught.value)
+
+
+def test_chain_hash_folds_sha256s_as_v2ray() -> None:
+    first, second = b"leaf", b"issuer"
+    digest = hashlib.sha256
+    assert chain_hash([first]) == digest(first).digest()
+    assert (
+        chain_hash([first, second])
+        == digest(digest(first).digest() + digest(second).digest()).digest()
+    )
+    assert chain_hash([]) == b""

@@ -10,6 +10,8 @@ vtrio does not implement is refused by path, never silently dropped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import os
@@ -83,7 +85,6 @@ UNSUPPORTED_RULE_CONDITIONS = (
 UNSUPPORTED_TLS = {
     "reject_unknown_sni": "rejectUnknownSni",
     "verify_client_certificate": "verifyClientCertificate (client certificates)",
-    "pinned_peer_certificate_chain_sha256": "pinnedPeerCertificateChainSha256",
     "pinned_peer_certificate_public_key_sha256": (
         "pinnedPeerCertificatePublicKeySha256"
     ),
@@ -969,6 +970,9 @@ class Normalizer:
                 "a TLS server needs a certificate with its key", f"{path}.certificates"
             )
             return None
+        pins = self.pins(tls.pinned_peer_certificate_chain_sha256 or [], path)
+        if pins is None:
+            return None
         return model.TLSSettings(
             server_name=tls.server_name,
             alpn=tuple(_as_list(tls.alpn)),
@@ -976,7 +980,25 @@ class Normalizer:
             allow_insecure=tls.allow_insecure,
             disable_system_root=tls.disable_system_root,
             min_version=tls.min_version,
+            pinned_chain_sha256=pins,
         )
+
+    def pins(self, given: list[str], path: str) -> tuple[bytes, ...] | None:
+        """v2ray's chain hashes: Base64 of 32 bytes each."""
+        pins = []
+        for index, text in enumerate(given):
+            try:
+                pin = base64.b64decode(text, validate=True)
+            except binascii.Error:
+                pin = b""
+            if len(pin) != 32:
+                self.error(
+                    "expected the Base64 of a SHA-256 (vtrio cert-hash FILE prints it)",
+                    f"{path}.pinnedPeerCertificateChainSha256[{index}]",
+                )
+                return None
+            pins.append(pin)
+        return tuple(pins)
 
     def websocket(self, stream: StreamV2) -> model.WebSocketSettings:
         ws = stream.ws_settings

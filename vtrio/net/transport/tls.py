@@ -12,6 +12,12 @@ Inline PEM certificates are written to a private temporary directory just long
 enough for ``load_cert_chain`` to read them, because the stdlib only loads key
 pairs from files; nothing stays on disk afterwards.
 
+A client with pinned chain hashes (v2ray's ``pinnedPeerCertificateChainSha256``)
+checks, after the handshake, the hash of the certificates the server sent, in
+the order sent (:func:`chain_hash`, v2ray's fold of SHA-256s); with
+``allowInsecure`` that check replaces certificate verification, as in v2ray,
+so a self-signed server can be trusted by its hash alone.
+
 TLS cannot half-close through ``trio.SSLStream``; ``TLSStream`` therefore
 implements ``send_eof`` as "no more sending" without touching the wire. VMess marks
 the end of each direction with its own empty chunk, so peers never need the TCP
@@ -20,12 +26,15 @@ FIN to see where a direction ends; the connection closes with ``aclose``.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
 import os
 import ssl
 import tempfile
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -44,6 +53,8 @@ _TLS_VERSIONS = {
     "1.3": ssl.TLSVersion.TLSv1_3,
 }
 
+# ssl.ENCODING_DER, which the ssl module does not re-export.
+_DER = 2
 # OpenSSL reasons a server sees when the client did not speak TLS at all.
 _PLAINTEXT_REASONS = {"HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"}
 
@@ -295,4 +306,36 @@ async def dial_tls(
             f"TLS handshake with {host}:{port} (server name {server_name!r}) "
             f"failed: {_reason(exc)}"
         ) from exc
+    pins = settings.pinned_chain_sha256
+    if pins:
+        found = chain_hash(_peer_chain(ssl_stream))
+        if not any(hmac.compare_digest(found, pin) for pin in pins):
+            await trio.aclose_forcefully(ssl_stream)
+            raise DialError(
+                f"TLS server {host}:{port} sent a certificate chain that is not"
+                f" pinned (its hash: {base64.b64encode(found).decode()})"
+            )
     return TLSStream(ssl_stream)
+
+
+def chain_hash(certificates: list[bytes]) -> bytes:
+    """v2ray's hash of a chain of DER certificates: the SHA-256 of the first,
+    then each next one folded in as SHA-256(hash + SHA-256(certificate))."""
+    folded = b""
+    for certificate in certificates:
+        digest = hashlib.sha256(certificate).digest()
+        folded = hashlib.sha256(folded + digest).digest() if folded else digest
+    return folded
+
+
+def _peer_chain(ssl_stream: trio.SSLStream[trio.abc.Stream]) -> list[bytes]:
+    """The DER certificates the server sent, leaf first. Python 3.13 names
+    the call; before it, the same OpenSSL call sits on the ssl object inside
+    (and gives certificate objects rather than bytes)."""
+    ssl_object: Any = ssl_stream._ssl_object
+    get_chain = getattr(ssl_object, "get_unverified_chain", None)
+    chain = get_chain() if get_chain else ssl_object._sslobj.get_unverified_chain()
+    return [
+        item if isinstance(item, bytes) else item.public_bytes(_DER)
+        for item in chain or ()
+    ]
