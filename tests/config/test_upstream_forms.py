@@ -266,7 +266,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("pinnedPeerCertSha256", "ab" * 32),
         ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
         ("verifyPeerCertByName", "example.com"),
         ("verifyPeerCertInNames", ["example.com"]),
@@ -538,3 +537,19 @@ def test_v2ray_chain_pins_are_read_and_checked() -> None:
     ((path, message),) = errors(pinned(["aGFzaA=="]))
     assert path.endswith("tlsSettings.pinnedPeerCertificateChainSha256[0]")
     assert "vtrio cert-hash" in message
+
+
+def test_xray_certificate_pins_are_hex_with_or_without_colons() -> None:
+    def pinned(text: str) -> str:
+        stream = {"security": "tls", "tlsSettings": {"pinnedPeerCertSha256": text}}
+        return document(outbounds=[vmess_out(streamSettings=stream)])
+
+    colons = ":".join(f"{byte:02X}" for byte in range(32))
+    config = loads(pinned(f"{'ab' * 32}, {colons}"), environ={})
+    assert config.outbounds[0].stream.tls.pinned_cert_sha256 == (
+        b"\xab" * 32,
+        bytes(range(32)),
+    )
+    ((path, message),) = errors(pinned("abcd"))
+    assert path.endswith("tlsSettings.pinnedPeerCertSha256")
+    assert "expected hex SHA-256s" in message

@@ -503,7 +503,7 @@ async def test_a_chain_that_is_not_pinned_is_refused_with_its_hash() -> None:
                 await dial(client, "127.0.0.1", port)
             nursery.cancel_scope.cancel()
     expected = base64.b64encode(leaf_pin()).decode()
-    assert f"not pinned (its hash: {expected})" in str(caught.value)
+    assert f"chain is not pinned (its hash: {expected})" in str(caught.value)
 
 
 def test_chain_hash_folds_sha256s_as_v2ray() -> None:
@@ -515,3 +515,40 @@ def test_chain_hash_folds_sha256s_as_v2ray() -> None:
         == digest(digest(first).digest() + digest(second).digest()).digest()
     )
     assert chain_hash([]) == b""
+
+
+async def test_an_xray_pin_of_the_servers_own_certificate_replaces_checks() -> None:
+    """pinnedPeerCertSha256: the leaf's hash alone decides; a pin of the CA
+    (which Xray would verify the chain against) is refused, not trusted."""
+    pki = make_pki()
+    ca_pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pki.ca_pem)).digest()
+    # The server sends its CA too, so that the CA's pin can be found.
+    chained = Certificate(
+        certificate_pem=pki.cert_pem + pki.ca_pem, key_pem=pki.key_pem
+    )
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(
+                nursery,
+                stream_settings("tcp", "tls", TLSSettings(certificates=(chained,))),
+                echo,
+                errors,
+            )
+            untrusting = client_tls(server_name="wrong.example", certificates=())
+            good = stream_settings(
+                "tcp", "tls", replace(untrusting, pinned_cert_sha256=(leaf_pin(),))
+            )
+            async with await dial(good, "127.0.0.1", port) as stream:
+                assert await exchange(stream, b"xray pin") == b"xray pin"
+            messages = []
+            for pins in ((ca_pin,), (bytes(32),)):
+                bad = stream_settings(
+                    "tcp", "tls", replace(untrusting, pinned_cert_sha256=pins)
+                )
+                with pytest.raises(DialError) as caught:
+                    await dial(bad, "127.0.0.1", port)
+                messages.append(str(caught.value))
+            nursery.cancel_scope.cancel()
+    assert "matches a CA of its chain" in messages[0]
+    assert f"not pinned (its SHA-256: {leaf_pin().hex()})" in messages[1]

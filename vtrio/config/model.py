@@ -74,6 +74,9 @@ class TLSSettings:
     # v2ray's pinnedPeerCertificateChainSha256, decoded: a client accepts a
     # server only if the hash of the chain it sends is one of these.
     pinned_chain_sha256: tuple[bytes, ...] = ()
+    # Xray's pinnedPeerCertSha256, decoded: the server's own certificate must
+    # hash to one of these, and then it is trusted without other checks.
+    pinned_cert_sha256: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

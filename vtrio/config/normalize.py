@@ -88,7 +88,6 @@ UNSUPPORTED_TLS = {
     "pinned_peer_certificate_public_key_sha256": (
         "pinnedPeerCertificatePublicKeySha256"
     ),
-    "pinned_peer_cert_sha256": "pinnedPeerCertSha256",
     "verify_peer_cert_by_name": "verifyPeerCertByName",
     "verify_peer_cert_in_names": "verifyPeerCertInNames",
     "server_name_to_verify": "serverNameToVerify",
@@ -971,7 +970,8 @@ class Normalizer:
             )
             return None
         pins = self.pins(tls.pinned_peer_certificate_chain_sha256 or [], path)
-        if pins is None:
+        cert_pins = self.cert_pins(tls.pinned_peer_cert_sha256, path)
+        if pins is None or cert_pins is None:
             return None
         return model.TLSSettings(
             server_name=tls.server_name,
@@ -981,7 +981,28 @@ class Normalizer:
             disable_system_root=tls.disable_system_root,
             min_version=tls.min_version,
             pinned_chain_sha256=pins,
+            pinned_cert_sha256=cert_pins,
         )
+
+    def cert_pins(self, given: str, path: str) -> tuple[bytes, ...] | None:
+        """Xray's certificate hashes: hex SHA-256s (colons allowed), comma
+        separated."""
+        pins = []
+        for text in given.split(","):
+            if not text.strip():
+                continue
+            try:
+                pin = bytes.fromhex(text.strip().replace(":", ""))
+            except ValueError:
+                pin = b""
+            if len(pin) != 32:
+                self.error(
+                    f"expected hex SHA-256s, got {text.strip()!r}",
+                    f"{path}.pinnedPeerCertSha256",
+                )
+                return None
+            pins.append(pin)
+        return tuple(pins)
 
     def pins(self, given: list[str], path: str) -> tuple[bytes, ...] | None:
         """v2ray's chain hashes: Base64 of 32 bytes each."""

@@ -307,6 +307,7 @@ class TlsV2(V2Base):
     cipher_suites: str | None = None
     enable_session_resumption: bool | None = None
     pinned_peer_certificate_chain_sha256: list[str] | None = None  # v2ray
+    pinned_peer_cert_sha256: str = ""  # Xray
     # Xray's uTLS fingerprint: accepted, not reproducible here (a warning).
     fingerprint: str | None = None
     # Xray: key preferences and a debugging key log, ignored.
@@ -319,7 +320,6 @@ class TlsV2(V2Base):
     reject_unknown_sni: bool = False
     verify_client_certificate: bool = False  # v2ray 4.42+
     pinned_peer_certificate_public_key_sha256: list[str] | None = None  # Xray
-    pinned_peer_cert_sha256: str = ""  # Xray
     verify_peer_cert_by_name: str = ""  # Xray
     verify_peer_cert_in_names: list[str] | None = None  # Xray
     server_name_to_verify: str = ""  # Xray

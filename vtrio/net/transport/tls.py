@@ -189,7 +189,7 @@ def client_context(
         elif certificate.usage == "encipherment":
             # A client certificate, for servers that ask for one.
             _load_key_pair(context, certificate, where)
-    if settings.allow_insecure:
+    if settings.allow_insecure or settings.pinned_cert_sha256:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     _apply_common(context, settings, settings.alpn or default_alpn)
@@ -306,16 +306,41 @@ async def dial_tls(
             f"TLS handshake with {host}:{port} (server name {server_name!r}) "
             f"failed: {_reason(exc)}"
         ) from exc
-    pins = settings.pinned_chain_sha256
-    if pins:
-        found = chain_hash(_peer_chain(ssl_stream))
-        if not any(hmac.compare_digest(found, pin) for pin in pins):
-            await trio.aclose_forcefully(ssl_stream)
-            raise DialError(
-                f"TLS server {host}:{port} sent a certificate chain that is not"
-                f" pinned (its hash: {base64.b64encode(found).decode()})"
-            )
+    problem = _unpinned(settings, _peer_chain(ssl_stream)) if _pinning(settings) else ""
+    if problem:
+        await trio.aclose_forcefully(ssl_stream)
+        raise DialError(f"TLS server {host}:{port}: {problem}")
     return TLSStream(ssl_stream)
+
+
+def _pinning(settings: TLSSettings) -> bool:
+    return bool(settings.pinned_chain_sha256 or settings.pinned_cert_sha256)
+
+
+def _unpinned(settings: TLSSettings, chain: list[bytes]) -> str:
+    """What is wrong with the server's chain against the pins ("" if fine)."""
+    if settings.pinned_chain_sha256:
+        found = chain_hash(chain)
+        if not _pinned(found, settings.pinned_chain_sha256):
+            return (
+                "its certificate chain is not pinned"
+                f" (its hash: {base64.b64encode(found).decode()})"
+            )
+    if settings.pinned_cert_sha256:
+        hashes = [hashlib.sha256(certificate).digest() for certificate in chain]
+        if not hashes or not _pinned(hashes[0], settings.pinned_cert_sha256):
+            if any(_pinned(h, settings.pinned_cert_sha256) for h in hashes[1:]):
+                return (
+                    "pinnedPeerCertSha256 matches a CA of its chain; vtrio can pin"
+                    " only the server's own certificate"
+                )
+            leaf = hashes[0].hex() if hashes else "none"
+            return f"its certificate is not pinned (its SHA-256: {leaf})"
+    return ""
+
+
+def _pinned(found: bytes, pins: tuple[bytes, ...]) -> bool:
+    return any(hmac.compare_digest(found, pin) for pin in pins)
 
 
 def chain_hash(certificates: list[bytes]) -> bytes:
