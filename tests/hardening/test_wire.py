@@ -219,11 +219,12 @@ async def test_a_killed_server_closes_the_client_side_promptly(
 ) -> None:
     """kill -9 of the server process mid-tunnel: the SOCKS client sees the end."""
     from tests.integration.test_chain import client_config
-    from tests.integration.test_cli_processes import free_port, wait_for_port
+    from tests.integration.test_cli_processes import wait_for_port
+    from tests.support.echo import closed_port
     from tests.support.socks5 import open_connect
     from vtrio.config import model
 
-    server_port = await free_port()
+    server_port = await closed_port()
     config_file = tmp_path / "server.json"
     config_file.write_text(
         json.dumps(

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import trio
 
-from tests.support.echo import serve_tcp_echo, serve_udp_echo
+from tests.support.echo import closed_port, serve_tcp_echo, serve_udp_echo
 from tests.support.socks5 import (
     SocksError,
     open_connect,
@@ -257,14 +257,6 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
         assert chunk, "closed early"
         data += chunk
     return data
-
-
-async def closed_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind((LOOPBACK, 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 async def test_failed_dial_gives_the_socks_refused_code() -> None:

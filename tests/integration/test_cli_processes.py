@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tests.support.echo import serve_tcp_echo
+from tests.support.echo import closed_port, serve_tcp_echo
 from tests.support.ntp import serve_ntp
 from tests.support.socks5 import open_connect
 from vtrio.config import loads
@@ -28,14 +28,6 @@ if TYPE_CHECKING:
 
 LOOPBACK = "127.0.0.1"
 USER = "b831381d-6324-4d53-ad4f-8cda48b30811"
-
-
-async def free_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind((LOOPBACK, 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 async def wait_for_port(port: int) -> None:
@@ -52,7 +44,7 @@ async def wait_for_port(port: int) -> None:
 async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
     tmp_path: pathlib.Path,
 ) -> None:
-    server_port, socks_port = await free_port(), await free_port()
+    server_port, socks_port = await closed_port(), await closed_port()
     server_json = {
         "inbounds": [
             {
@@ -152,7 +144,7 @@ async def test_workers_share_the_ports_and_stop_together(
     tmp_path: pathlib.Path,
 ) -> None:
     """`--workers 2`: two processes listen on one port; SIGTERM stops all."""
-    socks_port = await free_port()
+    socks_port = await closed_port()
     config_file = tmp_path / "socks.json"
     config_file.write_text(
         json.dumps(
@@ -289,7 +281,7 @@ async def test_an_ntp_corrected_server_needs_a_corrected_client(
 ) -> None:
     """The server's NTP says its clock is 300 s slow: a client on the system
     clock is refused (too far apart), one corrected by the same NTP works."""
-    server_port, socks_port = await free_port(), await free_port()
+    server_port, socks_port = await closed_port(), await closed_port()
     async with trio.open_nursery() as nursery:
         ntp_port = await nursery.start(serve_ntp, 300.0)
         server_json = {

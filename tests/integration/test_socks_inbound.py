@@ -11,7 +11,7 @@ import struct
 import pytest
 import trio
 
-from tests.support.echo import serve_tcp_echo
+from tests.support.echo import closed_port, serve_tcp_echo
 from tests.support.socks5 import receive_exactly
 from vtrio import server
 from vtrio.config import model
@@ -57,14 +57,6 @@ async def exchange(
             await receive_exactly(stream, len(payload)) if reply[1] == GRANTED else b""
         )
         return reply, echoed
-
-
-async def closed_port() -> int:
-    sock = trio.socket.socket()
-    await sock.bind((LOOPBACK, 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 async def test_socks4_and_4a_connect_relay_bytes_and_failures_get_91() -> None:

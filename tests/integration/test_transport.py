@@ -248,23 +248,38 @@ async def test_tls_verification_failures(tls: dict[str, object], reason: str) ->
     assert "TLS handshake failed" in str(errors[0])
 
 
-async def test_allow_insecure_skips_verification() -> None:
+async def tls_echo(client: TLSSettings, payload: bytes) -> bytes:
+    """``payload`` echoed by a TLS server on the test certificate, through a
+    client with these settings.
+
+    Raises:
+        DialError: the client refused the server.
+    """
     errors: list[BaseException] = []
+    refused: DialError | None = None
+    echoed = b""
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             port = await start_server(
                 nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
             )
-            client = stream_settings(
-                "tcp",
-                "tls",
-                client_tls(
-                    server_name="wrong.example", certificates=(), allow_insecure=True
-                ),
-            )
-            async with await dial(client, "127.0.0.1", port) as stream:
-                assert await exchange(stream, b"insecure") == b"insecure"
+            settings = stream_settings("tcp", "tls", client)
+            try:
+                async with await dial(settings, "127.0.0.1", port) as stream:
+                    echoed = await exchange(stream, payload)
+            except DialError as exc:
+                refused = exc
             nursery.cancel_scope.cancel()
+    if refused is not None:
+        raise refused
+    return echoed
+
+
+async def test_allow_insecure_skips_verification() -> None:
+    insecure = client_tls(
+        server_name="wrong.example", certificates=(), allow_insecure=True
+    )
+    assert await tls_echo(insecure, b"insecure") == b"insecure"
 
 
 async def test_plaintext_on_tls_port() -> None:
@@ -468,40 +483,16 @@ async def test_dial_refused_is_dial_error() -> None:
 async def test_a_pinned_chain_is_accepted(tls: dict[str, object]) -> None:
     """Pinned and insecure: the hash alone decides (v2ray); pinned and
     verified: both must pass."""
-    errors: list[BaseException] = []
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            port = await start_server(
-                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
-            )
-            pins = (bytes(32), leaf_pin())
-            client = stream_settings(
-                "tcp", "tls", client_tls(pinned_chain_sha256=pins, **tls)
-            )
-            async with await dial(client, "127.0.0.1", port) as stream:
-                assert await exchange(stream, b"pinned") == b"pinned"
-            nursery.cancel_scope.cancel()
+    pinned = client_tls(pinned_chain_sha256=(bytes(32), leaf_pin()), **tls)
+    assert await tls_echo(pinned, b"pinned") == b"pinned"
 
 
 async def test_a_chain_that_is_not_pinned_is_refused_with_its_hash() -> None:
-    errors: list[BaseException] = []
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            port = await start_server(
-                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
-            )
-            client = stream_settings(
-                "tcp",
-                "tls",
-                client_tls(
-                    allow_insecure=True,
-                    certificates=(),
-                    pinned_chain_sha256=(bytes(32),),
-                ),
-            )
-            with pytest.raises(DialError) as caught:
-                await dial(client, "127.0.0.1", port)
-            nursery.cancel_scope.cancel()
+    unpinned = client_tls(
+        allow_insecure=True, certificates=(), pinned_chain_sha256=(bytes(32),)
+    )
+    with pytest.raises(DialError) as caught:
+        await tls_echo(unpinned, b"never")
     expected = base64.b64encode(leaf_pin()).decode()
     assert f"chain is not pinned (its hash: {expected})" in str(caught.value)
 

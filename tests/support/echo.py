@@ -61,3 +61,13 @@ async def serve_tcp_source(
     listeners = await trio.open_tcp_listeners(0, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(send, listeners)
+
+
+async def closed_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on (bound, then released): a
+    refused target, or a free port for a process to take."""
+    sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    await sock.bind((host, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
