@@ -152,3 +152,26 @@ async def test_http_proxy_requests_on_the_socks_port_use_its_accounts() -> None:
             )
             assert status.startswith(b"HTTP/1.1 200")
             nursery.cancel_scope.cancel()
+
+
+async def test_an_http_tunnel_on_the_socks_port_outlives_the_handshake_deadline() -> (
+    None
+):
+    config = socks_config(model.SocksInboundSettings(), handshake=0.3)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, config)
+            stream = await trio.open_tcp_stream(LOOPBACK, bound["socks-in"][0][1])
+            async with stream:
+                await stream.send_all(
+                    f"CONNECT {LOOPBACK}:{echo} HTTP/1.1\r\n\r\n".encode()
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some(1024)
+                assert head.startswith(b"HTTP/1.1 200")
+                await trio.sleep(0.6)  # twice the handshake deadline
+                await stream.send_all(b"still")
+                assert await receive_exactly(stream, 5) == b"still"
+            nursery.cancel_scope.cancel()

@@ -201,17 +201,19 @@ async def handle_socks(
     """Serve one SOCKS (or HTTP proxy) client until its tunnel or
     association ends."""
     stream = BufferedStream(raw)
+    request: tuple[int, Address, int] | None = None
     with trio.fail_after(context.handshake_timeout()):
         (version,) = await stream.peek(1)
-        if version not in (VERSION, SOCKS4_VERSION):
-            accounts = settings.accounts if settings.auth == "password" else ()
-            http = HttpInboundSettings(accounts=accounts)
-            await handle_http(context, inbound, http, stream, source)
-            return
         if version == VERSION:
-            command, address, port = await _socks5_request(stream, settings)
-        else:
-            command, address, port = await _socks4_request(stream, settings)
+            request = await _socks5_request(stream, settings)
+        elif version == SOCKS4_VERSION:
+            request = await _socks4_request(stream, settings)
+    if request is None:  # HTTP, under its own handshake deadline
+        accounts = settings.accounts if settings.auth == "password" else ()
+        http = HttpInboundSettings(accounts=accounts)
+        await handle_http(context, inbound, http, stream, source)
+        return
+    command, address, port = request
     session = Session(inbound_tag=inbound.tag, source=source)
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:
