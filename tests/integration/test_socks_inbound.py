@@ -154,9 +154,7 @@ async def test_http_proxy_requests_on_the_socks_port_use_its_accounts() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_an_http_tunnel_on_the_socks_port_outlives_the_handshake_deadline() -> (
-    None
-):
+async def test_http_on_the_socks_port_outlives_the_handshake_deadline() -> None:
     config = socks_config(model.SocksInboundSettings(), handshake=0.3)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
