@@ -143,3 +143,8 @@ def test_cert_hash_prints_the_pin_of_a_pem_chain(tmp_path: pathlib.Path) -> None
     result = RUNNER.invoke(app, ["cert-hash", str(empty)])
     assert result.exit_code == 2
     assert "no PEM certificate" in result.output
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
+    result = RUNNER.invoke(app, ["cert-hash", str(broken)])
+    assert result.exit_code == 2
+    assert "not a certificate" in result.output

@@ -331,7 +331,12 @@ def cert_hash(
     blocks = re.findall(f"{PEM_HEADER}.*?{PEM_FOOTER}", text, re.DOTALL)
     if not blocks:
         _fail(f"{path}: no PEM certificate in it")
-    chain = [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
+    try:
+        chain = [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
+    except ValueError:  # binascii.Error included
+        chain = []
+    if not chain or any(der[:1] != b"\x30" for der in chain):  # a DER SEQUENCE
+        _fail(f"{path}: a PEM block is not a certificate")
     typer.echo(base64.b64encode(chain_hash(chain)).decode())
 
 
