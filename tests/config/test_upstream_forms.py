@@ -340,7 +340,16 @@ def test_tls_settings_that_change_nothing_checked_load(
                 ]
             },
             "$.outbounds[0].settings.finalRules",
-            "finalRules are not supported",
+            "finalRules is not supported",
+        ),
+        (
+            {
+                "outbounds": [
+                    {"protocol": "freedom", "settings": {"ipsBlocked": ["10.0.0.0/8"]}}
+                ]
+            },
+            "$.outbounds[0].settings.ipsBlocked",
+            "ipsBlocked is not supported",
         ),
         (
             {"inbounds": [vmess_in(streamSettings={"finalmask": {"udp": []}})]},
@@ -394,7 +403,7 @@ def test_v2ray_and_xray_fields_without_effect_here_load(
             {
                 "protocol": "freedom",
                 "tag": "direct",
-                "settings": {"timeout": 10, "ipsBlocked": ["1.2.3.4"]},
+                "settings": {"timeout": 10},
             }
         ],
         geodata={"path": "/usr/share/xray"},
@@ -411,7 +420,7 @@ def test_v2ray_and_xray_fields_without_effect_here_load(
         config = loads(text, environ={})
     assert len(config.inbounds) == 2
     messages = " ".join(r.getMessage() for r in caplog.records)
-    for section in ("geodata", "env", "version", "services", "ipsBlocked"):
+    for section in ("geodata", "env", "version", "services"):
         assert section in messages
 
 

@@ -714,18 +714,16 @@ class Normalizer:
         if strategy is None:
             self.error("expected AsIs, UseIP, UseIPv4 or UseIPv6", where)
             return None
-        if freedom.final_rules:
-            self.error(
-                "finalRules are not supported yet (freedom would not apply them)",
-                f"{path}.finalRules",
-            )
-            return None
-        if freedom.ips_blocked:
-            LOGGER.warning(
-                "%s: %s.ipsBlocked is ignored (Xray removed it for finalRules)",
-                self.source,
-                path,
-            )
+        for name, given_rules in (
+            ("finalRules", freedom.final_rules),
+            ("ipsBlocked", freedom.ips_blocked),
+        ):
+            if given_rules:
+                self.error(
+                    f"{name} is not supported yet (freedom would not apply it)",
+                    f"{path}.{name}",
+                )
+                return None
         return model.FreedomSettings(
             domain_strategy=cast(
                 "Literal['AsIs', 'UseIP', 'UseIPv4', 'UseIPv6']", strategy

@@ -270,8 +270,9 @@ class FreedomV2(V2Base):
     fragment: msgspec.Raw = ABSENT
     noises: msgspec.Raw = ABSENT
     proxy_protocol: int | None = None
-    ips_blocked: msgspec.Raw = ABSENT  # removed by Xray, which warns
-    final_rules: list[msgspec.Raw] = []  # Xray; refused unless empty
+    # Xray's blocking rules; refused unless empty.
+    ips_blocked: msgspec.Raw = ABSENT
+    final_rules: list[msgspec.Raw] = []
 
 
 class BlackholeResponseV2(V2Base):
