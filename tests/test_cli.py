@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import uuid
 from typing import TYPE_CHECKING
 
 from typer.testing import CliRunner
@@ -148,3 +149,29 @@ def test_cert_hash_prints_the_pin_of_a_pem_chain(tmp_path: pathlib.Path) -> None
     result = RUNNER.invoke(app, ["cert-hash", str(broken)])
     assert result.exit_code == 2
     assert "not a certificate" in result.output
+
+
+def test_check_builds_the_outbounds_tls_too(tmp_path: pathlib.Path) -> None:
+    tls = {"serverName": "h", "cipherSuites": "TLS_NULL_WITH_NOTHING"}
+    vnext = [{"address": "h", "port": 443, "users": [{"id": str(uuid.uuid4())}]}]
+    config = tmp_path / "client.json"
+    config.write_text(
+        json.dumps(
+            {
+                "inbounds": [{"port": 1080, "protocol": "socks"}],
+                "outbounds": [
+                    {
+                        "protocol": "vmess",
+                        "settings": {"vnext": vnext},
+                        "streamSettings": {"security": "tls", "tlsSettings": tls},
+                    }
+                ],
+            }
+        )
+    )
+    result = RUNNER.invoke(app, ["check", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"{config}: $.outbounds[0].streamSettings.tlsSettings.cipherSuites:"
+        " unknown cipher suite 'TLS_NULL_WITH_NOTHING'"
+    )

@@ -42,7 +42,7 @@ from vtrio.config.model import (
 )
 from vtrio.config.normalize import parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
-from vtrio.net.transport.tls import chain_hash, server_context
+from vtrio.net.transport.tls import chain_hash, client_context, server_context
 
 app = typer.Typer(
     name="vtrio",
@@ -300,13 +300,20 @@ def check(
     loaded = _load(config)
     # Certificates are read here too, as v2ray -test does.
     problems = []
-    for index, inbound in enumerate(loaded.inbounds):
-        if inbound.stream.security == "tls":
+    source = " + ".join(loaded.sources)
+    streams = [
+        (f"$.inbounds[{index}]", inbound.stream, server_context)
+        for index, inbound in enumerate(loaded.inbounds)
+    ] + [
+        (f"$.outbounds[{index}]", outbound.stream, client_context)
+        for index, outbound in enumerate(loaded.outbounds)
+    ]
+    for where, stream, make_context in streams:
+        if stream.security == "tls":
             try:
-                server_context(inbound.stream.tls)
+                make_context(stream.tls)
             except ConfigError as exc:
-                source = " + ".join(loaded.sources)
-                problems.append(f"{source}: $.inbounds[{index}].streamSettings.{exc}")
+                problems.append(f"{source}: {where}.streamSettings.{exc}")
     if problems:
         for problem in problems:
             typer.echo(problem, err=True)

@@ -25,9 +25,9 @@ from vtrio.config.model import (
     TLSSettings,
     WebSocketSettings,
 )
-from vtrio.errors import DialError, RemoteProtocolError
+from vtrio.errors import ConfigError, DialError, RemoteProtocolError
 from vtrio.net.transport import accept_stream, dial, open_listeners
-from vtrio.net.transport.tls import chain_hash
+from vtrio.net.transport.tls import TLSStream, chain_hash, client_context
 from vtrio.net.transport.websocket import (
     WebSocketStream,
     accept_websocket,
@@ -543,3 +543,38 @@ async def test_an_xray_pin_of_the_servers_own_certificate_replaces_checks() -> N
             nursery.cancel_scope.cancel()
     assert "matches a CA of its chain" in messages[0]
     assert f"not pinned (its SHA-256: {leaf_pin().hex()})" in messages[1]
+
+
+async def test_max_version_and_go_cipher_suite_names_are_applied() -> None:
+    errors: list[BaseException] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(
+                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
+            )
+            suites = "TLS_AES_128_GCM_SHA256:TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
+            client = stream_settings(
+                "tcp", "tls", client_tls(max_version="1.2", cipher_suites=suites)
+            )
+            async with await dial(client, "127.0.0.1", port) as stream:
+                assert isinstance(stream, TLSStream)
+                assert stream.ssl_stream.version() == "TLSv1.2"
+                cipher = stream.ssl_stream.cipher()
+                assert cipher is not None
+                assert cipher[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"cipher_suites": "TLS_NULL_WITH_NOTHING"}, "unknown cipher suite"),
+        ({"cipher_suites": "TLS_AES_128_GCM_SHA256"}, "no TLS 1.2 cipher suite"),
+        ({"max_version": "1.5"}, "unknown TLS version '1.5'"),
+    ],
+)
+def test_bad_versions_and_suites_are_config_errors(
+    changes: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        client_context(client_tls(**changes))

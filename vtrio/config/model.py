@@ -71,6 +71,9 @@ class TLSSettings:
     allow_insecure: bool = False
     disable_system_root: bool = False
     min_version: str | None = None
+    max_version: str | None = None
+    # Go's names of the TLS 1.2 suites to allow, colon-separated (v2ray's).
+    cipher_suites: str | None = None
     # v2ray's pinnedPeerCertificateChainSha256, decoded: a client accepts a
     # server only if the hash of the chain it sends is one of these.
     pinned_chain_sha256: tuple[bytes, ...] = ()

@@ -978,6 +978,8 @@ class Normalizer:
             allow_insecure=tls.allow_insecure,
             disable_system_root=tls.disable_system_root,
             min_version=tls.min_version,
+            max_version=tls.max_version or None,
+            cipher_suites=tls.cipher_suites or None,
             pinned_chain_sha256=pins,
             pinned_cert_sha256=cert_pins,
         )

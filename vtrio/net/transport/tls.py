@@ -53,6 +53,33 @@ _TLS_VERSIONS = {
     "1.3": ssl.TLSVersion.TLSv1_3,
 }
 
+# Go's (IANA's) names of the TLS 1.2 suites, and OpenSSL's.
+_GO_CIPHER_SUITES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+}
+_TLS13_SUITES = {
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+}
 # ssl.ENCODING_DER, which the ssl module does not re-export.
 _DER = 2
 # OpenSSL reasons a server sees when the client did not speak TLS at all.
@@ -117,17 +144,56 @@ def _load_trust_root(
 def _apply_common(
     context: ssl.SSLContext, settings: TLSSettings, alpn: tuple[str, ...]
 ) -> None:
-    if settings.min_version is not None:
-        try:
-            context.minimum_version = _TLS_VERSIONS[settings.min_version]
-        except KeyError:
+    for given, field in (
+        (settings.min_version, "minVersion"),
+        (settings.max_version, "maxVersion"),
+    ):
+        if given is None:
+            continue
+        if given not in _TLS_VERSIONS:
             raise ConfigError(
-                f"unknown TLS version {settings.min_version!r} (use one of "
+                f"unknown TLS version {given!r} (use one of "
                 f"{', '.join(_TLS_VERSIONS)})",
-                path="tlsSettings.minVersion",
-            ) from None
+                path=f"tlsSettings.{field}",
+            )
+        if field == "minVersion":
+            context.minimum_version = _TLS_VERSIONS[given]
+        else:
+            context.maximum_version = _TLS_VERSIONS[given]
+    if settings.cipher_suites:
+        try:
+            context.set_ciphers(_openssl_ciphers(settings.cipher_suites))
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"this OpenSSL offers none of these suites ({exc.reason})",
+                path="tlsSettings.cipherSuites",
+            ) from exc
     if alpn:
         context.set_alpn_protocols(list(alpn))
+
+
+def _openssl_ciphers(go_names: str) -> str:
+    """OpenSSL's cipher list for Go's suite names (``a:b``, as v2ray reads
+    them). TLS 1.3 suites are skipped: neither Go nor this list sets them.
+
+    Raises:
+        ConfigError: a name is not a suite vtrio knows.
+    """
+    chosen = []
+    for name in filter(None, (part.strip() for part in go_names.split(":"))):
+        if name in _TLS13_SUITES:
+            continue
+        openssl = _GO_CIPHER_SUITES.get(name)
+        if openssl is None:
+            raise ConfigError(
+                f"unknown cipher suite {name!r}", path="tlsSettings.cipherSuites"
+            )
+        chosen.append(openssl)
+    if not chosen:
+        raise ConfigError(
+            "no TLS 1.2 cipher suite left", path="tlsSettings.cipherSuites"
+        )
+    return ":".join(chosen)
 
 
 @functools.cache
