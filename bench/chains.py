@@ -170,12 +170,22 @@ def v2_server(port: int) -> dict[str, object]:
     }
 
 
-def v2_client(socks: int, port: int, security: str) -> dict[str, object]:
+def v2_client(
+    entry: int, port: int, security: str, target: int = 0
+) -> dict[str, object]:
+    """A client whose entry is SOCKS, or a dokodemo-door to ``target`` if given."""
+    inbound: dict[str, object] = {
+        "listen": LOOPBACK,
+        "port": entry,
+        "protocol": "socks",
+        "settings": {},
+    }
+    if target:
+        inbound["protocol"] = "dokodemo-door"
+        inbound["settings"] = {"address": LOOPBACK, "port": target, "network": "tcp"}
     return {
         "log": {"loglevel": "warning"},
-        "inbounds": [
-            {"listen": LOOPBACK, "port": socks, "protocol": "socks", "settings": {}}
-        ],
+        "inbounds": [inbound],
         "outbounds": [
             {
                 "protocol": "vmess",
@@ -208,10 +218,20 @@ def sing_server(port: int) -> dict[str, object]:
     }
 
 
-def sing_client(socks: int, port: int, security: str) -> dict[str, object]:
+def sing_client(
+    entry: int, port: int, security: str, target: int = 0
+) -> dict[str, object]:
+    """A client whose entry is SOCKS, or a direct inbound to ``target`` if given."""
+    inbound: dict[str, object] = {
+        "type": "socks",
+        "listen": LOOPBACK,
+        "listen_port": entry,
+    }
+    if target:
+        inbound.update(type="direct", override_address=LOOPBACK, override_port=target)
     return {
         "log": {"level": "warn"},
-        "inbounds": [{"type": "socks", "listen": LOOPBACK, "listen_port": socks}],
+        "inbounds": [inbound],
         "outbounds": [
             {
                 "type": "vmess",
@@ -307,19 +327,22 @@ class Chain:
     client: str
     server: str
     security: str
-    socks_port: int = 0
+    entry_port: int = 0
     proxies: list[Proxy] = field(default_factory=list)
     vtrio_workers: int = 1
+    # The client's entry forwards every connection here (a dokodemo-door)
+    # instead of asking for a destination (SOCKS) when set.
+    fixed_target: int = 0
 
     def start(self, workdir: Path, pin: bool) -> None:
-        port, socks = free_port(), free_port()
+        port, entry = free_port(), free_port()
         server_config = (
             sing_server(port) if self.server == "sing-box" else v2_server(port)
         )
         client_config = (
-            sing_client(socks, port, self.security)
+            sing_client(entry, port, self.security, self.fixed_target)
             if self.client == "sing-box"
-            else v2_client(socks, port, self.security)
+            else v2_client(entry, port, self.security, self.fixed_target)
         )
         workers = self.vtrio_workers
         self.proxies = [
@@ -331,8 +354,14 @@ class Chain:
             ),
         ]
         wait_port(port)
-        wait_port(socks)
-        self.socks_port = socks
+        wait_port(entry)
+        self.entry_port = entry
+
+    async def open(self, target: int) -> trio.SocketStream:
+        """A tunnel to ``target`` through the client's entry."""
+        if self.fixed_target:
+            return await trio.open_tcp_stream(LOOPBACK, self.entry_port)
+        return await socks_connect(self.entry_port, target)
 
     def stop(self) -> None:
         for proxy in self.proxies:
@@ -351,7 +380,7 @@ class Chain:
 
 
 async def download(chain: Chain, target: int, size: int) -> float:
-    stream = await socks_connect(chain.socks_port, target)
+    stream = await chain.open(target)
     async with stream:
         started = time.perf_counter()
         await stream.send_all(f"D {size}\n".encode())
@@ -369,7 +398,7 @@ async def download(chain: Chain, target: int, size: int) -> float:
 
 
 async def upload(chain: Chain, target: int, size: int) -> float:
-    stream = await socks_connect(chain.socks_port, target)
+    stream = await chain.open(target)
     async with stream:
         started = time.perf_counter()
         await stream.send_all(f"U {size}\n".encode())
@@ -430,7 +459,7 @@ async def echo_tunnels(
             tries -= 1
             started = time.perf_counter()
             try:
-                stream = await socks_connect(chain.socks_port, target)
+                stream = await chain.open(target)
                 async with stream:
                     await stream.send_all(b"E\nping")
                     await receive_exactly(stream, 4)
@@ -492,7 +521,7 @@ async def idle_tunnels(chain: Chain, target: int, count: int) -> tuple[int, int]
     streams = []
     try:
         for _ in range(count):
-            stream = await socks_connect(chain.socks_port, target)
+            stream = await chain.open(target)
             await stream.send_all(b"E\nx")
             await receive_exactly(stream, 1)
             streams.append(stream)
@@ -540,7 +569,11 @@ async def run(args: argparse.Namespace) -> None:
             target = await nursery.start(serve_target)
             chains = [
                 Chain(
-                    f"{name}", *CHAINS[name], security, vtrio_workers=args.vtrio_workers
+                    f"{name}",
+                    *CHAINS[name],
+                    security,
+                    vtrio_workers=args.vtrio_workers,
+                    fixed_target=target if args.entry == "dokodemo" else 0,
                 )
                 for security in args.securities
                 for name in args.chains
@@ -594,7 +627,7 @@ def report(
     print(
         f"\nmedians of {args.rounds} interleaved round(s),"
         f" {args.size} MB per transfer, {args.in_flight} tunnels in flight,"
-        f" vtrio workers: {args.vtrio_workers}; "
+        f" vtrio workers: {args.vtrio_workers}, client entry: {args.entry}; "
         "MB/s, CPU-s per GB (both proxies), RSS in KiB; (x) = ratio to v2ray's chain\n"
     )
     header = f"{'chain':<16}{'security':<19}" + "".join(f"{c:>16}" for c in columns)
@@ -669,6 +702,13 @@ def main() -> None:
         help="tunnels opened at once in the connection test",
     )
     parser.add_argument("--idle-tunnels", type=int, default=0)
+    parser.add_argument(
+        "--entry",
+        choices=("socks", "dokodemo"),
+        default="socks",
+        help="the client's entry: SOCKS5, or a dokodemo-door to the target"
+        " (no SOCKS handshake)",
+    )
     parser.add_argument(
         "--pin", action="store_true", help="taskset: client on core 0, server on 1"
     )

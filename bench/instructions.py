@@ -92,7 +92,7 @@ def start_chain(
 
 async def count_tunnels(socks: int, pid: int, tunnels: int) -> None:
     """Warm up, then open ``tunnels`` tunnels with callgrind counting ``pid``."""
-    chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", socks_port=socks)
+    chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", entry_port=socks)
 
     async def control(*options: str) -> None:
         await trio.run_process(

@@ -54,3 +54,16 @@ async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -
     assert elapsed == pytest.approx(DEFERRED_TEARDOWN + window, abs=0.3)
     assert rate > 0
     assert 0 < p50 <= p99
+
+
+async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        target = await nursery.start(serve_target)
+        chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", fixed_target=target)
+        chain.start(tmp_path, pin=False)
+        try:
+            finished = await echo_tunnels(chain, target, 2, count=4)
+        finally:
+            chain.stop()
+        nursery.cancel_scope.cancel()
+    assert len(finished) == 4
