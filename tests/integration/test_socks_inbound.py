@@ -173,3 +173,40 @@ async def test_http_on_the_socks_port_outlives_the_handshake_deadline() -> None:
                 await stream.send_all(b"still")
                 assert await receive_exactly(stream, 5) == b"still"
             nursery.cancel_scope.cancel()
+
+
+async def socks5_password_status(proxy_port: int, user: bytes, password: bytes) -> int:
+    """The RFC 1929 status the inbound answers to these credentials."""
+    stream = await trio.open_tcp_stream(LOOPBACK, proxy_port)
+    async with stream:
+        await stream.send_all(b"\x05\x01\x02")
+        assert await receive_exactly(stream, 2) == b"\x05\x02"
+        await stream.send_all(
+            bytes((1, len(user))) + user + bytes((len(password),)) + password
+        )
+        return (await receive_exactly(stream, 2))[1]
+
+
+async def test_socks5_passwords_are_checked() -> None:
+    settings = model.SocksInboundSettings(
+        auth="password", accounts=(model.Account("user", "secret"),)
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.run, socks_config(settings))
+            port = bound["socks-in"][0][1]
+            assert await socks5_password_status(port, b"user", b"secret") == 0
+            for user, password in (
+                (b"user", b"secreT"),
+                (b"usex", b"secret"),
+                (b"user", b""),
+            ):
+                assert await socks5_password_status(port, user, password) == 1
+            nursery.cancel_scope.cancel()
+
+
+def test_an_account_matches_only_its_exact_bytes() -> None:
+    account = model.Account("user", "pässword")
+    assert account.matches(b"user", "pässword".encode())
+    assert not account.matches(b"user", b"passwor")
+    assert not account.matches(b"User", "pässword".encode())

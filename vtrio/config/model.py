@@ -10,6 +10,7 @@ outside ``vtrio/config/`` ever sees a dialect struct.
 from __future__ import annotations
 
 import enum
+import hmac
 import ipaddress
 import re
 import uuid
@@ -50,6 +51,12 @@ class Account:
 
     user: str
     password: str
+
+    def matches(self, user: bytes, password: bytes) -> bool:
+        """Compared in constant time, so that a guess's timing does not tell
+        how much of it was right."""
+        same_user = hmac.compare_digest(self.user.encode(), user)
+        return hmac.compare_digest(self.password.encode(), password) & same_user
 
 
 @dataclass(frozen=True, slots=True)

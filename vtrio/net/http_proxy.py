@@ -57,7 +57,10 @@ def _authorized(settings: HttpInboundSettings, headers: dict[str, str]) -> bool:
         user, _, password = base64.b64decode(token).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
-    return any(a.user == user and a.password == password for a in settings.accounts)
+    return any(
+        account.matches(user.encode(), password.encode())
+        for account in settings.accounts
+    )
 
 
 async def handle_http(

@@ -182,10 +182,7 @@ async def _authenticate(stream: BufferedStream, settings: SocksInboundSettings) 
     user = await stream.receive_exactly(user_length)
     (password_length,) = await stream.receive_exactly(1)
     password = await stream.receive_exactly(password_length)
-    ok = any(
-        account.user.encode() == user and account.password.encode() == password
-        for account in settings.accounts
-    )
+    ok = any(account.matches(user, password) for account in settings.accounts)
     await stream.send_all(bytes((1, 0 if ok else 1)))
     if not ok:
         raise RemoteProtocolError("SOCKS user name or password is wrong")
