@@ -29,6 +29,7 @@ from vtrio.config.links import (
     parse_link,
 )
 from vtrio.config.model import (
+    NTP_PORT,
     Config,
     Log,
     Ntp,
@@ -43,6 +44,7 @@ from vtrio.config.model import (
 from vtrio.config.normalize import parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
 from vtrio.net.transport.tls import chain_hash, client_context, server_context
+from vtrio.protocol.address import split_host_port
 
 app = typer.Typer(
     name="vtrio",
@@ -178,11 +180,18 @@ def _summary(config: Config) -> list[str]:
 
 
 def _ntp_server(text: str) -> Ntp:
-    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address."""
-    host, colon, port = text.rpartition(":")
-    if not colon or "]" in port or (":" in host and not host.endswith("]")):
-        return Ntp(text.strip("[]"))
-    return Ntp(host.strip("[]"), parse_ports(port, "--ntp")[0])
+    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address.
+
+    Raises:
+        ConfigError: the port is not one.
+    """
+    try:
+        host, port = split_host_port(text, NTP_PORT)
+    except ValueError:
+        host, port = text, 0
+    if not host or not 0 < port < 65536:
+        raise ConfigError("expected HOST or HOST:PORT", path="--ntp")
+    return Ntp(host, port)
 
 
 def _transport(stream: StreamSettings) -> str:

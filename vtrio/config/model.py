@@ -286,12 +286,15 @@ class Log:
     error_off: bool = False
 
 
+NTP_PORT = 123
+
+
 @dataclass(frozen=True, slots=True)
 class Ntp:
     """An NTP server that corrects the clock of VMess timestamps."""
 
     server: str
-    port: int = 123
+    port: int = NTP_PORT
     interval: float = 1800.0  # seconds between queries
 
 

@@ -21,6 +21,7 @@ from vtrio.errors import RemoteProtocolError
 from vtrio.net.buffered import BufferedStream
 from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.tunnel import run_tunnel
+from vtrio.protocol.address import split_host_port
 
 if TYPE_CHECKING:
     from vtrio.config.model import HttpInboundSettings, Inbound
@@ -34,15 +35,8 @@ def _response(status: str, extra: str = "") -> bytes:
 
 
 def _split_host_port(authority: str, default_port: int) -> tuple[str, int]:
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif authority.count(":") == 1:
-        host, _, port = authority.partition(":")
-    else:
-        host, port = authority, ""
     try:
-        return host, int(port) if port else default_port
+        return split_host_port(authority, default_port)
     except ValueError as exc:
         raise RemoteProtocolError(f"bad port in {authority!r}") from exc
 

@@ -104,3 +104,20 @@ def parse_domain(raw: bytes) -> Address:
     if _DOMAIN_CHARACTERS.fullmatch(raw) is None:
         raise RemoteProtocolError("invalid remote address: bad domain characters")
     return raw.decode("ascii")
+
+
+def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
+    """Host and port of ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6
+    address, as written in HTTP requests and on command lines.
+
+    Raises:
+        ValueError: the port is not a number.
+    """
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif authority.count(":") == 1:
+        host, _, port = authority.partition(":")
+    else:
+        host, port = authority, ""
+    return host, int(port) if port else default_port
