@@ -144,9 +144,9 @@ def _load_trust_root(
 def _apply_common(
     context: ssl.SSLContext, settings: TLSSettings, alpn: tuple[str, ...]
 ) -> None:
-    for given, field in (
-        (settings.min_version, "minVersion"),
-        (settings.max_version, "maxVersion"),
+    for given, field, bound in (
+        (settings.min_version, "minVersion", "minimum_version"),
+        (settings.max_version, "maxVersion", "maximum_version"),
     ):
         if given is None:
             continue
@@ -156,10 +156,7 @@ def _apply_common(
                 f"{', '.join(_TLS_VERSIONS)})",
                 path=f"tlsSettings.{field}",
             )
-        if field == "minVersion":
-            context.minimum_version = _TLS_VERSIONS[given]
-        else:
-            context.maximum_version = _TLS_VERSIONS[given]
+        setattr(context, bound, _TLS_VERSIONS[given])
     if settings.cipher_suites:
         try:
             context.set_ciphers(_openssl_ciphers(settings.cipher_suites))
@@ -372,15 +369,12 @@ async def dial_tls(
             f"TLS handshake with {host}:{port} (server name {server_name!r}) "
             f"failed: {_reason(exc)}"
         ) from exc
-    problem = _unpinned(settings, _peer_chain(ssl_stream)) if _pinning(settings) else ""
-    if problem:
-        await trio.aclose_forcefully(ssl_stream)
-        raise DialError(f"TLS server {host}:{port}: {problem}")
+    if settings.pinned_chain_sha256 or settings.pinned_cert_sha256:
+        problem = _unpinned(settings, _peer_chain(ssl_stream))
+        if problem:
+            await trio.aclose_forcefully(ssl_stream)
+            raise DialError(f"TLS server {host}:{port}: {problem}")
     return TLSStream(ssl_stream)
-
-
-def _pinning(settings: TLSSettings) -> bool:
-    return bool(settings.pinned_chain_sha256 or settings.pinned_cert_sha256)
 
 
 def _unpinned(settings: TLSSettings, chain: list[bytes]) -> str:
