@@ -11,7 +11,6 @@ vtrio does not implement is refused by path, never silently dropped.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import logging
 import os
@@ -48,11 +47,14 @@ from vtrio.errors import ConfigError, ConfigErrors, LocalProtocolError
 from vtrio.protocol.ids import parse_user_id
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from vtrio.config.v2ray import AccountV2, Port
 
 LOGGER = logging.getLogger("vtrio.config")
 
 T = TypeVar("T")
+B = TypeVar("B")
 
 INBOUND_PROTOCOLS = {
     "vmess": "vmess",
@@ -82,18 +84,17 @@ UNSUPPORTED_RULE_CONDITIONS = (
 )
 # Settings whose meaning vtrio lacks and must not drop silently: each would
 # leave the peer less checked or less hidden than the config asks.
+# Field -> what it is about, when its JSON name does not say.
 UNSUPPORTED_TLS = {
-    "reject_unknown_sni": "rejectUnknownSni",
-    "verify_client_certificate": "verifyClientCertificate (client certificates)",
-    "pinned_peer_certificate_public_key_sha256": (
-        "pinnedPeerCertificatePublicKeySha256"
-    ),
-    "verify_peer_cert_by_name": "verifyPeerCertByName",
-    "verify_peer_cert_in_names": "verifyPeerCertInNames",
-    "server_name_to_verify": "serverNameToVerify",
-    "ech_server_keys": "echServerKeys (ECH)",
-    "ech_config_list": "echConfigList (ECH)",
-    "ech_force_query": "echForceQuery (ECH)",
+    "reject_unknown_sni": "",
+    "verify_client_certificate": " (client certificates)",
+    "pinned_peer_certificate_public_key_sha256": "",
+    "verify_peer_cert_by_name": "",
+    "verify_peer_cert_in_names": "",
+    "server_name_to_verify": "",
+    "ech_server_keys": " (ECH)",
+    "ech_config_list": " (ECH)",
+    "ech_force_query": " (ECH)",
 }
 # v2ray's and Xray's spellings of freedom's strategies, compared in lower case.
 FREEDOM_STRATEGIES = {
@@ -248,6 +249,17 @@ class Normalizer:
         # The JSON path each built inbound and outbound came from.
         self._paths: dict[str, list[str]] = {"inbounds": [], "outbounds": []}
 
+    def built(
+        self, root: RootV2, kind: str, build: Callable[[Any, str], B | None]
+    ) -> tuple[B, ...]:
+        """The inbounds or outbounds that build, their paths kept for checks."""
+        out = []
+        for path, raw in _legacy_first(root, kind):
+            if (item := build(raw, path)) is not None:
+                out.append(item)
+                self._paths[f"{kind}s"].append(path)
+        return tuple(out)
+
     def error(self, message: str, path: str) -> None:
         self.errors.append(ConfigError(message, path=path, source=self.source))
 
@@ -269,19 +281,9 @@ class Normalizer:
                 LOGGER.warning(
                     "%s: section %r is not used by vtrio; ignored", self.source, name
                 )
-        inbounds: list[model.Inbound] = []
-        for path, raw in _legacy_first(root, "inbound"):
-            if (inbound := self.inbound(raw, path)) is not None:
-                inbounds.append(inbound)
-                self._paths["inbounds"].append(path)
-        outbounds: list[model.Outbound] = []
-        for path, raw in _legacy_first(root, "outbound"):
-            if (outbound := self.outbound(raw, path)) is not None:
-                outbounds.append(outbound)
-                self._paths["outbounds"].append(path)
         config = model.Config(
-            inbounds=tuple(inbounds),
-            outbounds=tuple(outbounds),
+            inbounds=self.built(root, "inbound", self.inbound),
+            outbounds=self.built(root, "outbound", self.outbound),
             routing=self.routing(root.routing),
             policy=self.policy(root.policy),
             log=self.log(root),
@@ -922,12 +924,13 @@ class Normalizer:
                 self.error("security is tls but tlsSettings has no certificates", path)
                 return None
             return model.TLSSettings()
-        for name, label in UNSUPPORTED_TLS.items():
+        for name, about in UNSUPPORTED_TLS.items():
             if getattr(tls, name):
+                field = _json_name(TlsV2, name)
                 self.error(
-                    f"{label} is not supported yet, and vtrio will not drop it"
-                    " silently",
-                    f"{path}.{_json_name(TlsV2, name)}",
+                    f"{field}{about} is not supported yet, and vtrio will not drop"
+                    " it silently",
+                    f"{path}.{field}",
                 )
                 return None
         if tls.fingerprint:
@@ -967,8 +970,19 @@ class Normalizer:
                 "a TLS server needs a certificate with its key", f"{path}.certificates"
             )
             return None
-        pins = self.pins(tls.pinned_peer_certificate_chain_sha256 or [], path)
-        cert_pins = self.cert_pins(tls.pinned_peer_cert_sha256, path)
+        chain_field = f"{path}.pinnedPeerCertificateChainSha256"
+        pins = self.digests(
+            tls.pinned_peer_certificate_chain_sha256 or [],
+            _from_base64,
+            lambda index: f"{chain_field}[{index}]",
+            "the Base64 of a SHA-256 (vtrio cert-hash FILE prints it)",
+        )
+        cert_pins = self.digests(
+            [text.replace(":", "") for text in _as_list(tls.pinned_peer_cert_sha256)],
+            bytes.fromhex,
+            lambda _: f"{path}.pinnedPeerCertSha256",
+            "hex SHA-256s, comma-separated",
+        )
         if pins is None or cert_pins is None:
             return None
         return model.TLSSettings(
@@ -984,42 +998,27 @@ class Normalizer:
             pinned_cert_sha256=cert_pins,
         )
 
-    def cert_pins(self, given: str, path: str) -> tuple[bytes, ...] | None:
-        """Xray's certificate hashes: hex SHA-256s (colons allowed), comma
-        separated."""
-        pins = []
-        for text in given.split(","):
-            if not text.strip():
-                continue
+    def digests(
+        self,
+        texts: list[str],
+        decode: Callable[[str], bytes],
+        where: Callable[[int], str],
+        expected: str,
+    ) -> tuple[bytes, ...] | None:
+        """SHA-256 digests written as text (certificate pins), each decoded
+        with ``decode``; None after naming the first that is not one (at
+        ``where(index)``)."""
+        found = []
+        for index, text in enumerate(texts):
             try:
-                pin = bytes.fromhex(text.strip().replace(":", ""))
-            except ValueError:
-                pin = b""
-            if len(pin) != 32:
-                self.error(
-                    f"expected hex SHA-256s, got {text.strip()!r}",
-                    f"{path}.pinnedPeerCertSha256",
-                )
+                digest = decode(text)
+            except ValueError:  # binascii.Error is one
+                digest = b""
+            if len(digest) != 32:
+                self.error(f"expected {expected}, got {text!r}", where(index))
                 return None
-            pins.append(pin)
-        return tuple(pins)
-
-    def pins(self, given: list[str], path: str) -> tuple[bytes, ...] | None:
-        """v2ray's chain hashes: Base64 of 32 bytes each."""
-        pins = []
-        for index, text in enumerate(given):
-            try:
-                pin = base64.b64decode(text, validate=True)
-            except binascii.Error:
-                pin = b""
-            if len(pin) != 32:
-                self.error(
-                    "expected the Base64 of a SHA-256 (vtrio cert-hash FILE prints it)",
-                    f"{path}.pinnedPeerCertificateChainSha256[{index}]",
-                )
-                return None
-            pins.append(pin)
-        return tuple(pins)
+            found.append(digest)
+        return tuple(found)
 
     def websocket(self, stream: StreamV2) -> model.WebSocketSettings:
         ws = stream.ws_settings
@@ -1134,6 +1133,10 @@ def _legacy_first(root: RootV2, kind: str) -> list[tuple[str, Any]]:
         path, first = entries[0]
         entries[0] = (path, msgspec.structs.replace(first, port=root.port))
     return entries
+
+
+def _from_base64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
 
 
 def _json_name(struct: type[msgspec.Struct], name: str) -> str:
