@@ -111,11 +111,6 @@ def _alter_id(text: str) -> int:
     return int(text)
 
 
-def _host(text: str) -> str:
-    """A server address; an IPv6 literal may come in brackets."""
-    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
-
-
 def _port(value: object, path: str) -> int:
     ports = parse_ports(value if isinstance(value, int) else str(value), path)
     return ports[0]
@@ -146,7 +141,7 @@ def parse_link(text: str) -> Link:
         value = data.get(key, default)
         return default if value is None else str(value)
 
-    address = _host(text_of("add").strip())
+    address = text_of("add").strip().strip("[]")  # an IPv6 literal may come in []
     if not address:
         raise ConfigError("the link has no server address", path="link.add")
     user = model.VMessUser(
