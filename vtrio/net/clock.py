@@ -62,12 +62,10 @@ async def query_offset(host: str, port: int) -> float:
             while True:
                 reply = await sock.recv(1024)
                 received = time.time()
-                try:
+                if len(reply) < sntp.PACKET_SIZE or sntp.answers(reply, nonce):
+                    # A short reply is refused there, with its reason.
                     return sntp.clock_offset(reply, nonce, sent, received)
-                except RemoteProtocolError:
-                    if len(reply) >= sntp.PACKET_SIZE and reply[24:32] != nonce:
-                        continue  # a late answer to an earlier request
-                    raise
+                # A late answer to an earlier request: wait for this one's.
 
 
 async def keep_synced(
@@ -76,7 +74,6 @@ async def keep_synced(
     """Keep :func:`unix_now` set from ``ntp``; started once the first
     exchange succeeded or failed, so that serving waits at most one query."""
     global _offset
-    started = False
     try:
         while True:
             delay = ntp.interval
@@ -94,9 +91,8 @@ async def keep_synced(
                     offset,
                 )
                 _offset = offset
-            if not started:
-                started = True
-                task_status.started()
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED  # started once
             await trio.sleep(delay)
     finally:
         _offset = 0.0

@@ -31,6 +31,12 @@ def request(nonce: bytes) -> bytes:
     return bytes((CLIENT_HEAD,)) + bytes(39) + nonce
 
 
+def answers(reply: bytes, nonce: bytes) -> bool:
+    """Whether ``reply`` echoes the request with this nonce (a late reply to
+    an earlier request does not)."""
+    return len(reply) >= PACKET_SIZE and reply[24:32] == nonce
+
+
 def clock_offset(reply: bytes, nonce: bytes, sent: float, received: float) -> float:
     """The server's time minus ours, in seconds.
 
@@ -51,7 +57,7 @@ def clock_offset(reply: bytes, nonce: bytes, sent: float, received: float) -> fl
         raise RemoteProtocolError(f"NTP reply in mode {head & 0b111}")
     if head >> 6 == LEAP_UNSYNCHRONIZED or stratum == 0 or stratum > 15:
         raise RemoteProtocolError(f"NTP server not synchronised (stratum {stratum})")
-    if reply[24:32] != nonce:
+    if not answers(reply, nonce):
         raise RemoteProtocolError("NTP reply does not answer this request")
     server_received = _unix(reply[32:40])
     server_sent = _unix(reply[40:48])
