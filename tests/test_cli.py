@@ -91,6 +91,14 @@ def test_client_with_a_bad_link_exits_2() -> None:
     assert "Traceback" not in result.output
 
 
+def test_client_with_an_unknown_network_exits_2() -> None:
+    result = RUNNER.invoke(
+        app, ["client", "--server", "h:1", "--id", "x", "--network", "grpc"]
+    )
+    assert result.exit_code == 2
+    assert "--network: expected tcp, ws or httpupgrade" in result.stderr
+
+
 def test_version() -> None:
     result = RUNNER.invoke(app, ["version"])
     assert result.stdout.strip() == f"vtrio {__version__}"

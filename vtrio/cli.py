@@ -41,7 +41,7 @@ from vtrio.config.model import (
     VMessUser,
     WebSocketSettings,
 )
-from vtrio.config.normalize import parse_id, parse_ports, parse_security
+from vtrio.config.normalize import NETWORKS, parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
 from vtrio.net.transport.tls import chain_hash, client_context, server_context
 from vtrio.protocol.address import split_host_port
@@ -196,7 +196,7 @@ def _ntp_server(text: str) -> Ntp:
 
 def _transport(stream: StreamSettings) -> str:
     text: str = stream.network
-    if stream.network == "ws":
+    if stream.network != "tcp":
         text += f"({stream.ws.path})"
     return text + ("+tls" if stream.security == "tls" else "")
 
@@ -244,9 +244,11 @@ def client(
     alter_id: Annotated[
         int, typer.Option(help="alterId; > 0 uses the legacy header.")
     ] = 0,
-    network: Annotated[str, typer.Option(help="tcp or ws.")] = "tcp",
-    path: Annotated[str, typer.Option(help="WebSocket path.")] = "/",
-    host: Annotated[str | None, typer.Option(help="WebSocket Host header.")] = None,
+    network: Annotated[str, typer.Option(help="tcp, ws or httpupgrade.")] = "tcp",
+    path: Annotated[str, typer.Option(help="ws / httpupgrade path.")] = "/",
+    host: Annotated[
+        str | None, typer.Option(help="ws / httpupgrade Host header.")
+    ] = None,
     tls: Annotated[bool, typer.Option("--tls", help="Use TLS.")] = False,
     sni: Annotated[str | None, typer.Option(help="TLS server name.")] = None,
     insecure: Annotated[
@@ -274,10 +276,10 @@ def client(
                 alter_id=alter_id,
                 security=parse_security(security, "--security"),
             )
-            if network not in ("tcp", "ws"):
-                raise ConfigError("expected tcp or ws", path="--network")
+            if (layer := NETWORKS.get(network.lower())) is None:
+                raise ConfigError("expected tcp, ws or httpupgrade", path="--network")
             stream = StreamSettings(
-                network="ws" if network == "ws" else "tcp",
+                network=layer,
                 security="tls" if tls else "none",
                 tls=TLSSettings(server_name=sni, allow_insecure=insecure),
                 ws=WebSocketSettings(path=path, host=host),

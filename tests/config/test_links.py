@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vtrio.config import model
 from vtrio.config.links import Link, client_config, make_link, parse_link
+from vtrio.config.normalize import NETWORKS
 from vtrio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,6 +66,21 @@ def test_url_safe_unpadded_base64_with_whitespace() -> None:
     assert link.user.id == uuid.uuid5(uuid.UUID(int=0), "我爱🍉老师1314???")
 
 
+def test_httpupgrade_links_in_both_forms() -> None:
+    """v2rayN writes ``net: httpupgrade``; Xray's URI ``type=httpupgrade``."""
+    data = {"add": "h", "port": 443, "id": str(USER), "net": "httpupgrade"}
+    data |= {"path": "/up?ed=2048", "host": "cdn.example", "tls": "tls"}
+    for text in (
+        v2rayn(data),
+        f"vmess://{USER}@h:443?type=httpupgrade&security=tls&path=%2Fup%3Fed%3D2048"
+        "&host=cdn.example",
+    ):
+        stream = parse_link(text).stream
+        assert (stream.network, stream.security) == ("httpupgrade", "tls")
+        assert (stream.ws.path, stream.ws.host) == ("/up", "cdn.example")
+        assert stream.ws.max_early_data == 2048
+
+
 def test_uri_form() -> None:
     link = parse_link(
         f"vmess://{USER}@[::1]:8443?type=ws&encryption=aes-128-gcm&security=tls"
@@ -107,7 +123,7 @@ def test_bad_links_are_config_errors(text: str, fragment: str) -> None:
     port=st.integers(1, 65535),
     alter_id=st.integers(0, 64),
     security=st.sampled_from(list(model.Security)),
-    network=st.sampled_from(["tcp", "ws"]),
+    network=st.sampled_from(["tcp", "ws", "httpupgrade"]),
     tls=st.booleans(),
     remark=st.text(max_size=20),
 )
@@ -121,11 +137,11 @@ def test_make_then_parse_is_identity(
     remark: str,
 ) -> None:
     stream = model.StreamSettings(
-        network="ws" if network == "ws" else "tcp",
+        network=NETWORKS[network],
         security="tls" if tls else "none",
         tls=model.TLSSettings(server_name="sni.example" if tls else None),
         ws=model.WebSocketSettings(path="/x", host="h.example")
-        if network == "ws"
+        if network != "tcp"
         else model.WebSocketSettings(),
     )
     link = Link(

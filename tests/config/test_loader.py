@@ -35,6 +35,12 @@ def server(**settings: object) -> dict[str, object]:
     }
 
 
+def server_over(stream: dict[str, object]) -> dict[str, object]:
+    document = server()
+    document["inbounds"][0]["streamSettings"] = stream  # type: ignore[index]
+    return document
+
+
 def errors_of(document: object) -> list[tuple[str, str]]:
     text = document if isinstance(document, str) else json.dumps(document)
     with pytest.raises((ConfigError, ConfigErrors)) as info:
@@ -111,6 +117,33 @@ def test_websocket_early_data_from_the_path() -> None:
     assert stream.tls.allow_insecure
 
 
+def test_httpupgrade_settings_in_xray_spelling() -> None:
+    """Xray's httpupgradeSettings; ?ed=N leaves the path (the client then
+    sends without waiting for the answer)."""
+    config = loads(
+        json.dumps(
+            server_over(
+                {
+                    "network": "httpupgrade",
+                    "httpupgradeSettings": {
+                        "path": "/up?ed=2048",
+                        "host": "cdn.example",
+                        "headers": {"User-Agent": "u"},
+                    },
+                }
+            )
+        )
+    )
+    stream = config.inbounds[0].stream
+    assert stream.network == "httpupgrade"
+    assert stream.ws == model.WebSocketSettings(
+        path="/up",
+        host="cdn.example",
+        headers=(("User-Agent", "u"),),
+        max_early_data=2048,
+    )
+
+
 def test_detour_config() -> None:
     config = load(["configs/dynamic-port-server.json"])
     main = config.inbound("main").settings
@@ -167,6 +200,16 @@ BAD_INPUTS = [
         },
         "$.inbounds[0].streamSettings.network",
         "gRPC transport is not supported yet",
+    ),
+    (
+        server_over(
+            {
+                "network": "httpupgrade",
+                "httpupgradeSettings": {"acceptProxyProtocol": True},
+            }
+        ),
+        "$.inbounds[0].streamSettings",
+        "acceptProxyProtocol is not supported yet",
     ),
     (
         {"inbounds": [{"protocol": "socks", "port": "1-"}]},

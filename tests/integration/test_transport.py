@@ -75,6 +75,8 @@ LAYERS = [
     pytest.param("tcp", "tls", id="tls"),
     pytest.param("ws", "none", id="ws"),
     pytest.param("ws", "tls", id="ws+tls"),
+    pytest.param("httpupgrade", "none", id="httpupgrade"),
+    pytest.param("httpupgrade", "tls", id="httpupgrade+tls"),
 ]
 
 
@@ -133,6 +135,8 @@ async def exchange(stream: trio.abc.Stream, payload: bytes) -> bytes:
         *(pytest.param(*layer.values, 0, id=layer.id) for layer in LAYERS),
         pytest.param("ws", "none", 2048, id="ws-early"),
         pytest.param("ws", "tls", 2048, id="ws+tls-early"),
+        pytest.param("httpupgrade", "none", 2048, id="httpupgrade-early"),
+        pytest.param("httpupgrade", "tls", 2048, id="httpupgrade+tls-early"),
     ],
 )
 async def test_round_trip(network: str, security: str, early: int) -> None:

@@ -73,7 +73,11 @@ TRANSPORTS = {
     "ws": ("ws", "none"),
     "tls": ("tcp", "tls"),
     "ws+tls": ("ws", "tls"),
+    "httpupgrade": ("httpupgrade", "none"),
+    "httpupgrade+tls": ("httpupgrade", "tls"),
 }
+# v2ray 4.34 has no HTTPUpgrade (v2fly 5.10 and Xray have it).
+V2RAY_TRANSPORTS = [name for name in TRANSPORTS if "httpupgrade" not in name]
 
 
 def v2ray_stream(
@@ -92,6 +96,8 @@ def v2ray_stream(
     """
     network, security = TRANSPORTS[transport]
     stream: peers.JSON = {"network": network, "security": security}
+    if network == "httpupgrade":
+        stream["httpupgradeSettings"] = {"path": WS_PATH}
     if network == "ws":
         stream["wsSettings"] = {"path": WS_PATH}
         if early:
@@ -137,7 +143,7 @@ def assert_same(received: bytes, sent: bytes) -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(sent).digest()
 
 
-@pytest.mark.parametrize("transport", list(TRANSPORTS))
+@pytest.mark.parametrize("transport", V2RAY_TRANSPORTS)
 async def test_vtrio_dials_v2ray_transport(transport: str, tmp_path: Path) -> None:
     peer = peers.require_peer("v2ray", V2RAY_VERSION)
     data = random.Random(transport).randbytes(PAYLOAD_SIZE)
@@ -165,7 +171,7 @@ async def test_vtrio_dials_v2ray_transport(transport: str, tmp_path: Path) -> No
     assert_same(received, data)
 
 
-@pytest.mark.parametrize("transport", list(TRANSPORTS))
+@pytest.mark.parametrize("transport", V2RAY_TRANSPORTS)
 async def test_v2ray_dials_vtrio_transport(transport: str, tmp_path: Path) -> None:
     peer = peers.require_peer("v2ray", V2RAY_VERSION)
     data = random.Random(transport).randbytes(PAYLOAD_SIZE)
@@ -210,6 +216,8 @@ def sing_box_transport(
     """The ``transport`` and ``tls`` members of a sing-box trojan in/outbound."""
     network, security = TRANSPORTS[transport]
     members: peers.JSON = {}
+    if network == "httpupgrade":
+        members["transport"] = {"type": "httpupgrade", "path": WS_PATH}
     if network == "ws":
         members["transport"] = {"type": "ws", "path": WS_PATH}
         if early:
@@ -240,6 +248,8 @@ SING_BOX_CASES = [
     pytest.param("ws+tls", False, id="ws+tls"),
     pytest.param("ws", True, id="ws-early"),
     pytest.param("ws+tls", True, id="ws+tls-early"),
+    pytest.param("httpupgrade", False, id="httpupgrade"),
+    pytest.param("httpupgrade+tls", False, id="httpupgrade+tls"),
 ]
 
 
@@ -443,7 +453,7 @@ async def run_vmess_chain(
 def vmess_cases() -> list[Any]:
     cases = []
     for peer, early_too in (("v2ray", False), ("sing-box", True)):
-        for transport in TRANSPORTS:
+        for transport in V2RAY_TRANSPORTS if peer == "v2ray" else TRANSPORTS:
             earlies = [False, True] if early_too and "ws" in transport else [False]
             for early in earlies:
                 suffix = f"[{transport}{'-early' if early else ''}]"

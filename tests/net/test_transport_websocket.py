@@ -15,11 +15,11 @@ from wsproto.connection import ConnectionType
 
 from vtrio.config.model import WebSocketSettings
 from vtrio.errors import DialError, RemoteProtocolError
+from vtrio.net.transport.http1 import default_host_header
 from vtrio.net.transport.websocket import (
     WebSocketStream,
     accept_websocket,
     decode_early_data,
-    default_host_header,
     dial_websocket,
     encode_early_data,
 )

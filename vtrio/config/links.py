@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vtrio.config import model
-from vtrio.config.normalize import parse_id, parse_ports, parse_security
+from vtrio.config.normalize import NETWORKS, parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -62,12 +62,13 @@ def _stream(
     alpn: str,
     insecure: bool,
 ) -> model.StreamSettings:
-    network = (net or "tcp").lower()
-    if network not in ("tcp", "ws", "websocket", "raw"):
+    network = NETWORKS.get((net or "tcp").lower())
+    if network is None:
         raise ConfigError(
-            f"transport {net!r} is not supported yet (tcp or ws)", path="link.net"
+            f"transport {net!r} is not supported yet (tcp, ws or httpupgrade)",
+            path="link.net",
         )
-    if network in ("tcp", "raw") and header.lower() not in ("", "none"):
+    if network == "tcp" and header.lower() not in ("", "none"):
         raise ConfigError(
             f"TCP header {header!r} (obfuscation) is not supported yet",
             path="link.type",
@@ -78,7 +79,7 @@ def _stream(
             f"stream security {tls!r} is not supported (tls or none)", path="link.tls"
         )
     ws = model.WebSocketSettings()
-    if network in ("ws", "websocket"):
+    if network != "tcp":
         ws_path, _, query = (path or "/").partition("?")
         max_early, header = 0, ""
         for part in query.split("&"):
@@ -92,7 +93,7 @@ def _stream(
             early_data_header_name=header,
         )
     return model.StreamSettings(
-        network="ws" if network in ("ws", "websocket") else "tcp",
+        network=network,
         security="tls" if security == "tls" else "none",
         tls=model.TLSSettings(
             server_name=sni or (host if security == "tls" else None) or None,
@@ -204,8 +205,8 @@ def make_link(link: Link) -> str:
         "scy": link.user.security.value,
         "net": stream.network,
         "type": "none",
-        "host": (stream.ws.host or "") if stream.network == "ws" else "",
-        "path": ws_path if stream.network == "ws" else "",
+        "host": (stream.ws.host or "") if stream.network != "tcp" else "",
+        "path": ws_path if stream.network != "tcp" else "",
         "tls": "tls" if stream.security == "tls" else "",
         "sni": stream.tls.server_name or "",
         "alpn": ",".join(stream.tls.alpn),

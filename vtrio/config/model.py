@@ -91,6 +91,10 @@ class TLSSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSocketSettings:
+    """The HTTP upgrade of ``ws`` and of ``httpupgrade`` (the same settings;
+    for httpupgrade, ``max_early_data`` > 0 only means "send without waiting
+    for the answer", Xray's ``?ed=N``)."""
+
     path: str = "/"
     host: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -102,7 +106,7 @@ class WebSocketSettings:
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    network: Literal["tcp", "ws"] = "tcp"
+    network: Literal["tcp", "ws", "httpupgrade"] = "tcp"
     security: Literal["none", "tls"] = "none"
     tls: TLSSettings = field(default_factory=TLSSettings)
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)

@@ -28,6 +28,7 @@ from vtrio.config.v2ray import (
     DokodemoInboundV2,
     FreedomV2,
     HttpInboundV2,
+    HttpUpgradeV2,
     InboundV2,
     NtpV2,
     OutboundV2,
@@ -41,6 +42,7 @@ from vtrio.config.v2ray import (
     TlsV2,
     TransportV2,
     VMessInboundV2,
+    WebSocketV2,
 )
 from vtrio.config.xray import VMessOutboundXray
 from vtrio.errors import ConfigError, ConfigErrors, LocalProtocolError
@@ -109,6 +111,14 @@ FREEDOM_STRATEGIES = {
         ("useip6", "useipv6", "use_ipv6", "use_ip_v6", "use_ip6"), "UseIPv6"
     ),
 }
+# The network names each dialect spells, to vtrio's.
+NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade"]] = {
+    "tcp": "tcp",
+    "raw": "tcp",
+    "ws": "ws",
+    "websocket": "ws",
+    "httpupgrade": "httpupgrade",
+}
 NOT_SUPPORTED_NETWORKS = {
     "kcp": "mKCP",
     "mkcp": "mKCP",
@@ -117,7 +127,6 @@ NOT_SUPPORTED_NETWORKS = {
     "h2": "HTTP/2",
     "grpc": "gRPC",
     "gun": "gRPC",
-    "httpupgrade": "HTTPUpgrade",
     "xhttp": "XHTTP",
     "splithttp": "SplitHTTP",
     "domainsocket": "domain sockets",
@@ -868,11 +877,11 @@ class Normalizer:
         if network in NOT_SUPPORTED_NETWORKS:
             self.error(
                 f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
-                " (vtrio has tcp, ws and tls)",
+                " (vtrio has tcp, ws, httpupgrade and tls)",
                 where,
             )
             return None
-        if network not in ("tcp", "raw", "ws", "websocket"):
+        if network not in NETWORKS:
             self.error(f"unknown network {given!r}", where)
             return None
         if stream.finalmask:
@@ -895,13 +904,14 @@ class Normalizer:
         tls = self.tls(
             stream, f"{path}.tlsSettings", server=server and security == "tls"
         )
-        ws = self.websocket(stream)
-        accept_proxy = bool(
-            (tcp is not None and tcp.accept_proxy_protocol)
-            or (
-                stream.ws_settings is not None
-                and stream.ws_settings.accept_proxy_protocol
-            )
+        upgrade = (
+            stream.httpupgrade_settings
+            if network == "httpupgrade"
+            else stream.ws_settings
+        )
+        accept_proxy = any(
+            settings is not None and settings.accept_proxy_protocol
+            for settings in (tcp, stream.ws_settings, stream.httpupgrade_settings)
         )
         if accept_proxy:
             self.error("acceptProxyProtocol is not supported yet", path)
@@ -909,10 +919,10 @@ class Normalizer:
         if tls is None:
             return None
         return model.StreamSettings(
-            network="ws" if network in ("ws", "websocket") else "tcp",
+            network=NETWORKS[network],
             security=cast("Literal['none', 'tls']", security),
             tls=tls,
-            ws=ws,
+            ws=self.upgrade(upgrade),
         )
 
     def tls(
@@ -1020,20 +1030,24 @@ class Normalizer:
             found.append(digest)
         return tuple(found)
 
-    def websocket(self, stream: StreamV2) -> model.WebSocketSettings:
-        ws = stream.ws_settings
-        if ws is None:
+    def upgrade(
+        self, settings: WebSocketV2 | HttpUpgradeV2 | None
+    ) -> model.WebSocketSettings:
+        """The HTTP upgrade of ``ws`` or ``httpupgrade``."""
+        if settings is None:
             return model.WebSocketSettings()
-        path, _, query = ws.path.partition("?")
-        max_early = ws.max_early_data
-        header = ws.early_data_header_name
+        path, _, query = settings.path.partition("?")
+        max_early, header = 0, ""
+        if isinstance(settings, WebSocketV2):
+            max_early, header = settings.max_early_data, settings.early_data_header_name
         for part in query.split("&"):
             name, _, value = part.partition("=")
             if name == "ed" and value.isdigit():
-                # Xray's ?ed=N: early data in Sec-WebSocket-Protocol.
+                # Xray's ?ed=N: early data in Sec-WebSocket-Protocol (ws), or
+                # the first payload sent without waiting for the answer.
                 max_early, header = int(value), ""
-        headers = dict(ws.headers or {})
-        host = ws.host or headers.pop("Host", None) or headers.pop("host", None)
+        headers = dict(settings.headers or {})
+        host = settings.host or headers.pop("Host", None) or headers.pop("host", None)
         return model.WebSocketSettings(
             path=path or "/",
             host=host,

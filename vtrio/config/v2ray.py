@@ -340,6 +340,15 @@ class WebSocketV2(V2Base):
     heartbeat_period: int | None = None  # Xray
 
 
+class HttpUpgradeV2(V2Base):
+    """Xray's and v2fly 5's ``httpupgradeSettings``."""
+
+    path: str = "/"
+    host: str | None = None
+    headers: dict[str, str] | None = None
+    accept_proxy_protocol: bool = False
+
+
 class TcpHeaderV2(V2Base):
     type: str = "none"
     request: msgspec.Raw = ABSENT
@@ -357,6 +366,7 @@ class StreamV2(V2Base):
     security: str = "none"
     tls_settings: TlsV2 | None = None
     ws_settings: WebSocketV2 | None = None
+    httpupgrade_settings: HttpUpgradeV2 | None = None
     tcp_settings: TcpV2 | None = None
     raw_settings: TcpV2 | None = None  # Xray's name for tcpSettings
     sockopt: msgspec.Raw = ABSENT
@@ -366,7 +376,6 @@ class StreamV2(V2Base):
     http_settings: msgspec.Raw = ABSENT
     grpc_settings: msgspec.Raw = ABSENT
     ds_settings: msgspec.Raw = ABSENT
-    httpupgrade_settings: msgspec.Raw = ABSENT
     xhttp_settings: msgspec.Raw = ABSENT
     splithttp_settings: msgspec.Raw = ABSENT
     reality_settings: msgspec.Raw = ABSENT

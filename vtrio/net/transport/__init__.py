@@ -1,4 +1,5 @@
-"""Transports: the byte streams VMess rides on (raw TCP, TLS, WebSocket).
+"""Transports: the byte streams VMess rides on (raw TCP, TLS, WebSocket,
+HTTPUpgrade).
 
 Theory of operation: listening is always plain TCP, so the accept loop never
 blocks on a slow peer; the server-side handshake of the configured layers
@@ -6,11 +7,12 @@ blocks on a slow peer; the server-side handshake of the configured layers
 ``accept_stream``, under the caller's handshake deadline. On the client side
 ``dial`` returns a stream with every configured layer already stacked.
 
-Layers stack as tcp -> tls (``security: tls``) -> ws (``network: ws``). Neither
-TLS nor WebSocket can half-close here, so on those layers ``send_eof`` only stops
-sending (see ``tls.py`` and ``websocket.py``); VMess ends each direction with its
-own end chunk. A WebSocket stream carries ``forwarded_for`` (X-Forwarded-For) for
-the access log; other streams do not have the attribute.
+Layers stack as tcp -> tls (``security: tls``) -> ws or httpupgrade
+(``network``). Neither TLS nor WebSocket can half-close here, so on those layers
+``send_eof`` only stops sending (see ``tls.py`` and ``websocket.py``); VMess ends
+each direction with its own end chunk. HTTPUpgrade half-closes as the stream
+under it does. Both upgrades carry ``forwarded_for`` (X-Forwarded-For) on the
+server side; other streams do not have the attribute.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import DialError
+from vtrio.net.transport.httpupgrade import accept_httpupgrade, dial_httpupgrade
 from vtrio.net.transport.tcp import (
     TCPListener,
     TCPStream,
@@ -133,6 +136,8 @@ async def accept_stream(
         layered = await accept_tls(settings.tls, layered)
     if settings.network == "ws":
         layered = await accept_websocket(settings.ws, _unwrap(layered))
+    elif settings.network == "httpupgrade":
+        layered = await accept_httpupgrade(settings.ws, layered)
     return layered
 
 
@@ -179,8 +184,8 @@ async def dial(
     layered: trio.abc.HalfCloseableStream = tcp
     try:
         if settings.security == "tls":
-            # WebSocket speaks HTTP/1.1: never let the server pick h2.
-            alpn = ("http/1.1",) if settings.network == "ws" else ()
+            # The upgrades speak HTTP/1.1: never let the server pick h2.
+            alpn = ("http/1.1",) if settings.network != "tcp" else ()
             layered = await dial_tls(settings.tls, tcp, host, port, default_alpn=alpn)
         if settings.network == "ws":
             layered = await dial_websocket(
@@ -189,6 +194,10 @@ async def dial(
                 host,
                 port,
                 secure=settings.security == "tls",
+            )
+        elif settings.network == "httpupgrade":
+            layered = await dial_httpupgrade(
+                settings.ws, layered, host, port, secure=settings.security == "tls"
             )
     except BaseException:
         tcp.close()

@@ -43,6 +43,13 @@ import wsproto.utilities
 from wsproto.connection import ConnectionState, ConnectionType
 
 from vtrio.errors import DialError, RemoteProtocolError
+from vtrio.net.transport.http1 import (
+    RECEIVE_SIZE,
+    default_host_header,
+    first_forwarded,
+    normalized_path,
+    read_head,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,10 +58,6 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("vtrio.net.transport.websocket")
 
-# Bound on the upgrade request head; early data of 2560 bytes (Xray's usual
-# ?ed=2560) takes about 3.4 KiB of it. h11 uses the same default.
-MAX_REQUEST_HEAD = 16 * 1024
-RECEIVE_SIZE = 64 * 1024
 EARLY_DATA_PROTOCOL_HEADER = "sec-websocket-protocol"
 NORMAL_CLOSURE = 1000
 # Close codes that are an orderly end rather than a protocol failure; 1006 is
@@ -101,17 +104,6 @@ def decode_early_data(text: str) -> bytes | None:
         return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
     except (binascii.Error, ValueError):
         return None
-
-
-def default_host_header(host: str, port: int, *, secure: bool) -> str:
-    """``host[:port]`` as an HTTP client writes it (the port only when not default)."""
-    literal = f"[{host}]" if ":" in host else host
-    return literal if port == (443 if secure else 80) else f"{literal}:{port}"
-
-
-def normalized_path(path: str) -> str:
-    """The path with its leading slash, as v2ray's ``GetNormalizedPath``."""
-    return path if path.startswith("/") else f"/{path}"
 
 
 class WebSocketStream(trio.abc.HalfCloseableStream):
@@ -390,38 +382,6 @@ async def dial_websocket(
     return WebSocketStream(transport, connection)
 
 
-async def _read_request_head(transport: trio.abc.Stream) -> tuple[bytes, bytes]:
-    """Read up to the blank line ending the upgrade request; return (head, rest).
-
-    wsproto's server drops bytes that follow the request inside the same read,
-    so the head is cut off here and the rest fed to the open connection.
-    """
-    buffer = bytearray()
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end >= 0:
-            return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        if len(buffer) >= 4 and not buffer.startswith(b"GET "):
-            raise RemoteProtocolError(_not_http_message(bytes(buffer[:8])))
-        if len(buffer) > MAX_REQUEST_HEAD:
-            raise RemoteProtocolError(
-                f"WebSocket upgrade request longer than {MAX_REQUEST_HEAD} bytes"
-            )
-        data = await transport.receive_some(RECEIVE_SIZE)
-        if not data:
-            raise RemoteProtocolError(
-                "connection closed during the WebSocket upgrade request"
-            )
-        buffer += data
-
-
-def _not_http_message(first: bytes) -> str:
-    message = f"not a WebSocket upgrade request (first bytes {first.hex(' ')})"
-    if first.startswith(b"\x16\x03"):
-        message += "; it looks like a TLS ClientHello: enable TLS on this inbound"
-    return message
-
-
 def _early_data(
     request: ws_events.Request, header_name: str
 ) -> tuple[bytes, str | None]:
@@ -461,7 +421,7 @@ async def accept_websocket(
         RemoteProtocolError: not an upgrade request, or a path other than the
             configured one (after a 404 answer).
     """
-    head, rest = await _read_request_head(transport)
+    head, rest = await read_head(transport, "WebSocket upgrade request")
     connection = wsproto.WSConnection(ConnectionType.SERVER)
     try:
         connection.receive_data(head)
@@ -512,7 +472,7 @@ async def accept_websocket(
         transport,
         connection,
         received=early,
-        forwarded_for=_forwarded_for(request),
+        forwarded_for=first_forwarded(_header(request, b"x-forwarded-for")),
         path=request.target,
     )
 
@@ -527,10 +487,3 @@ async def _refuse(
         return
     with contextlib.suppress(trio.BrokenResourceError):
         await transport.send_all(data)
-
-
-def _forwarded_for(request: ws_events.Request) -> str | None:
-    value = _header(request, b"x-forwarded-for")
-    if value is None:
-        return None
-    return value.split(",")[0].strip() or None
