@@ -8,6 +8,7 @@ behind the request, a server its first bytes right behind the answer).
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from vtrio.errors import RemoteProtocolError
@@ -67,6 +68,13 @@ def default_host_header(host: str, port: int, *, secure: bool) -> str:
 def normalized_path(path: str) -> str:
     """The path with its leading slash, as v2ray's ``GetNormalizedPath``."""
     return path if path.startswith("/") else f"/{path}"
+
+
+def path_matches(target: str, configured: str) -> bool:
+    """Whether a request target is for the configured path: Go compares the
+    decoded ``URL.Path``, without the query, as both peers' servers do."""
+    path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+    return path == urllib.parse.urlsplit(normalized_path(configured)).path
 
 
 def first_forwarded(value: str | None) -> str | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import urllib.parse
 from typing import TYPE_CHECKING
 
 import h11
@@ -40,6 +39,7 @@ from vtrio.net.transport.http1 import (
     default_host_header,
     first_forwarded,
     normalized_path,
+    path_matches,
     read_head,
 )
 
@@ -226,8 +226,7 @@ async def accept_httpupgrade(
     target = request.target.decode("latin-1")
     host = headers.get(b"host", "")
     expected = normalized_path(settings.path)
-    path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
-    if path != urllib.parse.urlsplit(expected).path:
+    if not path_matches(target, settings.path):
         reason = f"path {target!r} is not {expected!r}"
     elif settings.host and _host_name(host) != _host_name(settings.host):
         reason = f"Host {host!r} is not {settings.host!r}"

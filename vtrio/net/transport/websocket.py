@@ -32,7 +32,6 @@ import binascii
 import contextlib
 import logging
 import operator
-import urllib.parse
 from typing import TYPE_CHECKING
 
 import h11
@@ -48,6 +47,7 @@ from vtrio.net.transport.http1 import (
     default_host_header,
     first_forwarded,
     normalized_path,
+    path_matches,
     read_head,
 )
 
@@ -441,10 +441,8 @@ async def accept_websocket(
         raise RemoteProtocolError(f"bad WebSocket upgrade request: {exc}") from exc
     except StopIteration:
         raise RemoteProtocolError("incomplete WebSocket upgrade request") from None
-    # Go compares the decoded URL.Path, without the query, to the configured path.
-    path = urllib.parse.unquote(urllib.parse.urlsplit(request.target).path)
     expected = normalized_path(settings.path)
-    if path != urllib.parse.urlsplit(expected).path:
+    if not path_matches(request.target, settings.path):
         LOGGER.info(
             "WebSocket request for path %r, Host %r: 404", request.target, request.host
         )
