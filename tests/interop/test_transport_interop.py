@@ -29,6 +29,7 @@ where one side is vtrio and the other a real peer. Payloads are checksummed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,6 +52,7 @@ from tests.integration.test_transport import (
 )
 from tests.interop import peers
 from tests.support.certs import make_pki
+from vtrio.config.model import HttpHeaderSettings, HttpRequestHead, HttpResponseHead
 from vtrio.net.transport import dial
 
 if TYPE_CHECKING:
@@ -75,9 +77,33 @@ TRANSPORTS = {
     "ws+tls": ("ws", "tls"),
     "httpupgrade": ("httpupgrade", "none"),
     "httpupgrade+tls": ("httpupgrade", "tls"),
+    "http": ("tcp", "none"),
+    "http+tls": ("tcp", "tls"),
 }
+# TCP with the "http" header (v2ray and Xray; sing-box has no such header).
+HTTP_HEADER = {"http", "http+tls"}
+HTTP_PATHS = ["/obfs", "/video/stream.mp4"]
+HTTP_HOSTS = ["cdn.example.com", "media.example.net"]
 # v2ray 4.34 has no HTTPUpgrade (v2fly 5.10 and Xray have it).
 V2RAY_TRANSPORTS = [name for name in TRANSPORTS if "httpupgrade" not in name]
+SING_BOX_TRANSPORTS = [name for name in TRANSPORTS if name not in HTTP_HEADER]
+
+
+def http_header_json() -> peers.JSON:
+    """A ``tcpSettings`` with the "http" header, off its defaults."""
+    request = {"path": HTTP_PATHS, "headers": {"Host": HTTP_HOSTS}}
+    response = {"headers": {"Content-Type": "video/mp4"}}
+    return {"header": {"type": "http", "request": request, "response": response}}
+
+
+def http_header_settings() -> HttpHeaderSettings:
+    """vtrio's model of ``http_header_json``."""
+    return HttpHeaderSettings(
+        HttpRequestHead(
+            paths=tuple(HTTP_PATHS), headers=(("Host", tuple(HTTP_HOSTS)),)
+        ),
+        HttpResponseHead(headers=(("Content-Type", ("video/mp4",)),)),
+    )
 
 
 def v2ray_stream(
@@ -98,6 +124,8 @@ def v2ray_stream(
     stream: peers.JSON = {"network": network, "security": security}
     if network == "httpupgrade":
         stream["httpupgradeSettings"] = {"path": WS_PATH}
+    if transport in HTTP_HEADER:
+        stream["tcpSettings"] = http_header_json()
     if network == "ws":
         stream["wsSettings"] = {"path": WS_PATH}
         if early:
@@ -121,7 +149,10 @@ def v2ray_stream(
 def vtrio_settings(transport: str, *, server: bool, **ws: Any) -> Any:
     network, security = TRANSPORTS[transport]
     tls = server_tls() if server else client_tls()
-    return stream_settings(network, security, tls, path=WS_PATH, **ws)
+    settings = stream_settings(network, security, tls, path=WS_PATH, **ws)
+    if transport in HTTP_HEADER:
+        settings = dataclasses.replace(settings, http_header=http_header_settings())
+    return settings
 
 
 def dokodemo(tag: str, port: int, target_port: int) -> peers.JSON:
@@ -459,7 +490,7 @@ async def run_vmess_chain(
 def vmess_cases() -> list[Any]:
     cases = []
     for peer, early_too in (("v2ray", False), ("sing-box", True)):
-        for transport in V2RAY_TRANSPORTS if peer == "v2ray" else TRANSPORTS:
+        for transport in V2RAY_TRANSPORTS if peer == "v2ray" else SING_BOX_TRANSPORTS:
             earlies = [False, True] if early_too and "ws" in transport else [False]
             for early in earlies:
                 suffix = f"[{transport}{'-early' if early else ''}]"

@@ -104,12 +104,74 @@ class WebSocketSettings:
     early_data_header_name: str = ""
 
 
+# Header name -> the values one is picked from per connection, in order.
+HeaderChoices = tuple[tuple[str, tuple[str, ...]], ...]
+
+# v2ray's and Xray's defaults for the "http" TCP header (their config builder
+# fills them in when a request or response gives no ``headers``).
+DEFAULT_REQUEST_HEADERS: HeaderChoices = (
+    ("Host", ("www.baidu.com", "www.bing.com")),
+    (
+        "User-Agent",
+        (
+            "Mozilla/5.0 (Windows NT 10.0; WOW64) AppleWebKit/537.36 (KHTML, like"
+            " Gecko) Chrome/53.0.2785.143 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 10_0_2 like Mac OS X)"
+            " AppleWebKit/601.1 (KHTML, like Gecko) CriOS/53.0.2785.109"
+            " Mobile/14A456 Safari/601.1.46",
+        ),
+    ),
+    ("Accept-Encoding", ("gzip, deflate",)),
+    ("Connection", ("keep-alive",)),
+    ("Pragma", ("no-cache",)),
+)
+DEFAULT_RESPONSE_HEADERS: HeaderChoices = (
+    ("Content-Type", ("application/octet-stream", "video/mpeg")),
+    ("Transfer-Encoding", ("chunked",)),
+    ("Connection", ("keep-alive",)),
+    ("Pragma", ("no-cache",)),
+    ("Cache-Control", ("private", "no-cache")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestHead:
+    """The request line and headers a client of the "http" TCP header sends;
+    a server accepts a request for any of ``paths``."""
+
+    version: str = "1.1"
+    method: str = "GET"
+    paths: tuple[str, ...] = ("/",)
+    headers: HeaderChoices = DEFAULT_REQUEST_HEADERS
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponseHead:
+    """The status line and headers a server of the "http" TCP header answers."""
+
+    version: str = "1.1"
+    status: str = "200"
+    reason: str = "OK"
+    headers: HeaderChoices = DEFAULT_RESPONSE_HEADERS
+
+
+@dataclass(frozen=True, slots=True)
+class HttpHeaderSettings:
+    """``tcpSettings.header`` of type "http": the connection opens dressed as
+    one HTTP/1.1 exchange."""
+
+    request: HttpRequestHead = field(default_factory=HttpRequestHead)
+    response: HttpResponseHead = field(default_factory=HttpResponseHead)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     network: Literal["tcp", "ws", "httpupgrade"] = "tcp"
     security: Literal["none", "tls"] = "none"
     tls: TLSSettings = field(default_factory=TLSSettings)
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)
+    # The "http" TCP header (tcp network only); None is type "none".
+    http_header: HttpHeaderSettings | None = None
     accept_proxy_protocol: bool = False
 
 

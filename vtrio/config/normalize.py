@@ -28,6 +28,8 @@ from vtrio.config.v2ray import (
     DokodemoInboundV2,
     FreedomV2,
     HttpInboundV2,
+    HttpRequestV2,
+    HttpResponseV2,
     HttpUpgradeV2,
     InboundV2,
     NtpV2,
@@ -39,6 +41,7 @@ from vtrio.config.v2ray import (
     RuleV2,
     SocksInboundV2,
     StreamV2,
+    TcpHeaderV2,
     TlsV2,
     TransportV2,
     VMessInboundV2,
@@ -136,6 +139,19 @@ NOT_SUPPORTED_NETWORKS = {
 }
 SECURITIES = {s.value: s for s in model.Security}
 EXPERIMENTS = ("AuthenticatedLength", "NoTerminationSignal")
+# RFC 9110 tokens (methods, header names); what must never reach a head line.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HTTP_VERSION = re.compile(r"[0-9]\.[0-9]")
+_HTTP_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _string_list(value: list[str] | str | None) -> list[str]:
+    """v2ray's StringList: a list as is, a string split at its commas."""
+    if value is None:
+        return []
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
 PRIVATE_NETWORKS = (
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -888,12 +904,13 @@ class Normalizer:
             self.error("finalmask is not supported yet", f"{path}.finalmask")
             return None
         tcp = stream.tcp_settings or stream.raw_settings
-        if tcp is not None and tcp.header is not None and tcp.header.type != "none":
-            self.error(
-                "HTTP header obfuscation is not supported yet",
-                f"{path}.tcpSettings.header.type",
-            )
-            return None
+        http_header = None
+        if tcp is not None and tcp.header is not None and NETWORKS[network] == "tcp":
+            tcp_name = "tcpSettings" if stream.tcp_settings else "rawSettings"
+            where = f"{path}.{tcp_name}.header"
+            http_header = self.http_header(tcp.header, where)
+            if http_header is False:
+                return None
         security = stream.security.lower() or "none"
         if security not in ("none", "tls"):
             self.error(
@@ -923,7 +940,94 @@ class Normalizer:
             security=cast("Literal['none', 'tls']", security),
             tls=tls,
             ws=self.upgrade(upgrade),
+            http_header=http_header or None,
         )
+
+    def http_header(
+        self, header: TcpHeaderV2, path: str
+    ) -> model.HttpHeaderSettings | Literal[False] | None:
+        """``tcpSettings.header``: None for type "none", False if invalid.
+
+        Values a v2ray peer would choke on (a path without its slash, a
+        header name that is not a token) are refused here rather than
+        producing requests no server accepts.
+        """
+        kind = header.type.lower()
+        if kind == "none":
+            return None
+        if kind != "http":
+            self.error(
+                f"unknown TCP header type {header.type!r} (expected none or http)",
+                f"{path}.type",
+            )
+            return False
+        errors = len(self.errors)
+        request = header.request or HttpRequestV2()
+        response = header.response or HttpResponseV2()
+        where = f"{path}.request"
+        paths = _string_list(request.path) or ["/"]
+        for index, value in enumerate(paths):
+            if not value.startswith("/") or _HTTP_UNSAFE.search(value):
+                self.error(
+                    "expected a path starting with / and without spaces",
+                    f"{where}.path[{index}]" if len(paths) > 1 else f"{where}.path",
+                )
+        if request.method and not _HTTP_TOKEN.fullmatch(request.method):
+            self.error("expected an HTTP method such as GET", f"{where}.method")
+        for section, version in (
+            (where, request.version),
+            (f"{path}.response", response.version),
+        ):
+            if version and not _HTTP_VERSION.fullmatch(version):
+                self.error("expected an HTTP version such as 1.1", f"{section}.version")
+        if response.status and not re.fullmatch(r"[1-9][0-9]{2}", response.status):
+            self.error(
+                "expected a three-digit HTTP status such as 200",
+                f"{path}.response.status",
+            )
+        if _HTTP_UNSAFE.search(response.reason.replace(" ", "")):
+            self.error(
+                "expected a reason phrase on one line", f"{path}.response.reason"
+            )
+        request_headers = self.head_headers(request.headers, f"{where}.headers")
+        response_headers = self.head_headers(
+            response.headers, f"{path}.response.headers"
+        )
+        if len(self.errors) > errors:
+            return False
+        defaults = model.HttpResponseHead()
+        return model.HttpHeaderSettings(
+            request=model.HttpRequestHead(
+                version=request.version or "1.1",
+                method=request.method or "GET",
+                paths=tuple(paths),
+                headers=request_headers or model.DEFAULT_REQUEST_HEADERS,
+            ),
+            response=model.HttpResponseHead(
+                version=response.version or "1.1",
+                # v2ray: giving either of status and reason defaults the other.
+                status=response.status or defaults.status,
+                reason=response.reason or defaults.reason,
+                headers=response_headers or model.DEFAULT_RESPONSE_HEADERS,
+            ),
+        )
+
+    def head_headers(
+        self, headers: dict[str, list[str] | str | None] | None, path: str
+    ) -> model.HeaderChoices:
+        """Configured header choices, in v2ray's order (names sorted)."""
+        choices = []
+        for name in sorted(headers or {}):
+            values = (headers or {})[name]
+            if not _HTTP_TOKEN.fullmatch(name):
+                self.error("expected an HTTP header name (a token)", f"{path}.{name}")
+            elif values is None:
+                self.error("empty HTTP header value", f"{path}.{name}")
+            elif any(_HTTP_UNSAFE.search(v.replace(" ", "")) for v in values):
+                self.error("expected header values on one line", f"{path}.{name}")
+            else:
+                choices.append((name, tuple(_string_list(values))))
+        return tuple(choices)
 
     def tls(
         self, stream: StreamV2, path: str, *, server: bool

@@ -349,10 +349,29 @@ class HttpUpgradeV2(V2Base):
     accept_proxy_protocol: bool = False
 
 
+# v2ray's StringList: an array, or one string split at its commas.
+StringListV2 = list[str] | str
+
+
+class HttpRequestV2(V2Base):
+    version: str = ""
+    method: str = ""
+    path: StringListV2 | None = None
+    # A null value is refused by name, as v2ray does.
+    headers: dict[str, StringListV2 | None] | None = None
+
+
+class HttpResponseV2(V2Base):
+    version: str = ""
+    status: str = ""
+    reason: str = ""
+    headers: dict[str, StringListV2 | None] | None = None
+
+
 class TcpHeaderV2(V2Base):
     type: str = "none"
-    request: msgspec.Raw = ABSENT
-    response: msgspec.Raw = ABSENT
+    request: HttpRequestV2 | None = None
+    response: HttpResponseV2 | None = None
 
 
 class TcpV2(V2Base):

@@ -147,12 +147,18 @@ class VMessHandler:
                 disable_insecure_encryption=self._settings.disable_insecure_encryption,
                 aead_forced=self._settings.aead_forced,
             )
-            vmess, request = await VMessStream.accept(stream, connection)
-            if isinstance(request, Rejected):
-                reason = request.reason + _looks_like(vmess.first_bytes)
-                context.log_rejection(source, tag, reason)
-                rejected = True
-                await _drain(stream, request.drain)
+            try:
+                vmess, request = await VMessStream.accept(stream, connection)
+                if isinstance(request, Rejected):
+                    reason = request.reason + _looks_like(vmess.first_bytes)
+                    context.log_rejection(source, tag, reason)
+                    rejected = True
+                    await _drain(stream, request.drain)
+            except BaseException:
+                await transport.refuse_unanswered(stream)
+                raise
+            if rejected:
+                await transport.refuse_unanswered(stream)
                 return
         if scope.cancelled_caught:
             # A drain that the deadline ends was logged as its rejection.

@@ -1,5 +1,5 @@
 """Transports: the byte streams VMess rides on (raw TCP, TLS, WebSocket,
-HTTPUpgrade).
+HTTPUpgrade, and TCP with the "http" header).
 
 Theory of operation: listening is always plain TCP, so the accept loop never
 blocks on a slow peer; the server-side handshake of the configured layers
@@ -8,7 +8,8 @@ blocks on a slow peer; the server-side handshake of the configured layers
 ``dial`` returns a stream with every configured layer already stacked.
 
 Layers stack as tcp -> tls (``security: tls``) -> ws or httpupgrade
-(``network``). Neither TLS nor WebSocket can half-close here, so on those layers
+(``network``), or the "http" header on the tcp network (as v2ray stacks it,
+inside TLS). Neither TLS nor WebSocket can half-close here, so on those layers
 ``send_eof`` only stops sending (see ``tls.py`` and ``websocket.py``); VMess ends
 each direction with its own end chunk. HTTPUpgrade half-closes as the stream
 under it does. Both upgrades carry ``forwarded_for`` (X-Forwarded-For) on the
@@ -24,6 +25,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import DialError
+from vtrio.net.transport.http_header import (
+    HttpHeaderStream,
+    accept_http_header,
+    dial_http_header,
+)
 from vtrio.net.transport.httpupgrade import accept_httpupgrade, dial_httpupgrade
 from vtrio.net.transport.tcp import (
     TCPListener,
@@ -126,9 +132,9 @@ async def accept_stream(
         The stream VMess (or socks/http) reads and writes.
 
     Raises:
-        RemoteProtocolError: the TLS handshake or the WebSocket upgrade failed
-            (not TLS, wrong path, not an upgrade request); the reason is in the
-            message.
+        RemoteProtocolError: the TLS handshake, the WebSocket upgrade or the
+            "http" header failed (not TLS, wrong path, not an upgrade request);
+            the reason is in the message.
         trio.BrokenResourceError: the peer went away during a handshake.
     """
     layered: trio.abc.HalfCloseableStream = stream
@@ -138,7 +144,16 @@ async def accept_stream(
         layered = await accept_websocket(settings.ws, _unwrap(layered))
     elif settings.network == "httpupgrade":
         layered = await accept_httpupgrade(settings.ws, layered)
+    elif settings.http_header is not None:
+        layered = await accept_http_header(settings.http_header, layered)
     return layered
+
+
+async def refuse_unanswered(stream: trio.abc.Stream) -> None:
+    """What a server owes a client it turns away without an answer, before
+    the connection closes: the "http" header's 400; nothing on other layers."""
+    if isinstance(stream, HttpHeaderStream):
+        await stream.refuse()
 
 
 async def connect_tcp(host: str, port: int) -> TCPStream:
@@ -199,6 +214,8 @@ async def dial(
             layered = await dial_httpupgrade(
                 settings.ws, layered, host, port, secure=settings.security == "tls"
             )
+        elif settings.http_header is not None:
+            layered = dial_http_header(settings.http_header, layered)
     except BaseException:
         tcp.close()
         raise
