@@ -29,12 +29,14 @@ where one side is vtrio and the other a real peer. Payloads are checksummed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import random
+import re
 import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
@@ -525,3 +527,64 @@ async def test_vmess_over_transport(
     client: str, server: str, transport: str, early: bool, tmp_path: Path
 ) -> None:
     await run_vmess_chain(client, server, transport, early, tmp_path)
+
+
+# --- what a prober sees ---------------------------------------------------------
+
+HTTP_PROBES = {
+    "wrong-path": b"GET /elsewhere HTTP/1.1\r\nHost: cdn.example.com\r\n\r\n",
+    "not-http": b"\x05\x01\x00\x03\x00\n\x00\x01",
+    "bad-vmess": b"GET /obfs HTTP/1.1\r\n\r\n" + random.Random(3).randbytes(64),
+    "head-only": b"GET /video/stream.mp4 HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+async def probe_answer(port: int, data: bytes) -> bytes:
+    """The bytes a server sends to ``data`` (then EOF) before it closes, with
+    the Date header, the one part that differs by the second, taken out."""
+    stream = await trio.open_tcp_stream(peers.LOOPBACK, port)
+    async with stream:
+        await stream.send_all(data)
+        await stream.send_eof()
+        received = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some():
+                received += chunk
+    return re.sub(rb"\r\nDate: [^\r]*", b"", received)
+
+
+async def test_a_prober_gets_the_same_bytes_from_vtrio_and_v2ray(
+    tmp_path: Path,
+) -> None:
+    """A VMess server behind the "http" header, probed the same way: a wrong
+    path, bytes that are not HTTP, a right path with a failed VMess header,
+    and a head alone."""
+    answers: dict[str, dict[str, bytes]] = {}
+    for who in ("v2ray", VTRIO):
+        (port,) = peers.free_ports(1)
+        route = peers.Route(port=port, account=ACCOUNT)
+        with trio.fail_after(TIMEOUT):
+            async with AsyncExitStack() as stack:
+                await start_side(
+                    stack,
+                    who,
+                    route,
+                    server=True,
+                    transport="http",
+                    early=False,
+                    directory=tmp_path,
+                )
+                answers[who] = {
+                    name: await probe_answer(port, data)
+                    for name, data in HTTP_PROBES.items()
+                }
+    assert answers[VTRIO] == answers["v2ray"]
+    refused = (
+        b"Connection: close\r\nCache-Control: private\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert answers[VTRIO] == {
+        "wrong-path": b"HTTP/1.1 404 Not Found\r\n" + refused,
+        "not-http": b"HTTP/1.1 400 Bad Request\r\n" + refused,
+        "bad-vmess": b"HTTP/1.1 400 Bad Request\r\n" + refused,
+        "head-only": b"HTTP/1.1 400 Bad Request\r\n" + refused,
+    }
