@@ -8,6 +8,7 @@ import ssl
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.support.certs import make_pki
@@ -97,6 +98,15 @@ def test_client_with_an_unknown_network_exits_2() -> None:
     )
     assert result.exit_code == 2
     assert "--network: expected tcp, ws or httpupgrade" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [["--header-type", "srtp"], ["--header-type", "http", "--network", "ws"]]
+)
+def test_client_with_a_bad_header_type_exits_2(flags: list[str]) -> None:
+    result = RUNNER.invoke(app, ["client", "--server", "h:1", "--id", "x", *flags])
+    assert result.exit_code == 2
+    assert "--header-type: expected none, or http with --network tcp" in result.stderr
 
 
 def test_version() -> None:

@@ -27,6 +27,7 @@ from vtrio.config.links import (
     config_links,
     demo_server_config,
     parse_link,
+    tcp_http_header,
 )
 from vtrio.config.model import (
     NTP_PORT,
@@ -198,6 +199,8 @@ def _transport(stream: StreamSettings) -> str:
     text: str = stream.network
     if stream.network != "tcp":
         text += f"({stream.ws.path})"
+    elif stream.http_header is not None:
+        text += f"+http({','.join(stream.http_header.request.paths)})"
     return text + ("+tls" if stream.security == "tls" else "")
 
 
@@ -245,9 +248,15 @@ def client(
         int, typer.Option(help="alterId; > 0 uses the legacy header.")
     ] = 0,
     network: Annotated[str, typer.Option(help="tcp, ws or httpupgrade.")] = "tcp",
-    path: Annotated[str, typer.Option(help="ws / httpupgrade path.")] = "/",
+    header_type: Annotated[
+        str, typer.Option(help='tcp header: none, or "http" (HTTP obfuscation).')
+    ] = "none",
+    path: Annotated[
+        str, typer.Option(help="ws / httpupgrade path; http header: paths, a,b.")
+    ] = "/",
     host: Annotated[
-        str | None, typer.Option(help="ws / httpupgrade Host header.")
+        str | None,
+        typer.Option(help="ws / httpupgrade Host header; http header: hosts, a,b."),
     ] = None,
     tls: Annotated[bool, typer.Option("--tls", help="Use TLS.")] = False,
     sni: Annotated[str | None, typer.Option(help="TLS server name.")] = None,
@@ -278,11 +287,20 @@ def client(
             )
             if (layer := NETWORKS.get(network.lower())) is None:
                 raise ConfigError("expected tcp, ws or httpupgrade", path="--network")
+            if header_type.lower() not in ("none", "http") or (
+                header_type.lower() == "http" and layer != "tcp"
+            ):
+                raise ConfigError(
+                    "expected none, or http with --network tcp", path="--header-type"
+                )
             stream = StreamSettings(
                 network=layer,
                 security="tls" if tls else "none",
                 tls=TLSSettings(server_name=sni, allow_insecure=insecure),
                 ws=WebSocketSettings(path=path, host=host),
+                http_header=tcp_http_header(host or "", path, "--path")
+                if header_type.lower() == "http"
+                else None,
             )
             port = parse_ports(port_text, "--server")[0]
             parsed = Link(address.strip("[]"), port, user, stream)

@@ -91,6 +91,33 @@ def test_uri_form() -> None:
     assert (link.stream.ws.path, link.stream.tls.server_name) == ("/ws", "a.example")
 
 
+def test_tcp_http_header_links_carry_hosts_and_paths() -> None:
+    """v2rayN's tcp + type http: Host choices and paths, comma-separated;
+    the other request headers stay v2ray's defaults."""
+    link = parse_link(
+        v2rayn(
+            {
+                "add": "h",
+                "port": 80,
+                "id": str(USER),
+                "net": "tcp",
+                "type": "http",
+                "host": "a.example, b.example",
+                "path": "/x,/y",
+            }
+        )
+    )
+    header = link.stream.http_header
+    assert header is not None
+    assert header.request.paths == ("/x", "/y")
+    assert dict(header.request.headers)["Host"] == ("a.example", "b.example")
+    assert dict(header.request.headers)["Pragma"] == ("no-cache",)
+    assert parse_link(make_link(link)) == link
+    uri = parse_link(f"vmess://{USER}@h:80?type=tcp&headerType=http&path=%2Fz")
+    assert uri.stream.http_header is not None
+    assert uri.stream.http_header.request.paths == ("/z",)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -106,10 +133,16 @@ def test_uri_form() -> None:
         (v2rayn({"add": "h", "port": 1, "id": str(USER), "aid": "x"}), "alterId"),
         (v2rayn({"add": "h", "port": 1, "id": str(USER), "aid": -1}), "alterId"),
         (
-            v2rayn({"add": "h", "port": 1, "id": str(USER), "type": "http"}),
-            "TCP header 'http' (obfuscation) is not supported",
+            v2rayn({"add": "h", "port": 1, "id": str(USER), "type": "srtp"}),
+            "unknown TCP header type 'srtp'",
         ),
-        (f"vmess://{USER}@h:1?type=tcp&headerType=http", "is not supported"),
+        (
+            v2rayn(
+                {"add": "h", "port": 1, "id": str(USER), "type": "http", "path": "x"}
+            ),
+            "expected paths starting with /",
+        ),
+        (f"vmess://{USER}@h:1?type=tcp&headerType=utp", "unknown TCP header type"),
     ],
 )
 def test_bad_links_are_config_errors(text: str, fragment: str) -> None:

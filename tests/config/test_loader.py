@@ -144,6 +144,63 @@ def test_httpupgrade_settings_in_xray_spelling() -> None:
     )
 
 
+def test_tcp_http_header_with_v2rays_defaults_and_string_lists() -> None:
+    """A string is split at its commas (v2ray's StringList); a request or
+    response that gives no headers gets v2ray's; header names are sorted."""
+    header = {
+        "type": "http",
+        "request": {"path": "/a,/b", "headers": {"User-Agent": "u", "Host": ["h"]}},
+        "response": {"reason": "Partial Content"},
+    }
+    config = loads(json.dumps(server_over({"tcpSettings": {"header": header}})))
+    http = config.inbounds[0].stream.http_header
+    assert http == model.HttpHeaderSettings(
+        model.HttpRequestHead(
+            paths=("/a", "/b"), headers=(("Host", ("h",)), ("User-Agent", ("u",)))
+        ),
+        model.HttpResponseHead(status="200", reason="Partial Content"),
+    )
+    assert http.response.headers == model.DEFAULT_RESPONSE_HEADERS
+    bare = {"rawSettings": {"header": {"type": "http"}}}  # Xray's name
+    assert loads(json.dumps(server_over(bare))).inbounds[0].stream.http_header == (
+        model.HttpHeaderSettings()
+    )
+    # Only the tcp network has it; v2ray ignores tcpSettings on the others.
+    ws = {"network": "ws", "tcpSettings": {"header": {"type": "http"}}}
+    assert loads(json.dumps(server_over(ws))).inbounds[0].stream.http_header is None
+
+
+def test_bad_tcp_http_headers_name_each_field() -> None:
+    header = {
+        "type": "http",
+        "request": {
+            "version": "2",
+            "method": "GE T",
+            "path": ["/ok", "relative"],
+            "headers": {"Bad Name": "x", "Empty": None, "Split": "a\r\nb"},
+        },
+        "response": {"status": "2000"},
+    }
+    found = errors_of(server_over({"tcpSettings": {"header": header}}))
+    where = "$.inbounds[0].streamSettings.tcpSettings.header"
+    assert found == [
+        (
+            f"{where}.request.path[1]",
+            "expected a path starting with / and without spaces",
+        ),
+        (f"{where}.request.method", "expected an HTTP method such as GET"),
+        (f"{where}.request.version", "expected an HTTP version such as 1.1"),
+        (f"{where}.response.status", "expected a three-digit HTTP status such as 200"),
+        (f"{where}.request.headers.Bad Name", "expected an HTTP header name (a token)"),
+        (f"{where}.request.headers.Empty", "empty HTTP header value"),
+        (f"{where}.request.headers.Split", "expected header values on one line"),
+    ]
+    unknown = {"tcpSettings": {"header": {"type": "srtp"}}}
+    assert errors_of(server_over(unknown)) == [
+        (f"{where}.type", "unknown TCP header type 'srtp' (expected none or http)")
+    ]
+
+
 def test_detour_config() -> None:
     config = load(["configs/dynamic-port-server.json"])
     main = config.inbound("main").settings

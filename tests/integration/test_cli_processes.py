@@ -41,16 +41,13 @@ async def wait_for_port(port: int) -> None:
         return
 
 
-async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
-    tmp_path: pathlib.Path,
-) -> None:
-    server_port, socks_port = await closed_port(), await closed_port()
-    server_json = {
+def vmess_server_json(port: int, **inbound: object) -> dict[str, object]:
+    return {
         "inbounds": [
             {
                 "tag": "vmess-in",
                 "listen": LOOPBACK,
-                "port": server_port,
+                "port": port,
                 "protocol": "vmess",
                 "settings": {
                     "clients": [
@@ -59,12 +56,23 @@ async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
                     ]
                 },
             }
+            | inbound
         ],
         "outbounds": [{"protocol": "freedom"}],
     }
-    config_file = tmp_path / "server.json"
+
+
+async def run_processes(
+    server_json: dict[str, object],
+    client_arguments: list[str],
+    socks_port: int,
+    directory: pathlib.Path,
+) -> tuple[bytes, bytes]:
+    """``vtrio serve`` and ``vtrio client``: a checksummed payload through
+    both, then SIGTERM; returns the client's banner and the server's log."""
+    server_port = server_json["inbounds"][0]["port"]  # type: ignore[index]
+    config_file = directory / "server.json"
     config_file.write_text(json.dumps(server_json))
-    link, _legacy = config_links(loads(json.dumps(server_json)))
     data = hashlib.shake_256(b"cli").digest(1_500_000)
     python = sys.executable
     with trio.fail_after(40):
@@ -81,7 +89,7 @@ async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
                     "-m",
                     "vtrio",
                     "client",
-                    link,
+                    *client_arguments,
                     "--listen",
                     f"{LOOPBACK}:{socks_port}",
                 ],
@@ -107,12 +115,37 @@ async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
                 codes = [await client.wait(), await server.wait()]
             assert client.stdout is not None
             banner = await client.stdout.receive_some(4096)
-            assert f"SOCKS5 on {LOOPBACK}:{socks_port}" in banner.decode()
             assert server.stdout is not None
             log = await server.stdout.receive_some(4096)
-            assert b"vmess-in: 1 user(s) with alterId > 0" in log
             assert codes == [0, 0]
             nursery.cancel_scope.cancel()
+    return bytes(banner), bytes(log)
+
+
+async def test_serve_and_client_processes_carry_a_payload_and_stop_cleanly(
+    tmp_path: pathlib.Path,
+) -> None:
+    server_port, socks_port = await closed_port(), await closed_port()
+    server_json = vmess_server_json(server_port)
+    link, _legacy = config_links(loads(json.dumps(server_json)))
+    banner, log = await run_processes(server_json, [link], socks_port, tmp_path)
+    assert f"SOCKS5 on {LOOPBACK}:{socks_port}" in banner.decode()
+    assert b"vmess-in: 1 user(s) with alterId > 0" in log
+
+
+async def test_a_client_from_flags_speaks_the_http_tcp_header(
+    tmp_path: pathlib.Path,
+) -> None:
+    server_port, socks_port = await closed_port(), await closed_port()
+    header = {"type": "http", "request": {"path": ["/a", "/b"]}}
+    server_json = vmess_server_json(
+        server_port,
+        streamSettings={"network": "tcp", "tcpSettings": {"header": header}},
+    )
+    flags = ["--server", f"{LOOPBACK}:{server_port}", "--id", USER]
+    flags += ["--header-type", "http", "--path", "/b", "--host", "cdn.example"]
+    banner, _ = await run_processes(server_json, flags, socks_port, tmp_path)
+    assert "(auto, tcp+http(/b))" in banner.decode()
 
 
 async def test_demo_serve_prints_a_working_link() -> None:

@@ -68,9 +68,12 @@ def _stream(
             f"transport {net!r} is not supported yet (tcp, ws or httpupgrade)",
             path="link.net",
         )
-    if network == "tcp" and header.lower() not in ("", "none"):
+    http_header = None
+    if network == "tcp" and header.lower() == "http":
+        http_header = tcp_http_header(host, path, "link.path")
+    elif network == "tcp" and header.lower() not in ("", "none"):
         raise ConfigError(
-            f"TCP header {header!r} (obfuscation) is not supported yet",
+            f"unknown TCP header type {header!r} (expected none or http)",
             path="link.type",
         )
     security = (tls or "none").lower()
@@ -101,6 +104,30 @@ def _stream(
             allow_insecure=insecure,
         ),
         ws=ws,
+        http_header=http_header,
+    )
+
+
+def tcp_http_header(host: str, path: str, where: str) -> model.HttpHeaderSettings:
+    """The "http" TCP header as v2rayN links give it: comma-separated Host
+    values (replacing the default Host choices) and paths.
+
+    Raises:
+        ConfigError: a path does not start with /.
+    """
+    hosts = tuple(h.strip() for h in host.split(",") if h.strip())
+    paths = tuple(p.strip() for p in path.split(",") if p.strip()) or ("/",)
+    if bad := [p for p in paths if not p.startswith("/") or " " in p]:
+        raise ConfigError(
+            f"expected paths starting with / and without spaces, got {bad[0]!r}",
+            path=where,
+        )
+    headers = tuple(
+        (name, hosts if name == "Host" and hosts else values)
+        for name, values in model.DEFAULT_REQUEST_HEADERS
+    )
+    return model.HttpHeaderSettings(
+        request=model.HttpRequestHead(paths=paths, headers=headers)
     )
 
 
@@ -207,6 +234,7 @@ def make_link(link: Link) -> str:
         "type": "none",
         "host": (stream.ws.host or "") if stream.network != "tcp" else "",
         "path": ws_path if stream.network != "tcp" else "",
+        **_http_header_fields(stream),
         "tls": "tls" if stream.security == "tls" else "",
         "sni": stream.tls.server_name or "",
         "alpn": ",".join(stream.tls.alpn),
@@ -215,6 +243,19 @@ def make_link(link: Link) -> str:
         data["insecure"] = "1"
     encoded = base64.b64encode(json.dumps(data, ensure_ascii=False).encode()).decode()
     return SCHEME + encoded
+
+
+def _http_header_fields(stream: model.StreamSettings) -> dict[str, str]:
+    """v2rayN's fields for the "http" TCP header (its Host choices, paths)."""
+    header = stream.http_header
+    if stream.network != "tcp" or header is None:
+        return {}
+    hosts = dict(header.request.headers).get("Host", ())
+    return {
+        "type": "http",
+        "host": ",".join(hosts),
+        "path": ",".join(header.request.paths),
+    }
 
 
 def config_links(config: model.Config, address: str | None = None) -> Iterable[str]:
