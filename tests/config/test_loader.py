@@ -161,12 +161,15 @@ def test_tcp_http_header_with_v2rays_defaults_and_string_lists() -> None:
         model.HttpResponseHead(status="200", reason="Partial Content"),
     )
     assert http.response.headers == model.DEFAULT_RESPONSE_HEADERS
-    bare = {"rawSettings": {"header": {"type": "http"}}}  # Xray's name
+    bare: dict[str, object] = {"rawSettings": {"header": {"type": "http"}}}  # Xray
     assert loads(json.dumps(server_over(bare))).inbounds[0].stream.http_header == (
         model.HttpHeaderSettings()
     )
     # Only the tcp network has it; v2ray ignores tcpSettings on the others.
-    ws = {"network": "ws", "tcpSettings": {"header": {"type": "http"}}}
+    ws: dict[str, object] = {
+        "network": "ws",
+        "tcpSettings": {"header": {"type": "http"}},
+    }
     assert loads(json.dumps(server_over(ws))).inbounds[0].stream.http_header is None
 
 
@@ -195,7 +198,7 @@ def test_bad_tcp_http_headers_name_each_field() -> None:
         (f"{where}.request.headers.Empty", "empty HTTP header value"),
         (f"{where}.request.headers.Split", "expected header values on one line"),
     ]
-    unknown = {"tcpSettings": {"header": {"type": "srtp"}}}
+    unknown: dict[str, object] = {"tcpSettings": {"header": {"type": "srtp"}}}
     assert errors_of(server_over(unknown)) == [
         (f"{where}.type", "unknown TCP header type 'srtp' (expected none or http)")
     ]
