@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ from tests.support.hardening import (
     vmess_exchange,
     wait_task_count,
 )
+from vtrio.config.model import HttpHeaderSettings, StreamSettings
+from vtrio.net.transport import dial
 
 if TYPE_CHECKING:
     import pathlib
@@ -125,6 +128,57 @@ async def test_hostile_bytes_leave_the_server_serving() -> None:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
                 assert await vmess_exchange(stream, client, b"still ok") == b"still ok"
+
+
+def behind_http_header() -> model.Config:
+    """A server with the "http" TCP header on its VMess inbound, and a short
+    handshake deadline (probes without a full VMess header wait for it)."""
+    from vtrio.config import model
+
+    base = server_config(SERVER_USERS, handshake=0.25)
+    inbound = dataclasses.replace(
+        base.inbounds[0],
+        stream=model.StreamSettings(http_header=model.HttpHeaderSettings()),
+    )
+    return dataclasses.replace(base, inbounds=(inbound,))
+
+
+REFUSAL = re.compile(
+    rb"HTTP/1\.1 (400 Bad Request|404 Not Found)\r\nConnection: close\r\n"
+    rb"Cache-Control: private\r\nContent-Length: 0\r\nDate: [^\r]+ GMT\r\n\r\n"
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    head=st.sampled_from([b"", b"GET / HTTP/1.1\r\n\r\n", b"GET /x HTTP/1.1\r\n"]),
+    data=st.binary(max_size=300),
+)
+def test_behind_the_http_header_any_bytes_get_one_refusal(
+    head: bytes, data: bytes
+) -> None:
+    """Bytes with or without a head: the server sends one 400 or 404 and a
+    FIN (after the drain or the handshake deadline), reaches no target and
+    leaves no task; a real client then gets through."""
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with (
+                target_running(Target()) as target,
+                running(behind_http_header()) as (port, _),
+            ):
+                before = task_count()
+                closing = await probe(port, head + data)
+                assert REFUSAL.fullmatch(closing.answer), closing.answer
+                assert closing.how == "fin"
+                assert await wait_task_count(before) <= before
+                assert target.accepted == 0
+                client = client_connection(KNOWN, target.port)
+                settings = StreamSettings(http_header=HttpHeaderSettings())
+                async with await dial(settings, "127.0.0.1", port) as stream:
+                    assert await vmess_exchange(stream, client, b"ok") == b"ok"
+
+    trio.run(main)
 
 
 def socks_and_http() -> model.Config:
