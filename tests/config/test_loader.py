@@ -204,6 +204,30 @@ def test_bad_tcp_http_headers_name_each_field() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "stream",
+    [
+        {"tcpSettings": {"acceptProxyProtocol": True}},
+        {"rawSettings": {"acceptProxyProtocol": True}},
+        {"network": "ws", "wsSettings": {"acceptProxyProtocol": True}},
+        {
+            "network": "httpupgrade",
+            "httpupgradeSettings": {"acceptProxyProtocol": True},
+        },
+        # v2ray 5 and Xray: in sockopt, whose socket options are ignored.
+        {"sockopt": {"acceptProxyProtocol": True, "tcpFastOpen": True, "mark": 255}},
+    ],
+)
+def test_accept_proxy_protocol_in_each_place_upstream_reads_it(
+    stream: dict[str, object],
+) -> None:
+    config = loads(json.dumps(server_over(stream)))
+    assert config.inbounds[0].stream.accept_proxy_protocol
+    assert (
+        not loads(json.dumps(server_over({}))).inbounds[0].stream.accept_proxy_protocol
+    )
+
+
 def test_detour_config() -> None:
     config = load(["configs/dynamic-port-server.json"])
     main = config.inbound("main").settings
@@ -260,16 +284,6 @@ BAD_INPUTS = [
         },
         "$.inbounds[0].streamSettings.network",
         "gRPC transport is not supported yet",
-    ),
-    (
-        server_over(
-            {
-                "network": "httpupgrade",
-                "httpupgradeSettings": {"acceptProxyProtocol": True},
-            }
-        ),
-        "$.inbounds[0].streamSettings",
-        "acceptProxyProtocol is not supported yet",
     ),
     (
         {"inbounds": [{"protocol": "socks", "port": "1-"}]},

@@ -172,6 +172,7 @@ class StreamSettings:
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)
     # The "http" TCP header (tcp network only); None is type "none".
     http_header: HttpHeaderSettings | None = None
+    # Inbounds: every connection starts with a PROXY protocol header (v1/v2).
     accept_proxy_protocol: bool = False
 
 

@@ -928,11 +928,13 @@ class Normalizer:
         )
         accept_proxy = any(
             settings is not None and settings.accept_proxy_protocol
-            for settings in (tcp, stream.ws_settings, stream.httpupgrade_settings)
+            for settings in (
+                tcp,
+                stream.ws_settings,
+                stream.httpupgrade_settings,
+                stream.sockopt,
+            )
         )
-        if accept_proxy:
-            self.error("acceptProxyProtocol is not supported yet", path)
-            return None
         if tls is None:
             return None
         return model.StreamSettings(
@@ -941,6 +943,7 @@ class Normalizer:
             tls=tls,
             ws=self.upgrade(upgrade),
             http_header=http_header or None,
+            accept_proxy_protocol=accept_proxy,
         )
 
     def http_header(

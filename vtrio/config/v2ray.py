@@ -379,6 +379,13 @@ class TcpV2(V2Base):
     accept_proxy_protocol: bool = False
 
 
+class SockoptV2(msgspec.Struct, rename="camel", kw_only=True):
+    """``streamSettings.sockopt`` (v2ray 5, Xray): only the PROXY protocol
+    switch is read; the socket options (marks, TFO, interface) are ignored."""
+
+    accept_proxy_protocol: bool = False
+
+
 class StreamV2(V2Base):
     network: str = "tcp"
     method: str | None = None  # Xray's newer name for network; it wins
@@ -388,7 +395,7 @@ class StreamV2(V2Base):
     httpupgrade_settings: HttpUpgradeV2 | None = None
     tcp_settings: TcpV2 | None = None
     raw_settings: TcpV2 | None = None  # Xray's name for tcpSettings
-    sockopt: msgspec.Raw = ABSENT
+    sockopt: SockoptV2 | None = None
     # Transports vtrio refuses by name; kept raw so the error can say so.
     kcp_settings: msgspec.Raw = ABSENT
     quic_settings: msgspec.Raw = ABSENT

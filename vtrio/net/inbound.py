@@ -35,6 +35,7 @@ from vtrio.net.clock import unix_now
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
 from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
+from vtrio.net.transport.proxy_protocol import receive_proxy_header
 from vtrio.net.transport.tcp import TCPListener, TCPStream, close_forcefully
 
 if TYPE_CHECKING:
@@ -62,12 +63,18 @@ LOGGER = logging.getLogger("vtrio.net.inbound")
 # Accept failures that end when descriptors or memory free up.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_PAUSE = 0.1
+# A balancer sends its PROXY header at once; the handshake's default bound.
+PROXY_HEADER_TIMEOUT = 4.0
+
+
+def _address_name(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
     if isinstance(stream, TCPStream) and stream.peer is not None:
-        host, port = stream.peer
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return _address_name(stream.peer)
     return "?"
 
 
@@ -85,15 +92,23 @@ async def handle_connection(
     handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
     inbound_tag: str,
     stream: TCPStream,
+    proxy_protocol: bool = False,
 ) -> None:
     """The error boundary of one accepted connection.
 
     Nothing a peer does escapes it: protocol, transport and dial errors are
     logged in one line, anything else with a traceback, and the stream is
-    always closed. Cancellation passes through.
+    always closed. Cancellation passes through. With ``proxy_protocol`` the
+    connection's PROXY header is taken off first, and the client it names
+    is the source the handler sees and logs.
     """
     source = _peer_name(stream)
     try:
+        if proxy_protocol:
+            with trio.fail_after(PROXY_HEADER_TIMEOUT):
+                named = await receive_proxy_header(stream)
+            if named is not None:
+                source = _address_name(named)
         await handler(stream, source)
     except* trio.TooSlowError:
         LOGGER.info("%s [%s]: handshake timed out", source, inbound_tag)
@@ -379,7 +394,12 @@ async def serve_ports(
         async with trio.open_nursery() as accepting:
             for listener in listeners:
                 accepting.start_soon(
-                    _accept_loop, listener, handler, inbound.tag, connections
+                    _accept_loop,
+                    listener,
+                    handler,
+                    inbound.tag,
+                    connections,
+                    inbound.stream.accept_proxy_protocol,
                 )
     finally:
         for listener in listeners:
@@ -391,6 +411,7 @@ async def _accept_loop(
     handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
     inbound_tag: str,
     connections: trio.Nursery,
+    proxy_protocol: bool,
 ) -> None:
     """``trio.serve_listeners`` for one listener, closing with ``close()``.
 
@@ -411,4 +432,6 @@ async def _accept_loop(
             )
             await trio.sleep(ACCEPT_PAUSE)
             continue
-        connections.start_soon(handle_connection, handler, inbound_tag, stream)
+        connections.start_soon(
+            handle_connection, handler, inbound_tag, stream, proxy_protocol
+        )

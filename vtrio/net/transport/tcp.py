@@ -125,6 +125,24 @@ class TCPStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise _stream_error(exc) from exc
 
+    async def peek(self, max_bytes: int) -> bytes:
+        """Bytes that have arrived, left in the socket for the next read
+        (waiting for some if none have; b"" at EOF)."""
+        await checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = self.socket.recv(max_bytes, socket.MSG_PEEK)
+            except BlockingIOError:
+                await self._wait(wait_readable)
+                waited = True
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            if not waited:
+                await cancel_shielded_checkpoint()
+            return data
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
