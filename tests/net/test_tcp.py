@@ -220,7 +220,12 @@ async def test_accept_loop_pauses_while_out_of_descriptors(
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            _accept_loop, cast("TCPListener", Exhausted()), handler, "in", nursery
+            _accept_loop,
+            cast("TCPListener", Exhausted()),
+            handler,
+            "in",
+            nursery,
+            False,
         )
         assert await client.receive_some(10) == b"served"
         nursery.cancel_scope.cancel()
