@@ -6,8 +6,8 @@ import trio
 import trio.testing
 
 from vtrio.config.model import LevelPolicy
-from vtrio.net.buffered import BufferedStream
 from vtrio.net.relay import Traffic, relay
+from vtrio.net.transport.buffered import BufferedStream
 
 
 async def test_bytes_left_from_the_handshake_go_first_and_are_counted() -> None:

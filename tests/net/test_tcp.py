@@ -13,9 +13,9 @@ import trio
 import trio.testing
 
 from vtrio.config.model import StreamSettings
-from vtrio.net.buffered import BufferedStream
 from vtrio.net.inbound import ACCEPT_PAUSE, _accept_loop
 from vtrio.net.transport import open_listeners, tcp
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.tcp import TCPListener, TCPStream, from_trio_stream
 
 

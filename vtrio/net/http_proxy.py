@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import trio
 
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.buffered import BufferedStream
 from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.tunnel import run_tunnel
 from vtrio.protocol.address import split_host_port
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vtrio.net.buffered import BufferedStream
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.vmess_stream import VMessStream
 
 if TYPE_CHECKING:

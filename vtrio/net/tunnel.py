@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vtrio.net.buffered import BufferedStream
 from vtrio.net.relay import Traffic, relay
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.tcp import TCPStream, close_forcefully
 from vtrio.net.vmess_stream import VMessStream
 

@@ -26,7 +26,7 @@ import trio
 
 from vtrio.config.model import HttpResponseHead
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.buffered import BufferedStream
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.http1 import not_http_message
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ import trio
 import wsproto.utilities
 
 from vtrio.errors import DialError, RemoteProtocolError
-from vtrio.net.buffered import BufferedStream
+from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.http1 import (
     default_host_header,
     first_forwarded,
