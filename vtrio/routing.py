@@ -1,10 +1,11 @@
 """Routing: which outbound a tunnel takes. A pure function of the config.
 
 Theory of operation: v2ray's field rules are tried in order; a rule matches
-when every condition it has matches (inbound tag, domain, IP, port, network),
-and the first match names the outbound. Domain conditions only look at domain
-destinations and IP conditions only at IP destinations (domainStrategy
-``AsIs``: vtrio does not resolve to route). No match means the first outbound.
+when every condition it has matches (inbound tag, user email, domain, IP,
+port, network, sniffed protocol), and the first match names the outbound.
+Domain conditions only look at domain destinations and IP conditions only at
+IP destinations (domainStrategy ``AsIs``: vtrio does not resolve to route).
+No match means the first outbound.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import ipaddress
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from vtrio.config.model import DomainMatcher, Routing, RoutingRule
     from vtrio.protocol.address import Address
 
@@ -28,25 +31,37 @@ def _domain_matches(matcher: DomainMatcher, domain: str) -> bool:
     return matcher.pattern is not None and matcher.pattern.search(domain) is not None
 
 
+def domain_listed(matchers: Sequence[DomainMatcher], domain: str) -> bool:
+    """Whether any matcher takes ``domain`` (compared in lower case)."""
+    name = domain.lower().rstrip(".")
+    return any(_domain_matches(m, name) for m in matchers)
+
+
 def _rule_matches(
     rule: RoutingRule,
     inbound_tag: str,
     address: Address,
     port: int,
     network: Literal["tcp", "udp"],
+    protocol: str,
+    email: str,
 ) -> bool:
     if rule.inbound_tags and inbound_tag not in rule.inbound_tags:
+        return False
+    if rule.users and email not in rule.users:
+        return False
+    if rule.protocols and not (
+        protocol and any(protocol.startswith(p) for p in rule.protocols)
+    ):
         return False
     if rule.networks and network not in rule.networks:
         return False
     if rule.ports and not any(low <= port <= high for low, high in rule.ports):
         return False
-    if rule.domains:
-        if not isinstance(address, str):
-            return False
-        domain = address.lower().rstrip(".")
-        if not any(_domain_matches(m, domain) for m in rule.domains):
-            return False
+    if rule.domains and not (
+        isinstance(address, str) and domain_listed(rule.domains, address)
+    ):
+        return False
     if rule.ips:
         if isinstance(address, str):
             return False
@@ -65,6 +80,8 @@ def pick_outbound(
     address: Address,
     port: int,
     network: Literal["tcp", "udp"],
+    protocol: str = "",
+    email: str = "",
 ) -> str | None:
     """The outbound tag of the first matching rule, or None for the default.
 
@@ -74,8 +91,10 @@ def pick_outbound(
         address: destination IP or domain.
         port: destination port.
         network: "tcp" or "udp".
+        protocol: what sniffing found ("http1", "tls", "bittorrent"), or "".
+        email: the VMess user's email, or "".
     """
     for rule in routing.rules:
-        if _rule_matches(rule, inbound_tag, address, port, network):
+        if _rule_matches(rule, inbound_tag, address, port, network, protocol, email):
             return rule.outbound_tag
     return None

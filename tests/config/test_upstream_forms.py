@@ -9,6 +9,7 @@ never dropped, when dropping it would weaken the config.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import pathlib
@@ -524,15 +525,110 @@ def test_xray_mixed_inbound_is_the_socks_inbound() -> None:
     assert inbound.settings.udp
 
 
-@pytest.mark.parametrize(("enabled", "warned"), [(True, True), (False, False)])
-def test_enabled_sniffing_is_named_in_a_warning(
-    enabled: bool, warned: bool, caplog: pytest.LogCaptureFixture
+def test_sniffing_reads_v2ray_and_xray_options() -> None:
+    sniffing = {
+        "enabled": True,
+        "destOverride": ["http", "TLS", "ssl"],
+        "routeOnly": True,
+        "domainsExcluded": ["courier.push.apple.com", "domain:mi.com"],
+        "ipsExcluded": ["10.0.0.0/8"],
+    }
+    (inbound,) = loads(
+        document(inbounds=[vmess_in(sniffing=sniffing)]), environ={}
+    ).inbounds
+    assert inbound.sniffing == model.Sniffing(
+        dest_override=("http", "tls"),
+        route_only=True,
+        domains_excluded=(
+            model.DomainMatcher("keyword", "courier.push.apple.com"),
+            model.DomainMatcher("domain", "mi.com"),
+        ),
+        ips_excluded=(ipaddress.ip_network("10.0.0.0/8"),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, None),
+        ({"sniffing": {"enabled": False, "destOverride": ["tls"]}}, None),
+        ({"sniffing": {"enabled": True}}, model.Sniffing()),
+        ({"domainOverride": ["http", "tls"]}, model.Sniffing(("http", "tls"))),
+        ({"domainOverride": "tls"}, model.Sniffing(("tls",))),
+    ],
+)
+def test_sniffing_off_bare_and_in_v2ray_3s_domain_override(
+    extra: dict[str, Any], expected: model.Sniffing | None
 ) -> None:
-    sniffing = {"enabled": enabled, "destOverride": ["http", "tls"]}
+    (inbound,) = loads(document(inbounds=[vmess_in(**extra)]), environ={}).inbounds
+    assert inbound.sniffing == expected
+
+
+@pytest.mark.parametrize(
+    ("sniffing", "warning"),
+    [
+        ({"destOverride": ["tls", "fakedns"]}, "no FakeDNS"),
+        ({"destOverride": ["quic", "tls"]}, "TCP only"),
+        ({"destOverride": ["tls"], "metadataOnly": True}, "nothing is sniffed"),
+    ],
+)
+def test_sniffing_parts_vtrio_lacks_are_named_in_warnings(
+    sniffing: dict[str, Any], warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbound_json = vmess_in(sniffing={"enabled": True, **sniffing})
     with caplog.at_level(logging.WARNING, "vtrio.config"):
-        loads(document(inbounds=[vmess_in(sniffing=sniffing)]), environ={})
-    found = [r.getMessage() for r in caplog.records if "sniffing" in r.getMessage()]
-    assert len(found) == warned
+        (inbound,) = loads(document(inbounds=[inbound_json]), environ={}).inbounds
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert warning in message
+    assert "$.inbounds[0].sniffing" in message
+    metadata_only = sniffing.get("metadataOnly", False)
+    assert inbound.sniffing == (None if metadata_only else model.Sniffing(("tls",)))
+
+
+def test_sniffing_errors_name_their_paths() -> None:
+    sniffing = {
+        "enabled": "yes",
+    }
+    found = errors(document(inbounds=[vmess_in(sniffing=sniffing)]))
+    assert found == [("$.inbounds[0].sniffing.enabled", "Expected `bool`, got `str`")]
+    sniffing = {
+        "enabled": True,
+        "destOverride": ["tls", "bittorrent"],
+        "domainsExcluded": ["geosite:cn"],
+        "ipsExcluded": ["not-an-ip"],
+    }
+    found = errors(document(inbounds=[vmess_in(sniffing=sniffing)]))
+    assert [path for path, _ in found] == [
+        "$.inbounds[0].sniffing.destOverride[1]",
+        "$.inbounds[0].sniffing.domainsExcluded[0]",
+        "$.inbounds[0].sniffing.ipsExcluded[0]",
+    ]
+    assert "unknown protocol 'bittorrent'" in found[0][1]
+
+
+def test_rules_on_sniffed_protocol_and_user_email(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rules = [
+        {"type": "field", "protocol": ["BitTorrent"], "outboundTag": "block"},
+        {
+            "type": "field",
+            "user": "a@example.com,b@example.com",
+            "outboundTag": "block",
+        },
+    ]
+    outbounds = [vmess_out(), {"protocol": "blackhole", "tag": "block"}]
+    text = document(
+        inbounds=[vmess_in()], outbounds=outbounds, routing={"rules": rules}
+    )
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        config = loads(text, environ={})
+    first, second = config.routing.rules
+    assert first.protocols == ("bittorrent",)
+    assert second.users == frozenset({"a@example.com", "b@example.com"})
+    # No inbound sniffs, so the protocol rule could never match: said once.
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "$.routing.rules[0].protocol matches sniffed traffic only" in message
 
 
 def test_v2ray_chain_pins_are_read_and_checked() -> None:

@@ -239,6 +239,19 @@ class Allocate:
 
 
 @dataclass(frozen=True, slots=True)
+class Sniffing:
+    """What an inbound's tunnels' first bytes are read for (v2ray's
+    ``sniffing``): the protocols whose names replace the destination, and
+    Xray's limits on that."""
+
+    dest_override: tuple[str, ...] = ()
+    # The name routes the tunnel; the outbound still dials the address given.
+    route_only: bool = False
+    domains_excluded: tuple[DomainMatcher, ...] = ()
+    ips_excluded: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     tag: str
     protocol: Literal["vmess", "socks", "http", "dokodemo-door"]
@@ -248,6 +261,7 @@ class Inbound:
     settings: InboundSettings
     stream: StreamSettings = field(default_factory=StreamSettings)
     allocate: Allocate = field(default_factory=Allocate)
+    sniffing: Sniffing | None = None
 
 
 # --- outbounds --------------------------------------------------------------
@@ -334,6 +348,10 @@ class RoutingRule:
     # Inclusive (low, high) pairs.
     ports: tuple[tuple[int, int], ...] = ()
     networks: frozenset[Literal["tcp", "udp"]] = frozenset()
+    # Sniffed protocols, matched as prefixes ("http" matches "http1").
+    protocols: tuple[str, ...] = ()
+    # User emails.
+    users: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

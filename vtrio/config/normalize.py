@@ -39,6 +39,7 @@ from vtrio.config.v2ray import (
     RootV2,
     RoutingV2,
     RuleV2,
+    SniffingV2,
     SocksInboundV2,
     StreamV2,
     TcpHeaderV2,
@@ -77,8 +78,6 @@ OUTBOUND_PROTOCOLS = {
 UNSUPPORTED_RULE_CONDITIONS = (
     "source",
     "source_port",
-    "user",
-    "protocol",
     "attrs",
     "source_ip",
     "local_ip",
@@ -87,6 +86,16 @@ UNSUPPORTED_RULE_CONDITIONS = (
     "process",
     "webhook",
 )
+# destOverride's spellings (v2ray's sniffer config), to the protocol each names.
+SNIFFED_PROTOCOLS = {
+    "http": "http",
+    "tls": "tls",
+    "https": "tls",
+    "ssl": "tls",
+    "quic": "quic",
+    "fakedns": "fakedns",
+    "fakedns+others": "fakedns",
+}
 # Settings whose meaning vtrio lacks and must not drop silently: each would
 # leave the peer less checked or less hidden than the config asks.
 # Field -> what it is about, when its JSON name does not say.
@@ -449,6 +458,8 @@ class Normalizer:
             ips=ips,
             ports=ports,
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
+            protocols=tuple(p.lower() for p in _as_list(rule.protocol)),
+            users=frozenset(_as_list(rule.user)),
         )
 
     def domains(self, values: list[str], path: str) -> tuple[model.DomainMatcher, ...]:
@@ -497,13 +508,6 @@ class Normalizer:
     # --- inbounds ---------------------------------------------------------------
 
     def inbound(self, raw: InboundV2, path: str) -> model.Inbound | None:
-        if raw.sniffing and _sniffing_enabled(raw.sniffing):
-            LOGGER.warning(
-                "%s: %s.sniffing is not supported: routing and the outbound see"
-                " the address the client asked for",
-                self.source,
-                path,
-            )
         protocol = INBOUND_PROTOCOLS.get(raw.protocol)
         if protocol is None:
             self.error(
@@ -542,6 +546,7 @@ class Normalizer:
                 refresh_minutes=max(1, raw.allocate.refresh),
                 concurrency=max(1, raw.allocate.concurrency),
             )
+        sniffing = self.sniffing(raw, path)
         if settings is None or stream is None:
             return None
         return model.Inbound(
@@ -554,6 +559,58 @@ class Normalizer:
             settings=settings,
             stream=stream,
             allocate=allocate,
+            sniffing=sniffing,
+        )
+
+    def sniffing(self, inbound: InboundV2, path: str) -> model.Sniffing | None:
+        """The inbound's sniffing, None when off; v2ray 3's ``domainOverride``
+        is sniffing with that ``destOverride``."""
+        if inbound.domain_override is not None and not inbound.sniffing:
+            raw = SniffingV2(enabled=True, dest_override=inbound.domain_override)
+            path = f"{path}.domainOverride"
+        else:
+            path = f"{path}.sniffing"
+            decoded = self.decode(inbound.sniffing, SniffingV2, path)
+            if decoded is None:
+                return None
+            raw = decoded
+        if not raw.enabled:
+            return None
+        if raw.metadata_only:
+            LOGGER.warning(
+                "%s: %s.metadataOnly reads only FakeDNS, which vtrio lacks:"
+                " nothing is sniffed",
+                self.source,
+                path,
+            )
+            return None
+        overrides: list[str] = []
+        for index, name in enumerate(_as_list(raw.dest_override)):
+            kind = SNIFFED_PROTOCOLS.get(name.lower())
+            if kind is None:
+                self.error(
+                    f"unknown protocol {name!r} (expected http, tls, quic or fakedns)",
+                    f"{path}.destOverride[{index}]",
+                )
+            elif kind in ("quic", "fakedns"):
+                LOGGER.warning(
+                    "%s: %s.destOverride[%d]: %s",
+                    self.source,
+                    path,
+                    index,
+                    "vtrio sniffs TCP only, not QUIC"
+                    if kind == "quic"
+                    else "vtrio has no FakeDNS; ignored",
+                )
+            elif kind not in overrides:
+                overrides.append(kind)
+        return model.Sniffing(
+            dest_override=tuple(overrides),
+            route_only=raw.route_only,
+            domains_excluded=self.domains(
+                _as_list(raw.domains_excluded), f"{path}.domainsExcluded"
+            ),
+            ips_excluded=self.ips(_as_list(raw.ips_excluded), f"{path}.ipsExcluded"),
         )
 
     def vmess_inbound(
@@ -1190,6 +1247,13 @@ class Normalizer:
                 )
             for tag in sorted(rule.inbound_tags - inbound_tags):
                 self.error(f"no inbound is tagged {tag!r}", f"{path}.inboundTag")
+            if rule.protocols and not any(i.sniffing for i in config.inbounds):
+                LOGGER.warning(
+                    "%s: %s.protocol matches sniffed traffic only, and no inbound"
+                    " has sniffing enabled",
+                    self.source,
+                    path,
+                )
         for index, inbound in enumerate(config.inbounds):
             settings = inbound.settings
             if (
@@ -1283,13 +1347,6 @@ def _ranges(ports: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         else:
             ranges.append((port, port))
     return tuple(ranges)
-
-
-def _sniffing_enabled(raw: msgspec.Raw) -> bool:
-    data: Any = msgspec.json.decode(raw)
-    return isinstance(data, dict) and any(
-        key.casefold() == "enabled" and value is True for key, value in data.items()
-    )
 
 
 def _looks_like_v5_users(raw: msgspec.Raw) -> bool:

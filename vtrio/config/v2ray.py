@@ -35,6 +35,18 @@ class AllocateV2(V2Base):
     concurrency: int = 3
 
 
+class SniffingV2(V2Base):
+    """An inbound's ``sniffing``; ``routeOnly``, ``domainsExcluded`` and
+    ``ipsExcluded`` are Xray's."""
+
+    enabled: bool = False
+    dest_override: list[str] | str | None = None
+    metadata_only: bool = False
+    route_only: bool = False
+    domains_excluded: list[str] | str | None = None
+    ips_excluded: list[str] | str | None = None
+
+
 class InboundV2(V2Base):
     protocol: str
     tag: str = ""
@@ -44,7 +56,8 @@ class InboundV2(V2Base):
     stream_settings: msgspec.Raw = ABSENT
     allocate: AllocateV2 | None = None
     sniffing: msgspec.Raw = ABSENT
-    domain_override: msgspec.Raw = ABSENT
+    # v2ray 3's form of sniffing.destOverride, which v2ray 4 still reads.
+    domain_override: list[str] | str | None = None
 
 
 class OutboundV2(V2Base):
@@ -86,11 +99,11 @@ class RuleV2(V2Base):
     ip: list[str] | str | None = None
     port: Port | None = None
     network: list[str] | str | None = None
+    protocol: list[str] | str | None = None
+    user: list[str] | str | None = None
     # Conditions vtrio refuses by name (normalize.UNSUPPORTED_RULE_CONDITIONS).
     source: msgspec.Raw = ABSENT
     source_port: msgspec.Raw = ABSENT
-    user: msgspec.Raw = ABSENT
-    protocol: msgspec.Raw = ABSENT
     attrs: msgspec.Raw = ABSENT
     source_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="sourceIP")  # Xray
     local_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="localIP")  # Xray

@@ -92,7 +92,7 @@ async def handle_http(
             )
         )
         return
-    session = Session(inbound_tag=inbound.tag, source=source)
+    session = Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing)
 
     async def failed(exc: Exception) -> None:
         del exc
@@ -131,39 +131,11 @@ async def handle_http(
         [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
     ).encode("latin-1")
 
-    outbound_head = _PrefixedStream(stream, rewritten)
-
+    stream.unread(rewritten)
     await run_tunnel(
         context,
-        outbound_head,
+        stream,
         Destination(parse_address(host), port, "tcp"),
         session,
         on_failed=failed,
     )
-
-
-class _PrefixedStream(trio.abc.HalfCloseableStream):
-    """The client stream, with the rewritten request head read first."""
-
-    def __init__(self, stream: BufferedStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            out, self._prefix = self._prefix, b""
-            return out
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

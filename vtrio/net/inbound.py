@@ -184,7 +184,11 @@ class VMessHandler:
         assert not isinstance(request, Rejected)
         user = request.user
         session = Session(
-            inbound_tag=tag, source=source, email=user.email, level=user.level
+            inbound_tag=tag,
+            source=source,
+            email=user.email,
+            level=user.level,
+            sniffing=self._inbound.sniffing,
         )
         if self._detour is not None:
             vmess.response_command = self._detour.switch_account(user, now=unix_now())
@@ -326,7 +330,10 @@ async def _handle_dokodemo(
         )
     destination = Destination(parse_address(settings.address), settings.port, "tcp")
     await run_tunnel(
-        context, stream, destination, Session(inbound_tag=inbound.tag, source=source)
+        context,
+        stream,
+        destination,
+        Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing),
     )
 
 

@@ -28,6 +28,7 @@ from vtrio import routing
 from vtrio.config.model import (
     BlackholeSettings,
     FreedomSettings,
+    Sniffing,
     VMessOutboundSettings,
 )
 from vtrio.errors import DialError
@@ -80,6 +81,9 @@ class Session:
     email: str = ""
     level: int = 0
     started: float = field(default_factory=time.monotonic)
+    # The inbound's sniffing, and the protocol it found (for routing).
+    sniffing: Sniffing | None = None
+    protocol: str = ""
 
 
 def parse_address(text: str) -> Address:
@@ -453,6 +457,8 @@ class Dispatcher:
             address=destination.address,
             port=destination.port,
             network=destination.network,
+            protocol=session.protocol,
+            email=session.email,
         )
         if tag is not None and tag in self._handlers:
             return self._handlers[tag]

@@ -211,7 +211,7 @@ async def handle_socks(
         await handle_http(context, inbound, http, stream, source)
         return
     command, address, port = request
-    session = Session(inbound_tag=inbound.tag, source=source)
+    session = Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing)
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:
 

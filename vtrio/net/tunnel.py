@@ -5,6 +5,8 @@ session, then calls :func:`run_tunnel`. When the outbound is a VMess client
 stream, the first payload is awaited briefly (as v2ray holds its header for up
 to 100 ms) so that the request header and the first bytes leave in one write;
 a client that waits for the server to speak first still gets its header sent.
+An inbound that sniffs answers its client before the dial (the client sends
+its first bytes only then), so a failed dial can no longer be reported to it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.net.relay import Traffic, relay
+from vtrio.net.sniffing import sniffed_destinations
 from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.tcp import TCPStream, close_forcefully
 from vtrio.net.vmess_stream import VMessStream
@@ -76,7 +79,17 @@ async def run_tunnel(
         DialError: the outbound could not connect.
     """
     dispatcher = context.dispatcher
-    handler = dispatcher.handler_for(session, destination)
+    route = destination
+    if session.sniffing is not None:
+        if on_connected is not None:
+            await on_connected()
+            on_connected = on_failed = None
+        if not isinstance(client, BufferedStream):
+            client = BufferedStream(client)
+        destination, route, session.protocol = await sniffed_destinations(
+            client, destination, session.sniffing
+        )
+    handler = dispatcher.handler_for(session, route)
     traffic = Traffic()
     try:
         outbound = await dispatcher.connect(handler, destination)

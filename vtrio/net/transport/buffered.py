@@ -4,6 +4,8 @@ Theory of operation: the socks and http inbounds parse a small handshake and
 then hand the very same connection to the relay. A client may pipeline its
 first payload right behind the handshake, so whatever was read past the
 handshake stays in a buffer that the stream returns before reading further.
+Sniffing looks ahead the same way (:meth:`BufferedStream.read_ahead`), and an
+EOF met while looking ahead is kept for the read that reaches it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.transport_stream = stream
         self._buffer = bytearray()
+        self._eof = False
 
     async def _fill(self) -> None:
         data = await self.transport_stream.receive_some(RECEIVE_SIZE)
@@ -70,8 +73,24 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             start = max(0, len(self._buffer) - len(delimiter) + 1)
             await self._fill()
 
+    async def read_ahead(self) -> bool:
+        """Read once more into the buffer, leaving it there; False at EOF."""
+        if self._eof:
+            await trio.lowlevel.checkpoint()
+            return False
+        data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` in front of what the next read returns."""
+        self._buffer[:0] = data
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._buffer:
+        if self._buffer or self._eof:
             await trio.lowlevel.checkpoint()
             return self._take(len(self._buffer) if max_bytes is None else max_bytes)
         return bytes(await self.transport_stream.receive_some(max_bytes))
@@ -81,11 +100,16 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         """How many bytes read past the handshake are waiting here."""
         return len(self._buffer)
 
+    @property
+    def ahead(self) -> bytes:
+        """The bytes waiting here, left in place."""
+        return bytes(self._buffer)
+
     def receive_nowait(self, max_bytes: int) -> bytes | None:
         """Bytes left over from the handshake, else what a TCP transport has
         already received; None when that would mean waiting (or the
         transport cannot tell). See :meth:`TCPStream.receive_nowait`."""
-        if self._buffer:
+        if self._buffer or self._eof:
             return self._take(max_bytes)
         if isinstance(self.transport_stream, TCPStream):
             return self.transport_stream.receive_nowait(max_bytes)
