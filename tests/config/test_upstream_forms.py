@@ -586,9 +586,7 @@ def test_sniffing_parts_vtrio_lacks_are_named_in_warnings(
 
 
 def test_sniffing_errors_name_their_paths() -> None:
-    sniffing = {
-        "enabled": "yes",
-    }
+    sniffing: dict[str, Any] = {"enabled": "yes"}
     found = errors(document(inbounds=[vmess_in(sniffing=sniffing)]))
     assert found == [("$.inbounds[0].sniffing.enabled", "Expected `bool`, got `str`")]
     sniffing = {

@@ -74,3 +74,43 @@ def test_first_matching_rule_wins(
         )
         == expected
     )
+
+
+SNIFFED_RULES = model.Routing(
+    rules=(
+        model.RoutingRule("by-user", users=frozenset({"a@example.com"})),
+        model.RoutingRule("by-protocol", protocols=("bittorrent", "http")),
+        model.RoutingRule(
+            "tls-to-port",
+            protocols=("tls",),
+            ports=((8443, 8443),),
+        ),
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "email", "port", "expected"),
+    [
+        ("", "a@example.com", 443, "by-user"),
+        ("tls", "A@example.com", 443, None),  # emails compare exactly
+        ("bittorrent", "", 6881, "by-protocol"),
+        ("http1", "", 80, "by-protocol"),  # a prefix, as in v2ray
+        ("", "", 80, None),  # nothing sniffed: no protocol rule matches
+        ("tls", "", 8443, "tls-to-port"),
+        ("tls", "", 443, None),
+    ],
+)
+def test_rules_on_user_and_sniffed_protocol(
+    protocol: str, email: str, port: int, expected: str | None
+) -> None:
+    found = pick_outbound(
+        SNIFFED_RULES,
+        inbound_tag="in",
+        address="example.com",
+        port=port,
+        network="tcp",
+        protocol=protocol,
+        email=email,
+    )
+    assert found == expected
