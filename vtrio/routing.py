@@ -1,8 +1,9 @@
 """Routing: which outbound a tunnel takes. A pure function of the config.
 
 Theory of operation: v2ray's field rules are tried in order; a rule matches
-when every condition it has matches (inbound tag, user email, domain, IP,
-port, network, sniffed protocol), and the first match names the outbound.
+when every condition it has matches (inbound tag, user email, source address
+and port, domain, IP, port, network, sniffed protocol), and the first match
+names the outbound.
 Domain conditions only look at domain destinations and IP conditions only at
 IP destinations (domainStrategy ``AsIs``: vtrio does not resolve to route).
 No match means the first outbound.
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from vtrio.config.model import DomainMatcher, Routing, RoutingRule
+    from vtrio.config.model import DomainMatcher, IPNetwork, Routing, RoutingRule
     from vtrio.protocol.address import Address
 
 
@@ -37,6 +38,29 @@ def domain_listed(matchers: Sequence[DomainMatcher], domain: str) -> bool:
     return any(_domain_matches(m, name) for m in matchers)
 
 
+def _in_networks(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[IPNetwork]
+) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def _in_ranges(port: int, ranges: Sequence[tuple[int, int]]) -> bool:
+    return any(low <= port <= high for low, high in ranges)
+
+
+def split_source(
+    source: str,
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
+    """The IP and port of a session's ``host:port`` source (None, 0 if unknown)."""
+    host, _, port = source.rpartition(":")
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        return None, 0
+
+
 def _rule_matches(
     rule: RoutingRule,
     inbound_tag: str,
@@ -45,32 +69,35 @@ def _rule_matches(
     network: Literal["tcp", "udp"],
     protocol: str,
     email: str,
+    source: str,
 ) -> bool:
     if rule.inbound_tags and inbound_tag not in rule.inbound_tags:
         return False
     if rule.users and email not in rule.users:
         return False
+    if rule.source_ips or rule.source_ports:
+        source_ip, source_port = split_source(source)
+        if rule.source_ips and not (
+            source_ip is not None and _in_networks(source_ip, rule.source_ips)
+        ):
+            return False
+        if rule.source_ports and not _in_ranges(source_port, rule.source_ports):
+            return False
     if rule.protocols and not (
         protocol and any(protocol.startswith(p) for p in rule.protocols)
     ):
         return False
     if rule.networks and network not in rule.networks:
         return False
-    if rule.ports and not any(low <= port <= high for low, high in rule.ports):
+    if rule.ports and not _in_ranges(port, rule.ports):
         return False
     if rule.domains and not (
         isinstance(address, str) and domain_listed(rule.domains, address)
     ):
         return False
-    if rule.ips:
-        if isinstance(address, str):
-            return False
-        ip = address
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if not any(ip.version == net.version and ip in net for net in rule.ips):
-            return False
-    return True
+    return not rule.ips or (
+        not isinstance(address, str) and _in_networks(address, rule.ips)
+    )
 
 
 def pick_outbound(
@@ -82,6 +109,7 @@ def pick_outbound(
     network: Literal["tcp", "udp"],
     protocol: str = "",
     email: str = "",
+    source: str = "",
 ) -> str | None:
     """The outbound tag of the first matching rule, or None for the default.
 
@@ -93,8 +121,11 @@ def pick_outbound(
         network: "tcp" or "udp".
         protocol: what sniffing found ("http1", "tls", "bittorrent"), or "".
         email: the VMess user's email, or "".
+        source: the client's ``host:port``, or "".
     """
     for rule in routing.rules:
-        if _rule_matches(rule, inbound_tag, address, port, network, protocol, email):
+        if _rule_matches(
+            rule, inbound_tag, address, port, network, protocol, email, source
+        ):
             return rule.outbound_tag
     return None

@@ -365,11 +365,11 @@ def test_tls_settings_that_change_nothing_checked_load(
         (
             {
                 "routing": {
-                    "rules": [{"sourceIP": ["10.0.0.1"], "outboundTag": "direct"}]
+                    "rules": [{"localIP": ["10.0.0.1"], "outboundTag": "direct"}]
                 }
             },
             "$.routing.rules[0]",
-            "rule condition 'sourceIP' is not supported",
+            "rule condition 'localIP' is not supported",
         ),
         (
             {
@@ -602,6 +602,26 @@ def test_sniffing_errors_name_their_paths() -> None:
         "$.inbounds[0].sniffing.ipsExcluded[0]",
     ]
     assert "unknown protocol 'bittorrent'" in found[0][1]
+
+
+@pytest.mark.parametrize("key", ["source", "sourceIP"])
+def test_rules_on_the_source_address_and_port(key: str) -> None:
+    rule = {
+        "type": "field",
+        key: ["10.0.0.0/8", "geoip:private"],
+        "sourcePort": "1000-2000,53",
+        "outboundTag": "direct",
+    }
+    (parsed,) = loads(document(routing={"rules": [rule]}), environ={}).routing.rules
+    assert ipaddress.ip_network("10.0.0.0/8") in parsed.source_ips
+    assert ipaddress.ip_network("192.168.0.0/16") in parsed.source_ips
+    assert parsed.source_ports == ((53, 53), (1000, 2000))
+    rule = {"type": "field", key: "bad", "sourcePort": "x", "outboundTag": "direct"}
+    found = errors(document(routing={"rules": [rule]}))
+    assert [path for path, _ in found] == [
+        f"$.routing.rules[0].{key}[0]",
+        "$.routing.rules[0].sourcePort",
+    ]
 
 
 def test_rules_on_sniffed_protocol_and_user_email(

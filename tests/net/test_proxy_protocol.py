@@ -25,6 +25,7 @@ from tests.support.hardening import (
     vmess_exchange,
     wait_task_count,
 )
+from vtrio.config import model
 from vtrio.errors import RemoteProtocolError
 from vtrio.net.transport.proxy_protocol import (
     V2_SIGNATURE,
@@ -123,7 +124,7 @@ def test_every_prefix_waits_and_the_whole_header_is_exact(
     assert parse_proxy_header(header + rest) == expected
 
 
-def behind_a_balancer() -> object:
+def behind_a_balancer() -> model.Config:
     base = server_config(SERVER_USERS, handshake=1.0)
     inbound = dataclasses.replace(
         base.inbounds[0],
@@ -142,7 +143,7 @@ async def test_the_access_log_names_the_client_behind_the_balancer(
     with trio.fail_after(TIMEOUT):
         async with (
             target_running(Target()) as target,
-            running(behind_a_balancer()) as (port, _),  # type: ignore[arg-type]
+            running(behind_a_balancer()) as (port, _),
         ):
             client = client_connection(KNOWN, target.port)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -171,7 +172,7 @@ async def test_a_connection_without_the_header_is_closed_and_logged(
     with trio.fail_after(TIMEOUT):
         async with (
             target_running(Target()) as target,
-            running(behind_a_balancer()) as (port, _),  # type: ignore[arg-type]
+            running(behind_a_balancer()) as (port, _),
         ):
             before = task_count()
             client = client_connection(KNOWN, target.port)
@@ -181,3 +182,38 @@ async def test_a_connection_without_the_header_is_closed_and_logged(
     assert any("no PROXY protocol header" in r.getMessage() for r in caplog.records), (
         caplog.text
     )
+
+
+async def test_source_rules_route_by_the_client_the_header_names() -> None:
+    base = behind_a_balancer()
+    rule = model.RoutingRule(
+        "block", source_ips=(ipaddress.ip_network("203.0.113.0/24"),)
+    )
+    config = dataclasses.replace(
+        base,
+        outbounds=(
+            *base.outbounds,
+            model.Outbound("block", "blackhole", model.BlackholeSettings()),
+        ),
+        routing=model.Routing(rules=(rule,)),
+    )
+    answers = []
+    with trio.fail_after(TIMEOUT):
+        async with (
+            target_running(Target()) as target,
+            running(config) as (port, _),
+        ):
+            for client_ip in ("198.51.100.7", "203.0.113.7"):
+                client = client_connection(KNOWN, target.port)
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    opening = v1_header(client_ip, 40000) + client.start(b"who")
+                    try:
+                        answers.append(
+                            await vmess_exchange(
+                                stream, client, b"who", first_packet=opening
+                            )
+                        )
+                    except (RemoteProtocolError, trio.BrokenResourceError):
+                        answers.append(b"")
+    assert answers == [b"who", b""]

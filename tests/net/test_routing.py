@@ -114,3 +114,36 @@ def test_rules_on_user_and_sniffed_protocol(
         email=email,
     )
     assert found == expected
+
+
+SOURCE_RULES = model.Routing(
+    rules=(
+        model.RoutingRule("lan", source_ips=(ipaddress.ip_network("192.168.0.0/16"),)),
+        model.RoutingRule("high-port", source_ports=((50000, 65535),)),
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("192.168.1.9:1234", "lan"),
+        ("[::ffff:192.168.1.9]:1234", "lan"),
+        ("10.0.0.1:1234", None),
+        ("10.0.0.1:50001", "high-port"),
+        ("[2001:db8::1]:60000", "high-port"),
+        ("?", None),  # unknown source: no source rule matches
+    ],
+)
+def test_rules_on_the_source_address_and_port(
+    source: str, expected: str | None
+) -> None:
+    found = pick_outbound(
+        SOURCE_RULES,
+        inbound_tag="in",
+        address="example.com",
+        port=443,
+        network="tcp",
+        source=source,
+    )
+    assert found == expected

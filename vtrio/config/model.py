@@ -352,6 +352,9 @@ class RoutingRule:
     protocols: tuple[str, ...] = ()
     # User emails.
     users: frozenset[str] = frozenset()
+    # The client's address (as the PROXY protocol names it, when read).
+    source_ips: tuple[IPNetwork, ...] = ()
+    source_ports: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

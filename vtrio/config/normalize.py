@@ -76,10 +76,7 @@ OUTBOUND_PROTOCOLS = {
     "blackhole": "blackhole",
 }
 UNSUPPORTED_RULE_CONDITIONS = (
-    "source",
-    "source_port",
     "attrs",
-    "source_ip",
     "local_ip",
     "local_port",
     "vless_route",
@@ -441,12 +438,13 @@ class Normalizer:
             _as_list(rule.domain) + _as_list(rule.domains), f"{path}.domain"
         )
         ips = self.ips(_as_list(rule.ip), f"{path}.ip")
-        ports: tuple[tuple[int, int], ...] = ()
-        if rule.port is not None:
-            try:
-                ports = _ranges(parse_ports(rule.port, f"{path}.port", self.environ))
-            except ConfigError as exc:
-                self.error(exc.message, exc.path)
+        source_key = "sourceIP" if rule.source is None else "source"
+        source_ips = self.ips(
+            _as_list(rule.source if rule.source is not None else rule.source_ip),
+            f"{path}.{source_key}",
+        )
+        ports = self.rule_ports(rule.port, f"{path}.port")
+        source_ports = self.rule_ports(rule.source_port, f"{path}.sourcePort")
         networks = set(_as_list(rule.network))
         if not networks <= {"tcp", "udp"}:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
@@ -460,7 +458,18 @@ class Normalizer:
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
             protocols=tuple(p.lower() for p in _as_list(rule.protocol)),
             users=frozenset(_as_list(rule.user)),
+            source_ips=source_ips,
+            source_ports=source_ports,
         )
+
+    def rule_ports(self, port: Port | None, path: str) -> tuple[tuple[int, int], ...]:
+        if port is None:
+            return ()
+        try:
+            return _ranges(parse_ports(port, path, self.environ))
+        except ConfigError as exc:
+            self.error(exc.message, exc.path)
+            return ()
 
     def domains(self, values: list[str], path: str) -> tuple[model.DomainMatcher, ...]:
         matchers = []

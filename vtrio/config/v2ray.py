@@ -101,11 +101,11 @@ class RuleV2(V2Base):
     network: list[str] | str | None = None
     protocol: list[str] | str | None = None
     user: list[str] | str | None = None
+    source: list[str] | str | None = None
+    source_ip: list[str] | str | None = msgspec.field(default=None, name="sourceIP")
+    source_port: Port | None = None
     # Conditions vtrio refuses by name (normalize.UNSUPPORTED_RULE_CONDITIONS).
-    source: msgspec.Raw = ABSENT
-    source_port: msgspec.Raw = ABSENT
     attrs: msgspec.Raw = ABSENT
-    source_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="sourceIP")  # Xray
     local_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="localIP")  # Xray
     local_port: msgspec.Raw = ABSENT  # Xray
     vless_route: msgspec.Raw = ABSENT  # Xray

@@ -459,6 +459,7 @@ class Dispatcher:
             network=destination.network,
             protocol=session.protocol,
             email=session.email,
+            source=session.source,
         )
         if tag is not None and tag in self._handlers:
             return self._handlers[tag]
