@@ -4,9 +4,11 @@ Theory of operation: v2ray's field rules are tried in order; a rule matches
 when every condition it has matches (inbound tag, user email, source address
 and port, domain, IP, port, network, sniffed protocol), and the first match
 names the outbound.
-Domain conditions only look at domain destinations and IP conditions only at
-IP destinations (domainStrategy ``AsIs``: vtrio does not resolve to route).
-No match means the first outbound.
+Domain conditions only look at domain destinations; IP conditions look at IP
+destinations, and at the addresses a domain resolved to when the caller
+resolved it (domainStrategy ``IPIfNonMatch`` after a first pass found no
+rule, ``IPOnDemand`` from the start, when any rule has IPs). No match means
+the first outbound.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def domain_listed(matchers: Sequence[DomainMatcher], domain: str) -> bool:
     return any(_domain_matches(m, name) for m in matchers)
 
 
-def _in_networks(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[IPNetwork]
-) -> bool:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _in_networks(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return any(ip.version == net.version and ip in net for net in networks)
@@ -50,9 +53,7 @@ def _in_ranges(port: int, ranges: Sequence[tuple[int, int]]) -> bool:
     return any(low <= port <= high for low, high in ranges)
 
 
-def split_source(
-    source: str,
-) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
+def split_source(source: str) -> tuple[IPAddress | None, int]:
     """The IP and port of a session's ``host:port`` source (None, 0 if unknown)."""
     host, _, port = source.rpartition(":")
     try:
@@ -70,6 +71,7 @@ def _rule_matches(
     protocol: str,
     email: str,
     source: str,
+    resolved: Sequence[IPAddress],
 ) -> bool:
     if rule.inbound_tags and inbound_tag not in rule.inbound_tags:
         return False
@@ -95,9 +97,10 @@ def _rule_matches(
         isinstance(address, str) and domain_listed(rule.domains, address)
     ):
         return False
-    return not rule.ips or (
-        not isinstance(address, str) and _in_networks(address, rule.ips)
-    )
+    if not rule.ips:
+        return True
+    targets = resolved if isinstance(address, str) else (address,)
+    return any(_in_networks(ip, rule.ips) for ip in targets)
 
 
 def pick_outbound(
@@ -110,6 +113,7 @@ def pick_outbound(
     protocol: str = "",
     email: str = "",
     source: str = "",
+    resolved: Sequence[IPAddress] = (),
 ) -> str | None:
     """The outbound tag of the first matching rule, or None for the default.
 
@@ -122,10 +126,11 @@ def pick_outbound(
         protocol: what sniffing found ("http1", "tls", "bittorrent"), or "".
         email: the VMess user's email, or "".
         source: the client's ``host:port``, or "".
+        resolved: the addresses a domain ``address`` resolved to, if it was.
     """
     for rule in routing.rules:
         if _rule_matches(
-            rule, inbound_tag, address, port, network, protocol, email, source
+            rule, inbound_tag, address, port, network, protocol, email, source, resolved
         ):
             return rule.outbound_tag
     return None

@@ -147,3 +147,21 @@ def test_rules_on_the_source_address_and_port(
         source=source,
     )
     assert found == expected
+
+
+def test_ip_rules_see_a_domains_resolved_addresses_when_given() -> None:
+    private = model.Routing(
+        rules=(model.RoutingRule("block", ips=(ipaddress.ip_network("127.0.0.0/8"),)),)
+    )
+    loopback = (ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1"))
+    public = (ipaddress.ip_address("93.184.215.14"),)
+    for resolved, expected in [((), None), (public, None), (loopback, "block")]:
+        found = pick_outbound(
+            private,
+            inbound_tag="in",
+            address="localhost",
+            port=80,
+            network="tcp",
+            resolved=resolved,
+        )
+        assert found == expected, resolved

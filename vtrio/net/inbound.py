@@ -237,7 +237,7 @@ async def _serve_udp(
     channel = VMessDatagramChannel.from_stream(vmess)
     traffic = Traffic()
     idle = context.policy(session.level).conn_idle
-    handler = context.dispatcher.handler_for(session, destination)
+    handler = await context.dispatcher.route(session, destination)
     try:
         async with trio.open_nursery() as nursery:
             outbound = await context.dispatcher.open_udp(destination, session, nursery)

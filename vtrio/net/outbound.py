@@ -48,6 +48,8 @@ LOGGER = logging.getLogger("vtrio.net.outbound")
 
 # How long an outbound may take to connect (v2ray's dialer uses 16 s).
 CONNECT_TIMEOUT = 16.0
+# How long routing waits for a domain's addresses (IPIfNonMatch, IPOnDemand).
+ROUTING_LOOKUP_TIMEOUT = 4.0
 # Datagrams waiting to be read from a UDP outbound.
 PACKET_BACKLOG = 64
 MAX_DATAGRAM = 65535
@@ -145,7 +147,21 @@ async def _resolve(host: str, port: int, family: int = 0) -> tuple[str, int]:
     return str(sockaddr[0]), int(sockaddr[1])
 
 
-def _unmap(text: str) -> Address:
+async def _addresses(host: str) -> tuple[routing.IPAddress, ...]:
+    """Every address ``host`` resolves to, for routing; none when it does not
+    resolve in time (then IP rules do not match it, as in v2ray)."""
+    with trio.move_on_after(ROUTING_LOOKUP_TIMEOUT):
+        try:
+            infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            LOGGER.debug("routing: cannot resolve %s: %s", host, exc)
+            return ()
+        return tuple(dict.fromkeys(_unmap(str(info[4][0])) for info in infos))
+    LOGGER.debug("routing: resolving %s timed out", host)
+    return ()
+
+
+def _unmap(text: str) -> routing.IPAddress:
     address = ipaddress.ip_address(text.split("%")[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
@@ -442,16 +458,38 @@ class Dispatcher:
         self._default = (
             self._handlers[config.outbounds[0].tag] if config.outbounds else None
         )
+        self._ip_rules = any(rule.ips for rule in config.routing.rules)
 
-    def handler_for(
+    async def route(
         self, session: Session, destination: Destination
     ) -> OutboundHandler:
-        """The outbound a tunnel goes to.
+        """The outbound a tunnel goes to; a domain is resolved first when the
+        routing's domainStrategy asks for it and a rule has IPs to match.
 
         Raises:
             DialError: there is no outbound at all.
         """
-        tag = routing.pick_outbound(
+        strategy = self._config.routing.domain_strategy
+        resolvable = isinstance(destination.address, str) and self._ip_rules
+        resolved: tuple[routing.IPAddress, ...] = ()
+        if resolvable and strategy == "IPOnDemand":
+            resolved = await _addresses(destination.host)
+        tag = self._pick(session, destination, resolved)
+        if tag is None and resolvable and strategy == "IPIfNonMatch":
+            tag = self._pick(session, destination, await _addresses(destination.host))
+        if tag is not None and tag in self._handlers:
+            return self._handlers[tag]
+        if self._default is None:
+            raise DialError("no outbound is configured")
+        return self._default
+
+    def _pick(
+        self,
+        session: Session,
+        destination: Destination,
+        resolved: tuple[routing.IPAddress, ...],
+    ) -> str | None:
+        return routing.pick_outbound(
             self._config.routing,
             inbound_tag=session.inbound_tag,
             address=destination.address,
@@ -460,12 +498,8 @@ class Dispatcher:
             protocol=session.protocol,
             email=session.email,
             source=session.source,
+            resolved=resolved,
         )
-        if tag is not None and tag in self._handlers:
-            return self._handlers[tag]
-        if self._default is None:
-            raise DialError("no outbound is configured")
-        return self._default
 
     async def dial_tcp(
         self, destination: Destination, session: Session
@@ -475,7 +509,7 @@ class Dispatcher:
         Raises:
             DialError: the outbound could not connect in time.
         """
-        return await self.connect(self.handler_for(session, destination), destination)
+        return await self.connect(await self.route(session, destination), destination)
 
     @staticmethod
     async def connect(
@@ -494,7 +528,7 @@ class Dispatcher:
         self, destination: Destination, session: Session, nursery: trio.Nursery
     ) -> PacketConnection:
         """A packet connection for UDP whose first datagram goes to ``destination``."""
-        handler = self.handler_for(session, destination)
+        handler = await self.route(session, destination)
         return await handler.open_udp(destination, nursery)
 
 

@@ -89,7 +89,7 @@ async def run_tunnel(
         destination, route, session.protocol = await sniffed_destinations(
             client, destination, session.sniffing
         )
-    handler = dispatcher.handler_for(session, route)
+    handler = await dispatcher.route(session, route)
     traffic = Traffic()
     try:
         outbound = await dispatcher.connect(handler, destination)
