@@ -3,12 +3,12 @@
 Theory of operation: v2ray's field rules are tried in order; a rule matches
 when every condition it has matches (inbound tag, user email, source address
 and port, domain, IP, port, network, sniffed protocol), and the first match
-names the outbound.
-Domain conditions only look at domain destinations; IP conditions look at IP
-destinations, and at the addresses a domain resolved to when the caller
-resolved it (domainStrategy ``IPIfNonMatch`` after a first pass found no
-rule, ``IPOnDemand`` from the start, when any rule has IPs). No match means
-the first outbound.
+names the outbound or the balancer that picks one. Domain conditions only
+look at domain destinations; IP conditions look at IP destinations, and at
+the addresses a domain resolved to when the caller resolved it
+(domainStrategy ``IPIfNonMatch`` after a first pass found no rule,
+``IPOnDemand`` from the start, when any rule has IPs). No match means the
+first outbound.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _rule_matches(
     return any(_in_networks(ip, rule.ips) for ip in targets)
 
 
-def pick_outbound(
+def pick_rule(
     routing: Routing,
     *,
     inbound_tag: str,
@@ -114,8 +114,8 @@ def pick_outbound(
     email: str = "",
     source: str = "",
     resolved: Sequence[IPAddress] = (),
-) -> str | None:
-    """The outbound tag of the first matching rule, or None for the default.
+) -> RoutingRule | None:
+    """The first matching rule, or None for the default outbound.
 
     Args:
         routing: the config's routing section.
@@ -132,5 +132,5 @@ def pick_outbound(
         if _rule_matches(
             rule, inbound_tag, address, port, network, protocol, email, source, resolved
         ):
-            return rule.outbound_tag
+            return rule
     return None

@@ -624,6 +624,63 @@ def test_rules_on_the_source_address_and_port(key: str) -> None:
     ]
 
 
+def test_balancers_in_v2ray_and_xray_forms() -> None:
+    outbounds = [
+        vmess_out(tag="proxy-a"),
+        vmess_out(tag="proxy-b"),
+        {"protocol": "freedom", "tag": "direct"},
+    ]
+    routing = {
+        "balancers": [
+            {"tag": "v2", "selector": ["proxy-"]},  # v2ray 4: random, no strategy
+            {
+                "tag": "x",
+                "selector": "proxy-a,proxy-b",
+                "strategy": {"type": "roundRobin"},
+                "fallbackTag": "direct",
+            },
+        ],
+        "rules": [
+            {"type": "field", "port": "443", "balancerTag": "v2"},
+            {"type": "field", "outboundTag": "direct", "balancerTag": "x"},
+        ],
+    }
+    config = loads(document(outbounds=outbounds, routing=routing), environ={})
+    assert config.routing.balancers == (
+        model.Balancer("v2", ("proxy-",)),
+        model.Balancer("x", ("proxy-a", "proxy-b"), "roundRobin", "direct"),
+    )
+    first, second = config.routing.rules
+    assert (first.outbound_tag, first.balancer_tag) == ("", "v2")
+    # With both, v2ray reads the outboundTag.
+    assert (second.outbound_tag, second.balancer_tag) == ("direct", "")
+
+
+def test_balancer_errors_name_their_paths() -> None:
+    routing = {
+        "balancers": [
+            {"tag": "a", "selector": ["nothing-"]},
+            {"tag": "b", "selector": ["direct"], "strategy": {"type": "leastPing"}},
+            {"tag": "c", "selector": ["direct"], "fallbackTag": "missing"},
+            {"selector": ["direct"]},
+        ],
+        "rules": [{"type": "field", "balancerTag": "zzz"}, {"type": "field"}],
+    }
+    found = errors(document(routing=routing))
+    assert found == [
+        ("$.routing.rules[1]", "a rule needs an outboundTag or a balancerTag"),
+        (
+            "$.routing.balancers[1].strategy.type",
+            "leastPing needs the observatory, which vtrio lacks"
+            " (vtrio balances random or roundRobin)",
+        ),
+        ("$.routing.balancers[3].tag", "a balancer needs a tag"),
+        ("$.routing.balancers[0].selector", "no outbound tag starts with a selector"),
+        ("$.routing.balancers[2].fallbackTag", "no outbound is tagged 'missing'"),
+        ("$.routing.rules[0].balancerTag", "no balancer is tagged 'zzz'"),
+    ]
+
+
 def test_rules_on_sniffed_protocol_and_user_email(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
 import pytest
 
 from vtrio.config import model
-from vtrio.routing import pick_outbound
+from vtrio.routing import pick_rule
+
+
+def pick_outbound(routing: model.Routing, **fields: Any) -> str | None:
+    rule = pick_rule(routing, **fields)
+    return None if rule is None else rule.outbound_tag
+
 
 RULES = model.Routing(
     rules=(
@@ -70,7 +77,7 @@ def test_first_matching_rule_wins(
             inbound_tag=inbound,
             address=address,
             port=port,
-            network=network,  # type: ignore[arg-type]
+            network=network,
         )
         == expected
     )

@@ -341,7 +341,9 @@ class DomainMatcher:
 
 @dataclass(frozen=True, slots=True)
 class RoutingRule:
+    # The outbound a match goes to, or "" when a balancer picks it.
     outbound_tag: str
+    balancer_tag: str = ""
     inbound_tags: frozenset[str] = frozenset()
     domains: tuple[DomainMatcher, ...] = ()
     ips: tuple[IPNetwork, ...] = ()
@@ -358,9 +360,21 @@ class RoutingRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Balancer:
+    """Spreads a rule's tunnels over the outbounds whose tags start with a
+    selector; the fallback takes them when no outbound matches."""
+
+    tag: str
+    selectors: tuple[str, ...]
+    strategy: Literal["random", "roundRobin"] = "random"
+    fallback_tag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Routing:
     domain_strategy: Literal["AsIs", "IPIfNonMatch", "IPOnDemand"] = "AsIs"
     rules: tuple[RoutingRule, ...] = ()
+    balancers: tuple[Balancer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from vtrio.config import model
 from vtrio.config.lenient import conform
 from vtrio.config.v2ray import (
     IGNORED_SECTIONS,
+    BalancerV2,
     BlackholeV2,
     DokodemoInboundV2,
     FreedomV2,
@@ -83,6 +84,7 @@ UNSUPPORTED_RULE_CONDITIONS = (
     "process",
     "webhook",
 )
+BALANCER_STRATEGIES = {"random": "random", "roundrobin": "roundRobin"}
 # destOverride's spellings (v2ray's sniffer config), to the protocol each names.
 SNIFFED_PROTOCOLS = {
     "http": "http",
@@ -277,8 +279,12 @@ class Normalizer:
         self.environ = dict(os.environ) if environ is None else environ
         self.errors: list[ConfigError] = []
         self._transport: TransportV2 | None = None
-        # The JSON path each built inbound and outbound came from.
-        self._paths: dict[str, list[str]] = {"inbounds": [], "outbounds": []}
+        # The JSON path each built inbound, outbound and balancer came from.
+        self._paths: dict[str, list[str]] = {
+            "inbounds": [],
+            "outbounds": [],
+            "balancers": [],
+        }
 
     def built(
         self, root: RootV2, kind: str, build: Callable[[Any, str], B | None]
@@ -412,22 +418,53 @@ class Normalizer:
         rules = [
             rule for path, raw in entries if (rule := self.rule(raw, path)) is not None
         ]
+        balancers = []
+        for index, raw in enumerate(routing.balancers):
+            path = f"$.routing.balancers[{index}]"
+            if balancer := self.balancer(raw, path):
+                balancers.append(balancer)
+                self._paths["balancers"].append(path)
         return model.Routing(
             domain_strategy=cast(
                 "Literal['AsIs', 'IPIfNonMatch', 'IPOnDemand']", strategy
             ),
             rules=tuple(rules),
+            balancers=tuple(balancers),
+        )
+
+    def balancer(self, raw: BalancerV2, path: str) -> model.Balancer | None:
+        if not raw.tag:
+            self.error("a balancer needs a tag", f"{path}.tag")
+            return None
+        selectors = tuple(_as_list(raw.selector))
+        if not selectors:
+            self.error("a balancer needs a selector (outbound tag prefixes)", path)
+            return None
+        kind = raw.strategy.type if raw.strategy is not None else "random"
+        strategy = BALANCER_STRATEGIES.get(kind.lower())
+        if strategy is None:
+            if kind.lower() in ("leastping", "leastload"):
+                message = f"{kind} needs the observatory, which vtrio lacks"
+            else:
+                message = f"unknown balancer strategy {kind!r}"
+            self.error(
+                message + " (vtrio balances random or roundRobin)",
+                f"{path}.strategy.type",
+            )
+            return None
+        return model.Balancer(
+            tag=raw.tag,
+            selectors=selectors,
+            strategy=cast("Literal['random', 'roundRobin']", strategy),
+            fallback_tag=raw.fallback_tag,
         )
 
     def rule(self, rule: RuleV2, path: str) -> model.RoutingRule | None:
         if rule.type != "field":
             self.error('only rules of type "field" exist', f"{path}.type")
             return None
-        if rule.balancer_tag is not None:
-            self.error("balancers are not supported yet", f"{path}.balancerTag")
-            return None
-        if not rule.outbound_tag:
-            self.error("a rule needs an outboundTag", path)
+        if not rule.outbound_tag and not rule.balancer_tag:
+            self.error("a rule needs an outboundTag or a balancerTag", path)
             return None
         for name in UNSUPPORTED_RULE_CONDITIONS:
             if getattr(rule, name):
@@ -450,7 +487,9 @@ class Normalizer:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
             networks &= {"tcp", "udp"}
         return model.RoutingRule(
-            outbound_tag=rule.outbound_tag,
+            # v2ray reads the outboundTag when a rule has both.
+            outbound_tag=rule.outbound_tag or "",
+            balancer_tag="" if rule.outbound_tag else rule.balancer_tag or "",
             inbound_tags=frozenset(_as_list(rule.inbound_tag)),
             domains=domains,
             ips=ips,
@@ -1247,9 +1286,27 @@ class Normalizer:
                 seen.add(tag)
         inbound_tags = {i.tag for i in config.inbounds}
         outbound_tags = {o.tag for o in config.outbounds}
+        balancer_tags = {b.tag for b in config.routing.balancers}
+        for path, balancer in zip(
+            self._paths["balancers"], config.routing.balancers, strict=True
+        ):
+            if balancer.fallback_tag and balancer.fallback_tag not in outbound_tags:
+                self.error(
+                    f"no outbound is tagged {balancer.fallback_tag!r}",
+                    f"{path}.fallbackTag",
+                )
+            elif not balancer.fallback_tag and not any(
+                tag.startswith(balancer.selectors) for tag in outbound_tags if tag
+            ):
+                self.error("no outbound tag starts with a selector", f"{path}.selector")
         for index, rule in enumerate(config.routing.rules):
             path = f"$.routing.rules[{index}]"
-            if rule.outbound_tag not in outbound_tags:
+            if rule.balancer_tag and rule.balancer_tag not in balancer_tags:
+                self.error(
+                    f"no balancer is tagged {rule.balancer_tag!r}",
+                    f"{path}.balancerTag",
+                )
+            elif not rule.balancer_tag and rule.outbound_tag not in outbound_tags:
                 self.error(
                     f"no outbound is tagged {rule.outbound_tag!r}",
                     f"{path}.outboundTag",

@@ -122,11 +122,23 @@ class RoutingSettingsV2(V2Base):
     rules: list[RuleV2] = []
 
 
+class BalancerStrategyV2(V2Base):
+    type: str = "random"
+    settings: msgspec.Raw = ABSENT
+
+
+class BalancerV2(V2Base):
+    tag: str = ""
+    selector: list[str] | str | None = None
+    strategy: BalancerStrategyV2 | None = None
+    fallback_tag: str = ""  # Xray, v2ray 5
+
+
 class RoutingV2(V2Base):
     domain_strategy: str | None = None
     domain_matcher: str | None = None
     rules: list[RuleV2] = []
-    balancers: msgspec.Raw = ABSENT
+    balancers: list[BalancerV2] = []
     # v2ray 3's layout: {"strategy": "rules", "settings": {...}}; its rules
     # follow the top-level ones.
     strategy: str | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,13 @@ from vtrio.protocol.instruction import Command, Request
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from vtrio.config.model import Config, Outbound, StreamSettings
+    from vtrio.config.model import (
+        Balancer,
+        Config,
+        Outbound,
+        RoutingRule,
+        StreamSettings,
+    )
 
 LOGGER = logging.getLogger("vtrio.net.outbound")
 
@@ -447,6 +454,30 @@ def build_outbound(outbound: Outbound) -> OutboundHandler:
     return VMessOutbound(outbound.tag, settings, outbound.stream)
 
 
+class _Balancer:
+    """Picks one of the outbounds a balancer's selectors name, per tunnel."""
+
+    def __init__(
+        self, balancer: Balancer, handlers: Mapping[str, OutboundHandler]
+    ) -> None:
+        self._candidates = [
+            handler
+            for tag, handler in handlers.items()
+            if tag and tag.startswith(balancer.selectors)
+        ]
+        self._fallback = handlers.get(balancer.fallback_tag)
+        self._round_robin = balancer.strategy == "roundRobin"
+        self._turn = 0
+
+    def pick(self) -> OutboundHandler | None:
+        if not self._candidates:
+            return self._fallback
+        if self._round_robin:  # as Xray's: the turn moves before the pick
+            self._turn = (self._turn + 1) % len(self._candidates)
+            return self._candidates[self._turn]
+        return random.choice(self._candidates)
+
+
 class Dispatcher:
     """Routes each tunnel to an outbound handler (first outbound by default)."""
 
@@ -458,6 +489,10 @@ class Dispatcher:
         self._default = (
             self._handlers[config.outbounds[0].tag] if config.outbounds else None
         )
+        self._balancers = {
+            balancer.tag: _Balancer(balancer, self._handlers)
+            for balancer in config.routing.balancers
+        }
         self._ip_rules = any(rule.ips for rule in config.routing.rules)
 
     async def route(
@@ -474,11 +509,16 @@ class Dispatcher:
         resolved: tuple[routing.IPAddress, ...] = ()
         if resolvable and strategy == "IPOnDemand":
             resolved = await _addresses(destination.host)
-        tag = self._pick(session, destination, resolved)
-        if tag is None and resolvable and strategy == "IPIfNonMatch":
-            tag = self._pick(session, destination, await _addresses(destination.host))
-        if tag is not None and tag in self._handlers:
-            return self._handlers[tag]
+        rule = self._pick(session, destination, resolved)
+        if rule is None and resolvable and strategy == "IPIfNonMatch":
+            rule = self._pick(session, destination, await _addresses(destination.host))
+        handler = None
+        if rule is not None and rule.balancer_tag:
+            handler = self._balancers[rule.balancer_tag].pick()
+        elif rule is not None:
+            handler = self._handlers.get(rule.outbound_tag)
+        if handler is not None:
+            return handler
         if self._default is None:
             raise DialError("no outbound is configured")
         return self._default
@@ -488,8 +528,8 @@ class Dispatcher:
         session: Session,
         destination: Destination,
         resolved: tuple[routing.IPAddress, ...],
-    ) -> str | None:
-        return routing.pick_outbound(
+    ) -> RoutingRule | None:
+        return routing.pick_rule(
             self._config.routing,
             inbound_tag=session.inbound_tag,
             address=destination.address,
