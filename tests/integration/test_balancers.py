@@ -9,7 +9,7 @@ from typing import Literal
 import trio
 
 from tests.support.echo import serve_tcp_source
-from tests.support.socks5 import open_connect
+from tests.support.socks5 import open_connect, socks_inbound
 from vtrio import server
 from vtrio.config import model
 
@@ -34,15 +34,7 @@ def balanced_config(
         "spread", selectors, strategy=strategy, fallback_tag="fallback"
     )
     return model.Config(
-        inbounds=(
-            model.Inbound(
-                tag="socks-in",
-                protocol="socks",
-                listen=LOOPBACK,
-                ports=(0,),
-                settings=model.SocksInboundSettings(),
-            ),
-        ),
+        inbounds=(socks_inbound(),),
         outbounds=outbounds,
         routing=model.Routing(
             rules=(model.RoutingRule("", balancer_tag="spread", ports=((1, 65535),)),),

@@ -19,6 +19,7 @@ from tests.support.socks5 import (
     open_connect,
     open_udp_associate,
     pack_address,
+    socks_inbound,
 )
 from vtrio import server
 from vtrio.config import model
@@ -61,15 +62,7 @@ def client_config(
         else model.VMessUser(USER_ID, security=security)
     )
     return model.Config(
-        inbounds=(
-            model.Inbound(
-                tag="socks-in",
-                protocol="socks",
-                listen=LOOPBACK,
-                ports=(0,),
-                settings=model.SocksInboundSettings(udp=True),
-            ),
-        ),
+        inbounds=(socks_inbound(model.SocksInboundSettings(udp=True)),),
         outbounds=(
             model.Outbound(
                 "proxy",

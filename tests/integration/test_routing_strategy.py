@@ -11,7 +11,12 @@ import pytest
 import trio
 
 from tests.support.echo import serve_tcp_echo
-from tests.support.socks5 import SocksError, open_connect, receive_exactly
+from tests.support.socks5 import (
+    SocksError,
+    open_connect,
+    receive_exactly,
+    socks_inbound,
+)
 from vtrio import server
 from vtrio.config import model
 
@@ -27,15 +32,7 @@ def config(strategy: Strategy, *, allow_localhost: bool) -> model.Config:
     )
     rules = (block, allow) if allow_localhost else (block,)
     return model.Config(
-        inbounds=(
-            model.Inbound(
-                tag="socks-in",
-                protocol="socks",
-                listen=LOOPBACK,
-                ports=(0,),
-                settings=model.SocksInboundSettings(),
-            ),
-        ),
+        inbounds=(socks_inbound(),),
         outbounds=(
             model.Outbound("direct", "freedom", model.FreedomSettings()),
             model.Outbound("block", "blackhole", model.BlackholeSettings()),

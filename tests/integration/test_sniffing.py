@@ -7,16 +7,21 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from tests.protocol.test_sniff import client_hello
 from tests.support.echo import serve_tcp_echo, serve_tcp_source
-from tests.support.socks5 import open_connect, receive_exactly
+from tests.support.socks5 import open_connect, receive_exactly, socks_inbound
 from vtrio import server
 from vtrio.config import model
 from vtrio.net.sniffing import SNIFF_LIMIT
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 LOOPBACK = "127.0.0.1"
 # TEST-NET-1: nothing answers there, so only an override reaches the target.
@@ -32,22 +37,25 @@ def sniffing_config(sniffing: model.Sniffing | None) -> model.Config:
         ),
     )
     return model.Config(
-        inbounds=(
-            model.Inbound(
-                tag="socks-in",
-                protocol="socks",
-                listen=LOOPBACK,
-                ports=(0,),
-                settings=model.SocksInboundSettings(),
-                sniffing=sniffing,
-            ),
-        ),
+        inbounds=(socks_inbound(sniffing=sniffing),),
         outbounds=(
             model.Outbound("direct", "freedom", model.FreedomSettings()),
             model.Outbound("block", "blackhole", model.BlackholeSettings()),
         ),
         routing=model.Routing(rules=rules),
     )
+
+
+@asynccontextmanager
+async def echo_behind(
+    sniffing: model.Sniffing | None,
+) -> AsyncIterator[tuple[int, int]]:
+    """A server whose socks inbound sniffs, and an echo target: their ports."""
+    async with trio.open_nursery() as nursery:
+        echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+        bound = await nursery.start(server.run, sniffing_config(sniffing))
+        yield bound["socks-in"][0][1], echo
+        nursery.cancel_scope.cancel()
 
 
 async def through(proxy: int, host: str, port: int, payload: bytes) -> bytes:
@@ -82,12 +90,8 @@ async def test_a_tunnel_to_an_ip_goes_to_the_name_its_first_bytes_carry(
     sniffing = model.Sniffing(dest_override=("http", "tls"))
     caplog.set_level(logging.INFO, "vtrio.access")
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, sniffing_config(sniffing))
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(sniffing) as (proxy, echo):
             assert await through(proxy, UNREACHABLE, echo, first_bytes) == first_bytes
-            nursery.cancel_scope.cancel()
     (line,) = access_lines(caplog)
     assert f"localhost:{echo}" in line
     assert re.search(rf"up {len(first_bytes)} down {len(first_bytes)} ", line)
@@ -96,15 +100,11 @@ async def test_a_tunnel_to_an_ip_goes_to_the_name_its_first_bytes_carry(
 async def test_route_only_routes_by_the_name_and_dials_the_ip() -> None:
     sniffing = model.Sniffing(dest_override=("http",), route_only=True)
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, sniffing_config(sniffing))
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(sniffing) as (proxy, echo):
             allowed = b"GET / HTTP/1.1\r\nHost: no-such-name.test\r\n\r\n"
             assert await through(proxy, LOOPBACK, echo, allowed) == allowed
             blocked = b"GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n"
             assert await through(proxy, LOOPBACK, echo, blocked) == b""
-            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
@@ -132,16 +132,12 @@ async def test_names_not_asked_for_or_excluded_leave_the_destination(
     caplog.set_level(logging.INFO, "vtrio.access")
     request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, sniffing_config(sniffing))
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(sniffing) as (proxy, echo):
             if host == LOOPBACK:
                 assert await through(proxy, host, echo, request) == request
             else:
                 with trio.move_on_after(1):  # TEST-NET-1 never answers
                     await through(proxy, host, echo, request)
-            nursery.cancel_scope.cancel()
     assert all(f"localhost:{echo}" not in line for line in access_lines(caplog))
 
 
@@ -150,16 +146,12 @@ async def test_a_rule_on_the_sniffed_protocol_blocks_bittorrent(
     sniffing: model.Sniffing | None,
 ) -> None:
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, sniffing_config(sniffing))
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(sniffing) as (proxy, echo):
             echoed = await through(proxy, LOOPBACK, echo, BITTORRENT)
             # Without sniffing the rule cannot see the protocol.
             assert echoed == (BITTORRENT if sniffing is None else b"")
             other = b"\x00\x01 some other protocol"
             assert await through(proxy, LOOPBACK, echo, other) == other
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_server_that_speaks_first_is_reached_after_the_wait() -> None:
@@ -179,11 +171,7 @@ async def test_a_server_that_speaks_first_is_reached_after_the_wait() -> None:
 async def test_a_client_that_closes_while_sniffed_still_delivers_its_bytes() -> None:
     """EOF met while looking ahead reaches the target after the bytes."""
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            config = sniffing_config(model.Sniffing(("http",)))
-            bound = await nursery.start(server.run, config)
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(model.Sniffing(("http",))) as (proxy, echo):
             stream = await open_connect(LOOPBACK, proxy, LOOPBACK, echo)
             async with stream:
                 await stream.send_all(b"GET / HTT")
@@ -192,7 +180,6 @@ async def test_a_client_that_closes_while_sniffed_still_delivers_its_bytes() -> 
                 while data := await stream.receive_some(100):
                     received += data
             assert received == b"GET / HTT"
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_head_that_never_names_a_host_is_passed_on_whole() -> None:
@@ -202,10 +189,5 @@ async def test_a_head_that_never_names_a_host_is_passed_on_whole() -> None:
     )
     assert len(payload) > SNIFF_LIMIT
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
-            config = sniffing_config(model.Sniffing(("http",)))
-            bound = await nursery.start(server.run, config)
-            proxy = bound["socks-in"][0][1]
+        async with echo_behind(model.Sniffing(("http",))) as (proxy, echo):
             assert await through(proxy, LOOPBACK, echo, payload) == payload
-            nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.support.echo import closed_port, serve_tcp_echo
-from tests.support.socks5 import receive_exactly
+from tests.support.socks5 import receive_exactly, socks_inbound
 from vtrio import server
 from vtrio.config import model
 
@@ -25,15 +25,7 @@ def socks_config(
 ) -> model.Config:
     return model.Config(
         policy=model.Policy({0: model.LevelPolicy(handshake=handshake)}),
-        inbounds=(
-            model.Inbound(
-                tag="socks-in",
-                protocol="socks",
-                listen=LOOPBACK,
-                ports=(0,),
-                settings=settings,
-            ),
-        ),
+        inbounds=(socks_inbound(settings),),
         outbounds=(model.Outbound("direct", "freedom", model.FreedomSettings()),),
     )
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+from vtrio.config import model
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -180,3 +182,20 @@ async def open_udp_associate(proxy_host: str, proxy_port: int) -> UdpAssociation
         await trio.aclose_forcefully(control)
         raise
     return UdpAssociation(control, sock, relay)
+
+
+def socks_inbound(
+    settings: model.SocksInboundSettings | None = None, **fields: Any
+) -> model.Inbound:
+    """A vtrio socks inbound ``socks-in`` on a free loopback port, for these
+    clients to enter; ``fields`` set the rest of the inbound."""
+    return model.Inbound(
+        **{
+            "tag": "socks-in",
+            "protocol": "socks",
+            "listen": "127.0.0.1",
+            "ports": (0,),
+            "settings": settings or model.SocksInboundSettings(),
+            **fields,
+        }
+    )
