@@ -41,6 +41,7 @@ from vtrio.config.model import (
     VMessOutboundSettings,
     VMessUser,
     WebSocketSettings,
+    is_unix_name,
 )
 from vtrio.config.normalize import NETWORKS, parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
@@ -152,6 +153,11 @@ def _summary(config: Config) -> list[str]:
         settings = inbound.settings
         ports = inbound.ports
         port_text = str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
+        where = (
+            f"unix:{inbound.listen}"
+            if is_unix_name(inbound.listen)
+            else f"{inbound.listen}:{port_text}"
+        )
         detail = ""
         if isinstance(settings, VMessInboundSettings):
             legacy = sum(1 for u in settings.users if u.alter_id)
@@ -162,7 +168,7 @@ def _summary(config: Config) -> list[str]:
             detail = f", auth {settings.auth}, udp {'on' if settings.udp else 'off'}"
         lines.append(
             f"inbound  {inbound.tag or '-':<12} {inbound.protocol:<13}"
-            f" {inbound.listen}:{port_text} {_transport(inbound.stream)}{detail}"
+            f" {where} {_transport(inbound.stream)}{detail}"
         )
     for outbound in config.outbounds:
         detail = ""

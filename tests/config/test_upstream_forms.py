@@ -681,6 +681,65 @@ def test_balancer_errors_name_their_paths() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("inbound", "listen", "mode"),
+    [
+        ({"listen": "/dev/shm/vmess.sock,0666"}, "/dev/shm/vmess.sock", 0o666),
+        ({"listen": "@vmess-ws"}, "@vmess-ws", None),
+        ({"listen": "@@vmess-ws", "port": None}, "@@vmess-ws", None),
+        (
+            {
+                "streamSettings": {
+                    "network": "domainsocket",
+                    "dsSettings": {"path": "/run/v2ray.sock"},
+                }
+            },
+            "/run/v2ray.sock",
+            None,
+        ),
+        (
+            {
+                "streamSettings": {
+                    "network": "ds",
+                    "dsSettings": {"path": "v2", "abstract": True, "padding": True},
+                }
+            },
+            "@@v2",
+            None,
+        ),
+    ],
+)
+def test_unix_socket_listeners_in_xray_and_v2ray_forms(
+    inbound: dict[str, Any], listen: str, mode: int | None
+) -> None:
+    (loaded,) = loads(document(inbounds=[vmess_in(**inbound)]), environ={}).inbounds
+    assert (loaded.listen, loaded.socket_mode, loaded.ports) == (listen, mode, (0,))
+    assert loaded.stream.domain_socket == ""
+
+
+def test_a_domainsocket_outbound_dials_its_path_and_errors_name_paths() -> None:
+    stream = {"network": "domainsocket", "dsSettings": {"path": "v2", "abstract": True}}
+    outbounds = [vmess_out(streamSettings=stream)]
+    (outbound,) = loads(document(outbounds=outbounds), environ={}).outbounds
+    assert outbound.stream.domain_socket == "@v2"
+    found = errors(
+        document(
+            inbounds=[vmess_in(listen="/x.sock,rw")],
+            outbounds=[vmess_out(streamSettings={"network": "domainsocket"})],
+        )
+    )
+    assert found == [
+        (
+            "$.inbounds[0].listen",
+            "expected an octal file mode after the comma, got 'rw'",
+        ),
+        (
+            "$.outbounds[0].streamSettings.dsSettings",
+            "the domainsocket network needs dsSettings.path",
+        ),
+    ]
+
+
 def test_rules_on_sniffed_protocol_and_user_email(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

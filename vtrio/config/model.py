@@ -174,6 +174,9 @@ class StreamSettings:
     http_header: HttpHeaderSettings | None = None
     # Inbounds: every connection starts with a PROXY protocol header (v1/v2).
     accept_proxy_protocol: bool = False
+    # Outbounds: the Unix socket to dial instead of the server's address
+    # (v2ray's domainsocket network; named as in ``transport/unix.py``).
+    domain_socket: str = ""
 
 
 # --- inbounds ---------------------------------------------------------------
@@ -251,10 +254,17 @@ class Sniffing:
     ips_excluded: tuple[IPNetwork, ...] = ()
 
 
+def is_unix_name(listen: str) -> bool:
+    """Whether an inbound's ``listen`` names a Unix socket (Xray's forms: a
+    file path, ``@`` for the abstract namespace) rather than a host."""
+    return listen.startswith(("/", "@"))
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
     tag: str
     protocol: Literal["vmess", "socks", "http", "dokodemo-door"]
+    # A host, or a Unix socket: "/path", "@abstract", "@@padded-abstract".
     listen: str
     # Every port the inbound may use, expanded from number / range / list / env.
     ports: tuple[int, ...]
@@ -262,6 +272,8 @@ class Inbound:
     stream: StreamSettings = field(default_factory=StreamSettings)
     allocate: Allocate = field(default_factory=Allocate)
     sniffing: Sniffing | None = None
+    # The permissions of a Unix socket file (Xray's "/path,0666").
+    socket_mode: int | None = None
 
 
 # --- outbounds --------------------------------------------------------------

@@ -11,6 +11,7 @@ vtrio does not implement is refused by path, never silently dropped.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -27,6 +28,7 @@ from vtrio.config.v2ray import (
     BalancerV2,
     BlackholeV2,
     DokodemoInboundV2,
+    DomainSocketV2,
     FreedomV2,
     HttpInboundV2,
     HttpRequestV2,
@@ -140,8 +142,6 @@ NOT_SUPPORTED_NETWORKS = {
     "gun": "gRPC",
     "xhttp": "XHTTP",
     "splithttp": "SplitHTTP",
-    "domainsocket": "domain sockets",
-    "ds": "domain sockets",
     "hysteria": "Hysteria",
     "hy2": "Hysteria 2",
 }
@@ -564,14 +564,24 @@ class Normalizer:
                 f"{path}.protocol",
             )
             return None
-        if raw.port is None:
+        stream = self.stream(raw.stream_settings, f"{path}.streamSettings", server=True)
+        listen, socket_mode = self.listen(raw.listen, f"{path}.listen")
+        if stream is not None and stream.domain_socket:
+            listen, stream = (
+                stream.domain_socket,
+                dataclasses.replace(stream, domain_socket=""),
+            )
+        if model.is_unix_name(listen):
+            ports: tuple[int, ...] = (0,)  # ignored, as in Xray
+        elif raw.port is None:
             self.error("an inbound needs a port", f"{path}.port")
             return None
-        try:
-            ports = parse_ports(raw.port, f"{path}.port", self.environ)
-        except ConfigError as exc:
-            self.error(exc.message, exc.path)
-            return None
+        else:
+            try:
+                ports = parse_ports(raw.port, f"{path}.port", self.environ)
+            except ConfigError as exc:
+                self.error(exc.message, exc.path)
+                return None
         settings_path = f"{path}.settings"
         settings: model.InboundSettings | None
         if protocol == "vmess":
@@ -582,7 +592,6 @@ class Normalizer:
             settings = self.http_inbound(raw.settings, settings_path)
         else:
             settings = self.dokodemo_inbound(raw.settings, settings_path)
-        stream = self.stream(raw.stream_settings, f"{path}.streamSettings", server=True)
         allocate = model.Allocate()
         if raw.allocate is not None:
             strategy = raw.allocate.strategy
@@ -602,13 +611,30 @@ class Normalizer:
             protocol=cast(
                 "Literal['vmess', 'socks', 'http', 'dokodemo-door']", protocol
             ),
-            listen=raw.listen or DEFAULT_LISTEN,
+            listen=listen,
             ports=ports,
             settings=settings,
             stream=stream,
             allocate=allocate,
             sniffing=sniffing,
+            socket_mode=socket_mode,
         )
+
+    def listen(self, text: str, path: str) -> tuple[str, int | None]:
+        """An inbound's address, or its Unix socket and the file mode Xray
+        writes after a comma (``/dev/shm/vmess.sock,0666``)."""
+        if not model.is_unix_name(text):
+            return text or DEFAULT_LISTEN, None
+        name, comma, mode = text.partition(",")
+        if not comma:
+            return name, None
+        try:
+            return name, int(mode, 8)
+        except ValueError:
+            self.error(
+                f"expected an octal file mode after the comma, got {mode!r}", path
+            )
+            return name, None
 
     def sniffing(self, inbound: InboundV2, path: str) -> model.Sniffing | None:
         """The inbound's sniffing, None when off; v2ray 3's ``domainOverride``
@@ -995,6 +1021,12 @@ class Normalizer:
         if stream.method is not None:
             given, where = stream.method, f"{path}.method"
         network = given.lower()
+        domain_socket = ""
+        if network in ("domainsocket", "ds"):
+            domain_socket = self.domain_socket(stream.ds_settings, f"{path}.dsSettings")
+            if not domain_socket:
+                return None
+            network = "tcp"
         if network in NOT_SUPPORTED_NETWORKS:
             self.error(
                 f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
@@ -1049,7 +1081,18 @@ class Normalizer:
             ws=self.upgrade(upgrade),
             http_header=http_header or None,
             accept_proxy_protocol=accept_proxy,
+            domain_socket=domain_socket,
         )
+
+    def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:
+        """v2ray's ``dsSettings`` as a Unix socket name ("" if invalid)."""
+        if ds is None or not ds.path:
+            self.error("the domainsocket network needs dsSettings.path", path)
+            return ""
+        if not ds.abstract:
+            return ds.path
+        name = ds.path.removeprefix("@")
+        return ("@@" if ds.padding else "@") + name
 
     def http_header(
         self, header: TcpHeaderV2, path: str

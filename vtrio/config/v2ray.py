@@ -404,6 +404,14 @@ class TcpV2(V2Base):
     accept_proxy_protocol: bool = False
 
 
+class DomainSocketV2(V2Base):
+    """v2ray's ``dsSettings``."""
+
+    path: str = ""
+    abstract: bool = False
+    padding: bool = False
+
+
 class SockoptV2(msgspec.Struct, rename="camel", kw_only=True):
     """``streamSettings.sockopt`` (v2ray 5, Xray): only the PROXY protocol
     switch is read; the socket options (marks, TFO, interface) are ignored."""
@@ -426,7 +434,7 @@ class StreamV2(V2Base):
     quic_settings: msgspec.Raw = ABSENT
     http_settings: msgspec.Raw = ABSENT
     grpc_settings: msgspec.Raw = ABSENT
-    ds_settings: msgspec.Raw = ABSENT
+    ds_settings: DomainSocketV2 | None = None
     xhttp_settings: msgspec.Raw = ABSENT
     splithttp_settings: msgspec.Raw = ABSENT
     reality_settings: msgspec.Raw = ABSENT
@@ -444,7 +452,7 @@ class TransportV2(V2Base):
     ws_settings: WebSocketV2 | None = None
     kcp_settings: msgspec.Raw = ABSENT
     http_settings: msgspec.Raw = ABSENT
-    ds_settings: msgspec.Raw = ABSENT
+    ds_settings: DomainSocketV2 | None = None
     quic_settings: msgspec.Raw = ABSENT
 
 

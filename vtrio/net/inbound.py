@@ -28,6 +28,7 @@ from vtrio.config.model import (
     HttpInboundSettings,
     SocksInboundSettings,
     VMessInboundSettings,
+    is_unix_name,
 )
 from vtrio.errors import DialError, RemoteProtocolError, VtrioError
 from vtrio.net import transport
@@ -385,16 +386,16 @@ async def serve_ports(
             reuse_port=reuse_port,
             # A dokodemo-door target may speak first (SMTP, SSH banners).
             defer_accept=inbound.protocol != "dokodemo-door",
+            mode=inbound.socket_mode,
         )
-    bound = [
-        (str(listener.socket.getsockname()[0]), int(listener.socket.getsockname()[1]))
-        for listener in listeners
-    ]
+    bound = [listener.address() for listener in listeners]
     LOGGER.info(
         "inbound %s (%s) listening on %s",
         inbound.tag or "-",
         inbound.protocol,
-        ", ".join(f"{host}:{port}" for host, port in bound),
+        ", ".join(
+            host if is_unix_name(host) else f"{host}:{port}" for host, port in bound
+        ),
     )
     task_status.started(bound)
     try:

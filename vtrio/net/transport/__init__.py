@@ -7,13 +7,15 @@ blocks on a slow peer; the server-side handshake of the configured layers
 ``accept_stream``, under the caller's handshake deadline. On the client side
 ``dial`` returns a stream with every configured layer already stacked.
 
-Layers stack as tcp -> tls (``security: tls``) -> ws or httpupgrade
-(``network``), or the "http" header on the tcp network (as v2ray stacks it,
-inside TLS). Neither TLS nor WebSocket can half-close here, so on those layers
-``send_eof`` only stops sending (see ``tls.py`` and ``websocket.py``); VMess ends
-each direction with its own end chunk. HTTPUpgrade half-closes as the stream
-under it does. Both upgrades carry ``forwarded_for`` (X-Forwarded-For) on the
-server side; other streams do not have the attribute.
+A Unix socket (an inbound's ``listen``, v2ray's ``domainsocket`` network)
+takes the place of TCP under the same layers. Layers stack as tcp -> tls
+(``security: tls``) -> ws or httpupgrade (``network``), or the "http" header
+on the tcp network (as v2ray stacks it, inside TLS). Neither TLS nor
+WebSocket can half-close here, so on those layers ``send_eof`` only stops
+sending (see ``tls.py`` and ``websocket.py``); VMess ends each direction with
+its own end chunk. HTTPUpgrade half-closes as the stream under it does. Both
+upgrades carry ``forwarded_for`` (X-Forwarded-For) on the server side; other
+streams do not have the attribute.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vtrio.config.model import is_unix_name
 from vtrio.errors import DialError
 from vtrio.net.transport.http_header import (
     HttpHeaderStream,
@@ -38,6 +41,7 @@ from vtrio.net.transport.tcp import (
     from_trio_stream,
 )
 from vtrio.net.transport.tls import TLSStream, accept_tls, dial_tls, server_context
+from vtrio.net.transport.unix import connect_unix, open_unix_listener
 from vtrio.net.transport.websocket import accept_websocket, dial_websocket
 
 if TYPE_CHECKING:
@@ -57,6 +61,7 @@ async def open_listeners(
     *,
     reuse_port: bool = False,
     defer_accept: bool = False,
+    mode: int | None = None,
 ) -> list[TCPListener]:
     """Bind the TCP listeners of an inbound, as ``trio.open_tcp_listeners`` does.
 
@@ -70,6 +75,10 @@ async def open_listeners(
             connection is accepted once its first bytes are in (Linux
             ``TCP_DEFER_ACCEPT``), so the server wakes once per connection
             instead of once for the accept and again for the request.
+        mode: the permissions of a Unix socket file.
+
+    ``host`` may name a Unix socket instead (``/path``, ``@name``, ``@@name``;
+    see ``unix.py``); ``port`` is then ignored.
 
     Returns:
         The bound listeners.
@@ -81,6 +90,11 @@ async def open_listeners(
     """
     if settings.security == "tls":
         server_context(settings.tls)
+    if is_unix_name(host):
+        if reuse_port:
+            raise OSError(f"{host}: a Unix socket cannot be shared by workers")
+        await trio.lowlevel.checkpoint()
+        return [open_unix_listener(host, LISTEN_BACKLOG, mode)]
     infos = await trio.socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -192,10 +206,14 @@ async def dial(
         DialError: the connection, the TLS handshake or the WebSocket upgrade
             failed; the message names the server and the reason.
     """
+    where = settings.domain_socket or f"{host}:{port}"
     try:
-        tcp = await connect_tcp(host, port)
+        if settings.domain_socket:
+            tcp = await connect_unix(settings.domain_socket)
+        else:
+            tcp = await connect_tcp(host, port)
     except OSError as exc:
-        raise DialError(f"cannot connect to {host}:{port}: {exc}") from exc
+        raise DialError(f"cannot connect to {where}: {exc}") from exc
     layered: trio.abc.HalfCloseableStream = tcp
     try:
         if settings.security == "tls":

@@ -300,7 +300,13 @@ class TCPListener(trio.abc.Listener[TCPStream]):
                 raise
             if not waited:
                 await cancel_shielded_checkpoint()
-            return TCPStream(accepted, address[:2])
+            # A Unix socket's peer has no address.
+            return TCPStream(accepted, address[:2] if address else None)
+
+    def address(self) -> tuple[str, int]:
+        """The bound host and port."""
+        host, port = self.socket.getsockname()[:2]
+        return str(host), int(port)
 
     async def aclose(self) -> None:
         if self.socket.fileno() >= 0:
