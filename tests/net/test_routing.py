@@ -7,13 +7,15 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vtrio.config import model
-from vtrio.routing import pick_rule
+from vtrio.routing import DomainIndex, NetworkIndex, Router
 
 
 def pick_outbound(routing: model.Routing, **fields: Any) -> str | None:
-    rule = pick_rule(routing, **fields)
+    rule = Router(routing).pick(**fields)
     return None if rule is None else rule.outbound_tag
 
 
@@ -172,3 +174,56 @@ def test_ip_rules_see_a_domains_resolved_addresses_when_given() -> None:
             resolved=resolved,
         )
         assert found == expected, resolved
+
+
+def naive_domain_match(matcher: model.DomainMatcher, domain: str) -> bool:
+    """v2ray's meaning of each kind, one matcher at a time."""
+    name, value = domain.lower().rstrip("."), matcher.value.lower()
+    if matcher.kind == "full":
+        return name == value
+    if matcher.kind == "domain":
+        return name == value or name.endswith("." + value)
+    if matcher.kind == "keyword":
+        return value in name
+    return matcher.pattern is not None and matcher.pattern.search(name) is not None
+
+
+labels = st.sampled_from(["a", "b", "ab", "cdn1", "example", "com"])
+domain_names = st.lists(labels, min_size=1, max_size=4).map(".".join)
+matchers = st.one_of(
+    st.builds(
+        model.DomainMatcher,
+        st.sampled_from(["full", "domain", "keyword"]),
+        domain_names,
+    ),
+    st.sampled_from([r"^cdn\d", r"b\.com$", r"^a$"]).map(
+        lambda p: model.DomainMatcher("regexp", p, re.compile(p))
+    ),
+)
+
+
+@given(st.lists(matchers, max_size=12), domain_names)
+def test_the_domain_index_agrees_with_each_matcher_alone(
+    listed: list[model.DomainMatcher], domain: str
+) -> None:
+    expected = any(naive_domain_match(m, domain) for m in listed)
+    assert (domain in DomainIndex(listed)) is expected
+
+
+networks = st.ip_addresses().flatmap(
+    lambda ip: st.integers(0, ip.max_prefixlen).map(
+        lambda prefix: ipaddress.ip_network((ip, prefix), strict=False)
+    )
+)
+
+
+@given(st.lists(networks, max_size=12), st.ip_addresses())
+def test_the_network_index_agrees_with_each_network_alone(
+    listed: list[model.IPNetwork],
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    # An IPv4-mapped IPv6 address is routed as its IPv4 address.
+    plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    target = plain or ip
+    expected = any(target.version == n.version and target in n for n in listed)
+    assert (ip in NetworkIndex(listed)) is expected

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
+import pathlib
 import re
 import uuid
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import msgspec
 
-from vtrio.config import model
+from vtrio.config import geodata, model
 from vtrio.config.lenient import conform
 from vtrio.config.v2ray import (
     IGNORED_SECTIONS,
@@ -64,6 +66,7 @@ LOGGER = logging.getLogger("vtrio.config")
 
 T = TypeVar("T")
 B = TypeVar("B")
+L = TypeVar("L")
 
 INBOUND_PROTOCOLS = {
     "vmess": "vmess",
@@ -279,6 +282,9 @@ class Normalizer:
         self.environ = dict(os.environ) if environ is None else environ
         self.errors: list[ConfigError] = []
         self._transport: TransportV2 | None = None
+        self._assets: dict[str, bytes] = {}
+        first = pathlib.Path(source.split(" + ")[0])
+        self.config_dir = str(first.parent) if first.is_file() else None
         # The JSON path each built inbound, outbound and balancer came from.
         self._paths: dict[str, list[str]] = {
             "inbounds": [],
@@ -511,47 +517,109 @@ class Normalizer:
             return ()
 
     def domains(self, values: list[str], path: str) -> tuple[model.DomainMatcher, ...]:
-        matchers = []
+        matchers: list[model.DomainMatcher] = []
         for index, value in enumerate(values):
             where = f"{path}[{index}]"
             kind, sep, rest = value.partition(":")
             if not sep:
                 matchers.append(model.DomainMatcher("keyword", value.lower()))
-            elif kind in ("full", "domain", "keyword"):
-                matchers.append(model.DomainMatcher(kind, rest.lower()))  # type: ignore[arg-type]
-            elif kind == "regexp":
-                try:
-                    pattern = re.compile(rest)
-                except re.error as exc:
-                    self.error(f"bad regular expression: {exc}", where)
+            elif kind in ("full", "domain", "keyword", "regexp"):
+                matcher = self.domain_matcher(kind, rest, where)
+                if matcher is not None:
+                    matchers.append(matcher)
+            elif kind == "dotless":
+                if "." in rest:
+                    self.error("a dotless: part cannot hold a dot", where)
                     continue
-                matchers.append(model.DomainMatcher("regexp", rest, pattern))
-            elif kind in ("geosite", "ext"):
-                self.error(
-                    f"{kind}: lists need geosite data files, which vtrio does not read",
-                    where,
+                pattern = f"^[^.]*{re.escape(rest)}[^.]*$"
+                matchers.append(
+                    model.DomainMatcher("regexp", pattern, re.compile(pattern))
                 )
+            elif kind in ("geosite", "ext", "ext-domain"):
+                matchers += self.geosite(kind, rest, where)
             else:
                 self.error(f"unknown domain matcher {kind!r}", where)
         return tuple(matchers)
+
+    def domain_matcher(
+        self, kind: str, value: str, path: str
+    ) -> model.DomainMatcher | None:
+        if kind != "regexp":
+            return model.DomainMatcher(kind, value.lower())  # type: ignore[arg-type]
+        try:
+            return model.DomainMatcher("regexp", value, re.compile(value))
+        except re.error as exc:
+            self.error(f"bad regular expression {value!r}: {exc}", path)
+            return None
+
+    def geosite(self, kind: str, rest: str, path: str) -> list[model.DomainMatcher]:
+        """``geosite:list[@attr]`` or ``ext:file:list[@attr]``, from the file."""
+        name, code = ("geosite.dat", rest) if kind == "geosite" else _ext_parts(rest)
+        code, *attributes = code.split("@")
+        if not name or not code:
+            self.error(f"expected {kind}:file.dat:list", path)
+            return []
+        sites = self.geodata_list(
+            name,
+            code,
+            functools.partial(geodata.read_sites, attributes=attributes),
+            path,
+        )
+        return [
+            matcher
+            for site_kind, value in sites or ()
+            if (matcher := self.domain_matcher(site_kind, value, path)) is not None
+        ]
 
     def ips(self, values: list[str], path: str) -> tuple[model.IPNetwork, ...]:
         networks: list[model.IPNetwork] = []
         for index, value in enumerate(values):
             where = f"{path}[{index}]"
-            if value == "geoip:private":
-                networks += [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
-                continue
-            if value.startswith(("geoip:", "ext:")):
-                self.error(
-                    "geoip lists need data files vtrio does not read; use CIDRs", where
-                )
+            kind, sep, rest = value.partition(":")
+            if sep and kind in ("geoip", "ext", "ext-ip"):
+                networks += self.geoip(kind, rest, where)
                 continue
             try:
                 networks.append(ipaddress.ip_network(value, strict=False))
             except ValueError:
                 self.error(f"expected an IP or CIDR, got {value!r}", where)
         return tuple(networks)
+
+    def geoip(self, kind: str, rest: str, path: str) -> list[model.IPNetwork]:
+        """``geoip:[!]code`` or ``ext:file:[!]code``; ``!`` takes every
+        address outside the list, as v2ray's inverse match does."""
+        name, code = ("geoip.dat", rest) if kind == "geoip" else _ext_parts(rest)
+        inverse = code.startswith("!")
+        code = code.removeprefix("!")
+        if not name or not code:
+            self.error(f"expected {kind}:file.dat:code", path)
+            return []
+        networks: list[model.IPNetwork] | None
+        if kind == "geoip" and code.lower() == "private":
+            networks = [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
+        else:
+            networks = self.geodata_list(name, code, geodata.read_networks, path)
+        if networks is None:
+            return []
+        return _complement(networks) if inverse else networks
+
+    def geodata_list(
+        self, name: str, code: str, read: Callable[[bytes, str], L | None], path: str
+    ) -> L | None:
+        """List ``code`` of the geodata file ``name``, read once per load; None
+        (with the error said) when the file or the list is missing or broken."""
+        try:
+            if name not in self._assets:
+                found = geodata.find_asset(name, self.environ, self.config_dir)
+                self._assets[name] = geodata.asset_bytes(found)
+            listed = read(self._assets[name], code)
+        except geodata.GeodataError as exc:
+            message = str(exc) if name not in self._assets else f"{name}: {exc}"
+            self.error(message, path)
+            return None
+        if listed is None:
+            self.error(f"{name} has no list {code!r}", path)
+        return listed
 
     # --- inbounds ---------------------------------------------------------------
 
@@ -1431,6 +1499,30 @@ def _legacy_first(root: RootV2, kind: str) -> list[tuple[str, Any]]:
 
 def _from_base64(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
+
+
+def _ext_parts(rest: str) -> tuple[str, str]:
+    """``file.dat:list`` of an ``ext:`` reference ("" parts when malformed)."""
+    name, _, code = rest.partition(":")
+    return (name, code) if ":" not in code else ("", "")
+
+
+def _complement(networks: list[model.IPNetwork]) -> list[model.IPNetwork]:
+    """Every network outside ``networks``, in both families."""
+    out: list[model.IPNetwork] = []
+    for version, last in ((4, 2**32 - 1), (6, 2**128 - 1)):
+        ranges = sorted(
+            (int(n.network_address), int(n.broadcast_address))
+            for n in networks
+            if n.version == version
+        )
+        make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        start = 0
+        for low, high in [*ranges, (last + 1, last + 1)]:
+            if low > start:
+                out += ipaddress.summarize_address_range(make(start), make(low - 1))
+            start = max(start, high + 1)
+    return out
 
 
 def _json_name(struct: type[msgspec.Struct], name: str) -> str:

@@ -494,6 +494,7 @@ class Dispatcher:
             for balancer in config.routing.balancers
         }
         self._ip_rules = any(rule.ips for rule in config.routing.rules)
+        self._router = routing.Router(config.routing)
 
     async def route(
         self, session: Session, destination: Destination
@@ -529,8 +530,7 @@ class Dispatcher:
         destination: Destination,
         resolved: tuple[routing.IPAddress, ...],
     ) -> RoutingRule | None:
-        return routing.pick_rule(
-            self._config.routing,
+        return self._router.pick(
             inbound_tag=session.inbound_tag,
             address=destination.address,
             port=destination.port,

@@ -47,6 +47,19 @@ async def sniff_stream(stream: BufferedStream) -> Sniffed | None:
     return None
 
 
+# Each inbound's domainsExcluded, indexed on first use (a geosite list can
+# hold thousands); keyed by identity, the model kept alive with its index.
+_EXCLUDED_INDEXES: dict[int, tuple[Sniffing, routing.DomainIndex]] = {}
+
+
+def _excluded(sniffing: Sniffing) -> routing.DomainIndex:
+    kept = _EXCLUDED_INDEXES.get(id(sniffing))
+    if kept is None or kept[0] is not sniffing:
+        kept = (sniffing, routing.DomainIndex(sniffing.domains_excluded))
+        _EXCLUDED_INDEXES[id(sniffing)] = kept
+    return kept[1]
+
+
 def _excluded_ip(sniffing: Sniffing, destination: Destination) -> bool:
     address = destination.address
     return isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address) and any(
@@ -68,7 +81,7 @@ async def sniffed_destinations(
     if (
         not name
         or not overrides(found.protocol, sniffing.dest_override)
-        or routing.domain_listed(sniffing.domains_excluded, name)
+        or name in _excluded(sniffing)
     ):
         return destination, destination, found.protocol
     sniffed = Destination(parse_address(name), destination.port, "tcp")
