@@ -67,3 +67,16 @@ async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None
             chain.stop()
         nursery.cancel_scope.cancel()
     assert len(finished) == 4
+
+
+def test_the_routing_benchmark_runs_on_small_lists(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import routing as routing_bench
+
+    monkeypatch.setattr(routing_bench, "SIZES", (200,))
+    monkeypatch.setattr(routing_bench, "LOOKUPS", 5)
+    routing_bench.main()
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:2] == ["entries", "load"]
+    assert [row.split()[0] for row in rows[1:]] == ["200"] * 3
