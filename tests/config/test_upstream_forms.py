@@ -740,6 +740,36 @@ def test_a_domainsocket_outbound_dials_its_path_and_errors_name_paths() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("192.0.2.7", "192.0.2.7/32"),
+        ("2001:db8::/64", "2001:db8::/64"),  # Xray: a random address in it
+        ("0.0.0.0", None),
+        ("::", None),
+        ("", None),
+    ],
+)
+def test_send_through_is_read(given: str, expected: str | None) -> None:
+    outbound = {"protocol": "freedom", "tag": "direct", "sendThrough": given}
+    (loaded,) = loads(document(outbounds=[outbound]), environ={}).outbounds
+    assert loaded.send_through == (ipaddress.ip_network(expected) if expected else None)
+
+
+def test_send_through_errors_name_their_paths() -> None:
+    outbounds = [
+        {"protocol": "freedom", "tag": "a", "sendThrough": "origin"},
+        {"protocol": "freedom", "tag": "b", "sendThrough": "eth0"},
+    ]
+    found = errors(document(outbounds=outbounds))
+    assert [path for path, _ in found] == [
+        "$.outbounds[0].sendThrough",
+        "$.outbounds[1].sendThrough",
+    ]
+    assert "origin" in found[0][1]
+    assert found[1][1] == "expected a local IP address, got 'eth0'"
+
+
 def test_rules_on_sniffed_protocol_and_user_email(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

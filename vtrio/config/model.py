@@ -312,6 +312,9 @@ class Outbound:
     protocol: Literal["vmess", "freedom", "blackhole"]
     settings: OutboundSettings
     stream: StreamSettings = field(default_factory=StreamSettings)
+    # sendThrough: the local address connections leave from ("" = the
+    # system's choice); a network means a random address in it (Xray).
+    send_through: IPNetwork | None = None
 
 
 # --- policy, routing, log ---------------------------------------------------

@@ -925,12 +925,33 @@ class Normalizer:
         )
         if settings is None or stream is None:
             return None
+        send_through = self.send_through(raw.send_through, f"{path}.sendThrough")
         return model.Outbound(
             tag=raw.tag,
             protocol=cast("Literal['vmess', 'freedom', 'blackhole']", protocol),
             settings=settings,
             stream=stream,
+            send_through=send_through,
         )
+
+    def send_through(self, text: str | None, path: str) -> model.IPNetwork | None:
+        """An IP (or Xray's network, for a random address in it); the
+        unspecified addresses mean the system's choice."""
+        if not text:
+            return None
+        if text == "origin":
+            self.error(
+                '"origin" (the address the client came in on) is not supported;'
+                " give an IP",
+                path,
+            )
+            return None
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            self.error(f"expected a local IP address, got {text!r}", path)
+            return None
+        return None if network.network_address.is_unspecified else network
 
     def freedom(self, freedom: FreedomV2, path: str) -> model.FreedomSettings | None:
         given, where = freedom.domain_strategy, f"{path}.domainStrategy"

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from vtrio.config.model import (
         Balancer,
         Config,
+        IPNetwork,
         Outbound,
         RoutingRule,
         StreamSettings,
@@ -168,6 +169,14 @@ async def _addresses(host: str) -> tuple[routing.IPAddress, ...]:
     return ()
 
 
+def _mapped(text: str) -> ipaddress.IPv6Address:
+    """An address as a dual-stack IPv6 socket writes it."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(f"::ffff:{address}")
+    return address
+
+
 def _unmap(text: str) -> routing.IPAddress:
     address = ipaddress.ip_address(text.split("%")[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -175,16 +184,28 @@ def _unmap(text: str) -> routing.IPAddress:
     return address
 
 
+def _local_address(send_through: IPNetwork | None) -> str | None:
+    """The address a connection leaves from: sendThrough's, or for a network a
+    random one in it (Xray spreads connections over an IPv6 block so)."""
+    if send_through is None:
+        return None
+    if send_through.num_addresses == 1:
+        return str(send_through.network_address)
+    return str(send_through[random.randrange(send_through.num_addresses)])
+
+
 class _UDPSocket:
     """A dual-stack UDP socket: one per tunnel, any destination per datagram."""
 
-    def __init__(self, family_strategy: int) -> None:
+    def __init__(self, family_strategy: int, local: str | None = None) -> None:
         self._sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self._family = family_strategy
+        # An IPv4 sendThrough binds its mapped form: then only IPv4 is reached.
+        self._local = "::" if local is None else str(_mapped(local))
 
     async def bind(self) -> None:
-        await self._sock.bind(("::", 0))
+        await self._sock.bind((self._local, 0))
 
     async def send_to(self, payload: bytes, address: Address, port: int) -> None:
         if isinstance(address, str):
@@ -192,9 +213,7 @@ class _UDPSocket:
             target: Address = ipaddress.ip_address(host.split("%")[0])
         else:
             target = address
-        if isinstance(target, ipaddress.IPv4Address):
-            target = ipaddress.IPv6Address(f"::ffff:{target}")
-        await self._sock.sendto(payload, (str(target), port))
+        await self._sock.sendto(payload, (str(_mapped(str(target))), port))
 
     async def receive_from(self) -> tuple[bytes, Address, int]:
         data, sockaddr = await self._sock.recvfrom(MAX_DATAGRAM)
@@ -208,9 +227,12 @@ class _UDPSocket:
 class Freedom:
     """Connects directly to the destination."""
 
-    def __init__(self, tag: str, settings: FreedomSettings) -> None:
+    def __init__(
+        self, tag: str, settings: FreedomSettings, send_through: IPNetwork | None = None
+    ) -> None:
         self.tag = tag
         self._settings = settings
+        self._send_through = send_through
         self._family = {
             "UseIPv4": socket.AF_INET,
             "UseIPv6": socket.AF_INET6,
@@ -228,7 +250,8 @@ class Freedom:
         try:
             if self._family and isinstance(parse_address(host), str):
                 host, _ = await _resolve(host, port, self._family)
-            return await transport.connect_tcp(host, port)
+            local = _local_address(self._send_through)
+            return await transport.connect_tcp(host, port, local)
         except OSError as exc:
             raise DialError(f"{host}:{port}: {exc.strerror or exc}") from exc
 
@@ -236,7 +259,7 @@ class Freedom:
         self, destination: Destination, nursery: trio.Nursery
     ) -> PacketConnection:
         del destination, nursery
-        conn = _UDPSocket(self._family)
+        conn = _UDPSocket(self._family, _local_address(self._send_through))
         await conn.bind()
         return conn
 
@@ -361,10 +384,15 @@ class VMessOutbound:
     """
 
     def __init__(
-        self, tag: str, settings: VMessOutboundSettings, stream: StreamSettings
+        self,
+        tag: str,
+        settings: VMessOutboundSettings,
+        stream: StreamSettings,
+        send_through: IPNetwork | None = None,
     ) -> None:
         self.tag = tag
         self._stream_settings = stream
+        self._send_through = send_through
         self._endpoints = [
             DynamicServers(Endpoint(server.address, server.port, user))
             for server in settings.servers
@@ -375,7 +403,10 @@ class VMessOutbound:
         self._turn = itertools.count()
 
     async def _dial(self, endpoint: Endpoint) -> trio.abc.Stream:
-        return await transport.dial(self._stream_settings, endpoint.host, endpoint.port)
+        local = _local_address(self._send_through)
+        return await transport.dial(
+            self._stream_settings, endpoint.host, endpoint.port, local
+        )
 
     async def _connect(self) -> tuple[DynamicServers, Endpoint, trio.abc.Stream]:
         """Dial the servers in turn, under the caller's CONNECT_TIMEOUT.
@@ -448,10 +479,10 @@ def build_outbound(outbound: Outbound) -> OutboundHandler:
     """The handler for one configured outbound."""
     settings = outbound.settings
     if isinstance(settings, FreedomSettings):
-        return Freedom(outbound.tag, settings)
+        return Freedom(outbound.tag, settings, outbound.send_through)
     if isinstance(settings, BlackholeSettings):
         return Blackhole(outbound.tag, settings)
-    return VMessOutbound(outbound.tag, settings, outbound.stream)
+    return VMessOutbound(outbound.tag, settings, outbound.stream, outbound.send_through)
 
 
 class _Balancer:

@@ -170,8 +170,8 @@ async def refuse_unanswered(stream: trio.abc.Stream) -> None:
         await stream.refuse()
 
 
-async def connect_tcp(host: str, port: int) -> TCPStream:
-    """A TCP connection to ``host``.
+async def connect_tcp(host: str, port: int, local: str | None = None) -> TCPStream:
+    """A TCP connection to ``host``, leaving from the address ``local`` if given.
 
     An IP literal (a proxy target, most configured servers) is connected
     directly: trio's ``open_tcp_stream`` would spend a resolver call and a
@@ -185,12 +185,13 @@ async def connect_tcp(host: str, port: int) -> TCPStream:
     try:
         socket.inet_pton(family, host)
     except OSError:
-        return from_trio_stream(await trio.open_tcp_stream(host, port))
-    return await connect_ip(host, port, family)
+        stream = await trio.open_tcp_stream(host, port, local_address=local)
+        return from_trio_stream(stream)
+    return await connect_ip(host, port, family, local)
 
 
 async def dial(
-    settings: StreamSettings, host: str, port: int
+    settings: StreamSettings, host: str, port: int, local: str | None = None
 ) -> trio.abc.HalfCloseableStream:
     """Connect to a server and stack the configured layers.
 
@@ -198,6 +199,7 @@ async def dial(
         settings: the outbound's stream settings.
         host: server address (name or IP).
         port: server port.
+        local: the address to connect from (the outbound's sendThrough).
 
     Returns:
         The connected stream.
@@ -211,7 +213,7 @@ async def dial(
         if settings.domain_socket:
             tcp = await connect_unix(settings.domain_socket)
         else:
-            tcp = await connect_tcp(host, port)
+            tcp = await connect_tcp(host, port, local)
     except OSError as exc:
         raise DialError(f"cannot connect to {where}: {exc}") from exc
     layered: trio.abc.HalfCloseableStream = tcp

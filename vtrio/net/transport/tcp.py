@@ -222,8 +222,10 @@ class TCPStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
 
-async def connect_ip(host: str, port: int, family: int) -> TCPStream:
-    """One non-blocking connect to an IP literal.
+async def connect_ip(
+    host: str, port: int, family: int, local: str | None = None
+) -> TCPStream:
+    """One non-blocking connect to an IP literal, from ``local`` if given.
 
     Raises:
         OSError: the connection failed.
@@ -231,6 +233,8 @@ async def connect_ip(host: str, port: int, family: int) -> TCPStream:
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         await checkpoint_if_cancelled()
+        if local is not None:
+            sock.bind((local, 0))
         try:
             sock.connect((host, port))
         except BlockingIOError:
