@@ -45,6 +45,7 @@ from vtrio.config.model import (
 )
 from vtrio.config.normalize import NETWORKS, parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
+from vtrio.logmask import AddressMask, MaskingFilter
 from vtrio.net.transport.tls import chain_hash, client_context, server_context
 from vtrio.protocol.address import split_host_port
 
@@ -111,6 +112,11 @@ def _setup_logging(log: Log, override: str | None) -> None:
         else logging.StreamHandler(sys.stderr)
     )
     error_handler.setFormatter(fmt)
+    masking = (
+        MaskingFilter(AddressMask(*log.mask_address)) if log.mask_address else None
+    )
+    if masking is not None:
+        error_handler.addFilter(masking)
     root.addHandler(error_handler)
     root.setLevel(level)
     access = logging.getLogger("vtrio.access")
@@ -121,6 +127,8 @@ def _setup_logging(log: Log, override: str | None) -> None:
     elif log.access:
         handler = logging.FileHandler(log.access)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        if masking is not None:
+            handler.addFilter(masking)
         access.addHandler(handler)
         access.setLevel(logging.INFO)
 

@@ -822,3 +822,24 @@ def test_xray_certificate_pins_are_hex_with_or_without_colons() -> None:
     ((path, message),) = errors(pinned("abcd"))
     assert path.endswith("tlsSettings.pinnedPeerCertSha256")
     assert "expected hex SHA-256s" in message
+
+
+def test_xray_freedom_extras_are_named_in_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    freedom = {
+        "protocol": "freedom",
+        "settings": {
+            "fragment": {"packets": "tlshello", "length": "100-200"},
+            "noises": [{"type": "rand", "packet": "10-20"}],
+            "proxyProtocol": 2,
+        },
+    }
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        loads(document(outbounds=[freedom]), environ={})
+    found = sorted(r.getMessage().split(": ")[1].split(" ")[0] for r in caplog.records)
+    assert found == [
+        "$.outbounds[0].settings.fragment",
+        "$.outbounds[0].settings.noises",
+        "$.outbounds[0].settings.proxyProtocol",
+    ]

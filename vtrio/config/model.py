@@ -208,12 +208,15 @@ class SocksInboundSettings:
     udp: bool = False
     # Address announced in UDP ASSOCIATE replies; None means the listen address.
     ip: str | None = None
+    # userLevel: the policy level of this inbound's tunnels.
+    level: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class HttpInboundSettings:
     accounts: tuple[Account, ...] = ()
     allow_transparent: bool = False
+    level: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,7 @@ class DokodemoInboundSettings:
     port: int | None = None
     networks: frozenset[Literal["tcp", "udp"]] = frozenset({"tcp"})
     follow_redirect: bool = False
+    level: int = 0
 
 
 InboundSettings = (
@@ -401,6 +405,9 @@ class Log:
     # Written "none" in the config (v2ray's word for no log at all).
     access_off: bool = False
     error_off: bool = False
+    # Xray's maskAddress: the leading bits of IPv4 and IPv6 addresses that
+    # stay readable in log lines; None shows them whole.
+    mask_address: tuple[int, int] | None = None
 
 
 NTP_PORT = 123

@@ -89,6 +89,8 @@ UNSUPPORTED_RULE_CONDITIONS = (
     "process",
     "webhook",
 )
+# log.maskAddress levels: the IPv4 and IPv6 bits that stay readable.
+MASK_LEVELS = {"quarter": (16, 32), "half": (8, 16), "full": (0, 0)}
 BALANCER_STRATEGIES = {"random": "random", "roundrobin": "roundRobin"}
 # destOverride's spellings (v2ray's sniffer config), to the protocol each names.
 SNIFFED_PROTOCOLS = {
@@ -356,7 +358,25 @@ class Normalizer:
             error=None if log.error in ("", "none") else log.error,
             access_off=log.access == "none",
             error_off=log.error == "none",
+            mask_address=self.mask_address(log.mask_address),
         )
+
+    def mask_address(self, text: str) -> tuple[int, int] | None:
+        """Xray's level names, or ``/v4bits+/v6bits``."""
+        if not text:
+            return None
+        if text in MASK_LEVELS:
+            return MASK_LEVELS[text]
+        match = re.fullmatch(r"/(\d+)\+/(\d+)", text)
+        ipv4, ipv6 = (int(match[1]), int(match[2])) if match else (-1, -1)
+        if not (0 <= ipv4 <= 32 and ipv4 % 8 == 0 and 0 <= ipv6 <= 128):
+            self.error(
+                'expected "quarter", "half", "full" or "/v4+/v6" (IPv4 bits a'
+                " multiple of 8 up to 32, IPv6 bits up to 128)",
+                "$.log.maskAddress",
+            )
+            return None
+        return ipv4, ipv6
 
     def ntp(self, ntp: NtpV2 | None) -> model.Ntp | None:
         if ntp is None or not ntp.enabled:
@@ -827,6 +847,7 @@ class Normalizer:
             accounts=self._accounts(accounts),
             udp=settings.udp,
             ip=settings.ip,
+            level=settings.user_level,
         )
 
     def http_inbound(
@@ -838,6 +859,7 @@ class Normalizer:
         return model.HttpInboundSettings(
             accounts=self._accounts(settings.accounts or settings.users),
             allow_transparent=settings.allow_transparent,
+            level=settings.user_level,
         )
 
     def dokodemo_inbound(
@@ -878,6 +900,7 @@ class Normalizer:
             address=address,
             port=port,
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
+            level=settings.user_level,
         )
 
     # --- outbounds --------------------------------------------------------------
@@ -971,6 +994,19 @@ class Normalizer:
                     f"{path}.{name}",
                 )
                 return None
+        for name, given_extra, what in (
+            ("fragment", freedom.fragment, "TLS ClientHello fragmenting"),
+            ("noises", freedom.noises, "UDP noise packets"),
+            ("proxyProtocol", freedom.proxy_protocol, "a PROXY header to targets"),
+        ):
+            if given_extra:
+                LOGGER.warning(
+                    "%s: %s.%s (Xray: %s) is not done by vtrio; ignored",
+                    self.source,
+                    path,
+                    name,
+                    what,
+                )
         return model.FreedomSettings(
             domain_strategy=cast(
                 "Literal['AsIs', 'UseIP', 'UseIPv4', 'UseIPv6']", strategy

@@ -291,7 +291,7 @@ class FreedomV2(V2Base):
     redirect: str | None = None
     timeout: int | None = None  # v2ray 4, deprecated there; ignored
     user_level: int = 0
-    # Xray extras, accepted and ignored.
+    # Xray extras, accepted and ignored with a warning.
     fragment: msgspec.Raw = ABSENT
     noises: msgspec.Raw = ABSENT
     proxy_protocol: int | None = None

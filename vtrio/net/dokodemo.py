@@ -64,7 +64,11 @@ async def serve_dokodemo_udp(
                     if len(sources) >= MAX_SOURCES:
                         _, oldest_scope = sources.pop(next(iter(sources)))
                         oldest_scope.cancel()
-                    session = Session(inbound.tag, f"{source[0]}:{source[1]}")
+                    session = Session(
+                        inbound.tag,
+                        f"{source[0]}:{source[1]}",
+                        level=settings.level,
+                    )
                     try:
                         packets = await context.dispatcher.open_udp(
                             destination, session, nursery

@@ -92,7 +92,12 @@ async def handle_http(
             )
         )
         return
-    session = Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing)
+    session = Session(
+        inbound_tag=inbound.tag,
+        source=source,
+        level=settings.level,
+        sniffing=inbound.sniffing,
+    )
 
     async def failed(exc: Exception) -> None:
         del exc

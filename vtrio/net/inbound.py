@@ -334,7 +334,12 @@ async def _handle_dokodemo(
         context,
         stream,
         destination,
-        Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing),
+        Session(
+            inbound_tag=inbound.tag,
+            source=source,
+            level=settings.level,
+            sniffing=inbound.sniffing,
+        ),
     )
 
 

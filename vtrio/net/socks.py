@@ -207,11 +207,16 @@ async def handle_socks(
             request = await _socks4_request(stream, settings)
     if request is None:  # HTTP, under its own handshake deadline
         accounts = settings.accounts if settings.auth == "password" else ()
-        http = HttpInboundSettings(accounts=accounts)
+        http = HttpInboundSettings(accounts=accounts, level=settings.level)
         await handle_http(context, inbound, http, stream, source)
         return
     command, address, port = request
-    session = Session(inbound_tag=inbound.tag, source=source, sniffing=inbound.sniffing)
+    session = Session(
+        inbound_tag=inbound.tag,
+        source=source,
+        level=settings.level,
+        sniffing=inbound.sniffing,
+    )
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:
 
