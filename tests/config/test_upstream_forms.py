@@ -843,3 +843,25 @@ def test_xray_freedom_extras_are_named_in_warnings(
         "$.outbounds[0].settings.noises",
         "$.outbounds[0].settings.proxyProtocol",
     ]
+
+
+def test_chained_outbounds_are_checked_by_path() -> None:
+    outbounds = [
+        vmess_out(tag="a", proxySettings={"tag": "b"}),
+        vmess_out(tag="b", streamSettings={"sockopt": {"dialerProxy": "a"}}),
+        vmess_out(tag="c", proxySettings={"tag": "nowhere"}),
+        {"protocol": "freedom", "tag": "d", "proxySettings": {"tag": "a"}},
+    ]
+    found = errors(document(outbounds=outbounds))
+    assert found == [
+        (
+            "$.outbounds[3].proxySettings",
+            "only a vmess outbound can be dialled through another outbound",
+        ),
+        ("$.outbounds[0]", "proxySettings/dialerProxy: a -> b -> a loops"),
+        ("$.outbounds[1]", "proxySettings/dialerProxy: b -> a -> b loops"),
+        (
+            "$.outbounds[2]",
+            "proxySettings/dialerProxy: no outbound is tagged 'nowhere'",
+        ),
+    ]

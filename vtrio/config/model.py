@@ -177,6 +177,9 @@ class StreamSettings:
     # Outbounds: the Unix socket to dial instead of the server's address
     # (v2ray's domainsocket network; named as in ``transport/unix.py``).
     domain_socket: str = ""
+    # Outbounds: the tag of the outbound the server is dialled through
+    # (proxySettings, Xray's sockopt.dialerProxy); these layers stack on it.
+    dialer_proxy: str = ""
 
 
 # --- inbounds ---------------------------------------------------------------

@@ -920,12 +920,6 @@ class Normalizer:
                 self.source,
                 path,
             )
-        if raw.proxy_settings:
-            self.error(
-                "proxySettings (chained outbounds) is not supported yet",
-                f"{path}.proxySettings",
-            )
-            return None
         settings_path = f"{path}.settings"
         settings: model.OutboundSettings | None
         if protocol == "vmess":
@@ -949,6 +943,14 @@ class Normalizer:
         if settings is None or stream is None:
             return None
         send_through = self.send_through(raw.send_through, f"{path}.sendThrough")
+        if raw.proxy_settings is not None and raw.proxy_settings.tag and stream:
+            stream = self.proxied(raw, stream, path)
+        if stream is not None and stream.dialer_proxy and protocol != "vmess":
+            self.error(
+                "only a vmess outbound can be dialled through another outbound",
+                f"{path}.proxySettings",
+            )
+            return None
         return model.Outbound(
             tag=raw.tag,
             protocol=cast("Literal['vmess', 'freedom', 'blackhole']", protocol),
@@ -956,6 +958,25 @@ class Normalizer:
             stream=stream,
             send_through=send_through,
         )
+
+    def proxied(
+        self, raw: OutboundV2, stream: model.StreamSettings, path: str
+    ) -> model.StreamSettings:
+        """v2ray's ``proxySettings``: without ``transportLayer`` the proxy
+        carries the protocol alone and the streamSettings are ignored (v2ray
+        warns so too); with it they stack on the proxy's stream, as Xray's
+        ``dialerProxy`` does."""
+        assert raw.proxy_settings is not None
+        if not raw.proxy_settings.transport_layer:
+            if stream != model.StreamSettings():
+                LOGGER.warning(
+                    "%s: %s.streamSettings are ignored: proxySettings without"
+                    " transportLayer carries the protocol alone",
+                    self.source,
+                    path,
+                )
+            stream = model.StreamSettings()
+        return dataclasses.replace(stream, dialer_proxy=raw.proxy_settings.tag)
 
     def send_through(self, text: str | None, path: str) -> model.IPNetwork | None:
         """An IP (or Xray's network, for a random address in it); the
@@ -1207,6 +1228,7 @@ class Normalizer:
             http_header=http_header or None,
             accept_proxy_protocol=accept_proxy,
             domain_socket=domain_socket,
+            dialer_proxy=stream.sockopt.dialer_proxy if stream.sockopt else "",
         )
 
     def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:
@@ -1438,6 +1460,27 @@ class Normalizer:
 
     # --- cross-field checks -----------------------------------------------------
 
+    def check_dialer_proxies(self, config: model.Config) -> None:
+        """Each proxySettings/dialerProxy names an outbound, and no chain of
+        them comes back to where it started."""
+        via = {o.tag: o.stream.dialer_proxy for o in config.outbounds if o.tag}
+        for index, outbound in enumerate(config.outbounds):
+            path = self._paths["outbounds"][index]
+            seen, tag = [outbound.tag], outbound.stream.dialer_proxy
+            while tag:
+                if tag not in via:
+                    self.error(
+                        f"proxySettings/dialerProxy: no outbound is tagged {tag!r}",
+                        path,
+                    )
+                    break
+                if tag in seen:
+                    chain = " -> ".join([*seen, tag])
+                    self.error(f"proxySettings/dialerProxy: {chain} loops", path)
+                    break
+                seen.append(tag)
+                tag = via[tag]
+
     def check(self, config: model.Config, root: RootV2) -> None:
         if not config.inbounds and not self.errors:
             self.error("a config needs at least one inbound", "$.inbounds")
@@ -1454,6 +1497,7 @@ class Normalizer:
                 seen.add(tag)
         inbound_tags = {i.tag for i in config.inbounds}
         outbound_tags = {o.tag for o in config.outbounds}
+        self.check_dialer_proxies(config)
         balancer_tags = {b.tag for b in config.routing.balancers}
         for path, balancer in zip(
             self._paths["balancers"], config.routing.balancers, strict=True

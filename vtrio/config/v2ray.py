@@ -60,6 +60,13 @@ class InboundV2(V2Base):
     domain_override: list[str] | str | None = None
 
 
+class ProxySettingsV2(V2Base):
+    """An outbound's ``proxySettings``: the outbound it is dialled through."""
+
+    tag: str = ""
+    transport_layer: bool = False
+
+
 class OutboundV2(V2Base):
     protocol: str
     tag: str = ""
@@ -67,7 +74,7 @@ class OutboundV2(V2Base):
     stream_settings: msgspec.Raw = ABSENT
     mux: msgspec.Raw = ABSENT
     send_through: str | None = None
-    proxy_settings: msgspec.Raw = ABSENT
+    proxy_settings: ProxySettingsV2 | None = None
     target_strategy: str | None = None
 
 
@@ -414,9 +421,11 @@ class DomainSocketV2(V2Base):
 
 class SockoptV2(msgspec.Struct, rename="camel", kw_only=True):
     """``streamSettings.sockopt`` (v2ray 5, Xray): only the PROXY protocol
-    switch is read; the socket options (marks, TFO, interface) are ignored."""
+    switch and Xray's ``dialerProxy`` are read; the socket options (marks,
+    TFO, interface) are ignored."""
 
     accept_proxy_protocol: bool = False
+    dialer_proxy: str = ""
 
 
 class StreamV2(V2Base):

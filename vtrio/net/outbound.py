@@ -393,6 +393,7 @@ class VMessOutbound:
         self.tag = tag
         self._stream_settings = stream
         self._send_through = send_through
+        self._proxy: OutboundHandler | None = None
         self._endpoints = [
             DynamicServers(Endpoint(server.address, server.port, user))
             for server in settings.servers
@@ -404,9 +405,18 @@ class VMessOutbound:
 
     async def _dial(self, endpoint: Endpoint) -> trio.abc.Stream:
         local = _local_address(self._send_through)
+        through = self._through if self._proxy is not None else None
         return await transport.dial(
-            self._stream_settings, endpoint.host, endpoint.port, local
+            self._stream_settings, endpoint.host, endpoint.port, local, through
         )
+
+    def dial_through(self, proxy: OutboundHandler) -> None:
+        """Reach the servers through ``proxy``'s tunnels (proxySettings)."""
+        self._proxy = proxy
+
+    async def _through(self, host: str, port: int) -> trio.abc.HalfCloseableStream:
+        assert self._proxy is not None
+        return await self._proxy.dial_tcp(Destination(parse_address(host), port, "tcp"))
 
     async def _connect(self) -> tuple[DynamicServers, Endpoint, trio.abc.Stream]:
         """Dial the servers in turn, under the caller's CONNECT_TIMEOUT.
@@ -520,6 +530,10 @@ class Dispatcher:
         self._default = (
             self._handlers[config.outbounds[0].tag] if config.outbounds else None
         )
+        for outbound in config.outbounds:
+            handler = self._handlers[outbound.tag]
+            if outbound.stream.dialer_proxy and isinstance(handler, VMessOutbound):
+                handler.dial_through(self._handlers[outbound.stream.dialer_proxy])
         self._balancers = {
             balancer.tag: _Balancer(balancer, self._handlers)
             for balancer in config.routing.balancers

@@ -37,6 +37,7 @@ from vtrio.net.transport.httpupgrade import accept_httpupgrade, dial_httpupgrade
 from vtrio.net.transport.tcp import (
     TCPListener,
     TCPStream,
+    close_forcefully,
     connect_ip,
     from_trio_stream,
 )
@@ -45,7 +46,12 @@ from vtrio.net.transport.unix import connect_unix, open_unix_listener
 from vtrio.net.transport.websocket import accept_websocket, dial_websocket
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from vtrio.config.model import StreamSettings
+
+    # Opens a stream to (host, port) some other way than a TCP connect.
+    Dialer = Callable[[str, int], Awaitable[trio.abc.HalfCloseableStream]]
 
 # What trio.open_tcp_listeners asks for; the kernel caps it at somaxconn.
 LISTEN_BACKLOG = 0xFFFF
@@ -191,7 +197,11 @@ async def connect_tcp(host: str, port: int, local: str | None = None) -> TCPStre
 
 
 async def dial(
-    settings: StreamSettings, host: str, port: int, local: str | None = None
+    settings: StreamSettings,
+    host: str,
+    port: int,
+    local: str | None = None,
+    through: Dialer | None = None,
 ) -> trio.abc.HalfCloseableStream:
     """Connect to a server and stack the configured layers.
 
@@ -200,6 +210,8 @@ async def dial(
         host: server address (name or IP).
         port: server port.
         local: the address to connect from (the outbound's sendThrough).
+        through: opens the stream to the server instead of a TCP connect
+            (an outbound's proxySettings: another outbound's tunnel).
 
     Returns:
         The connected stream.
@@ -209,19 +221,22 @@ async def dial(
             failed; the message names the server and the reason.
     """
     where = settings.domain_socket or f"{host}:{port}"
+    base: trio.abc.HalfCloseableStream
     try:
-        if settings.domain_socket:
-            tcp = await connect_unix(settings.domain_socket)
+        if through is not None:
+            base = await through(host, port)
+        elif settings.domain_socket:
+            base = await connect_unix(settings.domain_socket)
         else:
-            tcp = await connect_tcp(host, port, local)
+            base = await connect_tcp(host, port, local)
     except OSError as exc:
         raise DialError(f"cannot connect to {where}: {exc}") from exc
-    layered: trio.abc.HalfCloseableStream = tcp
+    layered = base
     try:
         if settings.security == "tls":
             # The upgrades speak HTTP/1.1: never let the server pick h2.
             alpn = ("http/1.1",) if settings.network != "tcp" else ()
-            layered = await dial_tls(settings.tls, tcp, host, port, default_alpn=alpn)
+            layered = await dial_tls(settings.tls, base, host, port, default_alpn=alpn)
         if settings.network == "ws":
             layered = await dial_websocket(
                 settings.ws,
@@ -237,7 +252,7 @@ async def dial(
         elif settings.http_header is not None:
             layered = dial_http_header(settings.http_header, layered)
     except BaseException:
-        tcp.close()
+        await close_forcefully(base)
         raise
     return layered
 
