@@ -865,3 +865,21 @@ def test_chained_outbounds_are_checked_by_path() -> None:
             "proxySettings/dialerProxy: no outbound is tagged 'nowhere'",
         ),
     ]
+
+
+def test_websocket_browser_dialer_is_refused_and_heartbeat_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    browser = {"network": "ws", "wsSettings": {"useBrowserForwarding": True}}
+    found = errors(document(outbounds=[vmess_out(streamSettings=browser)]))
+    assert found == [
+        (
+            "$.outbounds[0].streamSettings.wsSettings.useBrowserForwarding",
+            "useBrowserForwarding (v2ray's browser dialer) is not supported",
+        )
+    ]
+    heartbeat = {"network": "ws", "wsSettings": {"heartbeatPeriod": 30}}
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        loads(document(outbounds=[vmess_out(streamSettings=heartbeat)]), environ={})
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "$.outbounds[0].streamSettings.wsSettings.heartbeatPeriod" in message

@@ -191,3 +191,20 @@ async def test_a_head_that_never_names_a_host_is_passed_on_whole() -> None:
     with trio.fail_after(20):
         async with echo_behind(model.Sniffing(("http",))) as (proxy, echo):
             assert await through(proxy, LOOPBACK, echo, payload) == payload
+
+
+async def test_a_client_trickling_its_first_bytes_is_sniffed_for_200_ms_at_most() -> (
+    None
+):
+    """Sniffing waits 200 ms in all, however the bytes are spread; then the
+    tunnel goes to the address asked for, with every byte. (Had it waited
+    for the Host, the rule on blocked.test would have closed the tunnel.)"""
+    request = b"GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n"
+    with trio.fail_after(20):
+        async with echo_behind(model.Sniffing(("http",))) as (proxy, echo):
+            stream = await open_connect(LOOPBACK, proxy, LOOPBACK, echo)
+            async with stream:
+                for index in range(len(request)):
+                    await stream.send_all(request[index : index + 1])
+                    await trio.sleep(0.02)  # about 0.7 s for the whole head
+                assert await receive_exactly(stream, len(request)) == request

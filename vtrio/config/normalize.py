@@ -1220,6 +1220,21 @@ class Normalizer:
         )
         if tls is None:
             return None
+        ws = stream.ws_settings
+        if ws is not None and network == "ws" and ws.use_browser_forwarding:
+            # Dialling directly would leave the client less hidden than asked.
+            self.error(
+                "useBrowserForwarding (v2ray's browser dialer) is not supported",
+                f"{path}.wsSettings.useBrowserForwarding",
+            )
+            return None
+        if ws is not None and network == "ws" and ws.heartbeat_period:
+            LOGGER.warning(
+                "%s: %s.wsSettings.heartbeatPeriod: vtrio sends no WebSocket pings"
+                " (it answers the peer's); ignored",
+                self.source,
+                path,
+            )
         return model.StreamSettings(
             network=NETWORKS[network],
             security=cast("Literal['none', 'tls']", security),
