@@ -46,6 +46,50 @@ def test_check_prints_a_summary() -> None:
     assert result.stdout.rstrip().endswith("Configuration OK.")
 
 
+def test_check_names_sniffing_chains_and_balancers(tmp_path: pathlib.Path) -> None:
+    user = {"id": "6726c108-2775-47e5-8f82-eae02fc2a3d1"}
+    config = {
+        "inbounds": [
+            {
+                "tag": "socks",
+                "port": 10808,
+                "protocol": "socks",
+                "sniffing": {"enabled": True, "destOverride": ["http", "tls"]},
+            }
+        ],
+        "outbounds": [
+            {
+                "tag": "proxy-1",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [{"address": "a.example", "port": 443, "users": [user]}]
+                },
+                "proxySettings": {"tag": "relay"},
+            },
+            {
+                "tag": "relay",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [{"address": "b.example", "port": 443, "users": [user]}]
+                },
+            },
+        ],
+        "routing": {
+            "domainStrategy": "IPOnDemand",
+            "balancers": [{"tag": "b", "selector": ["proxy-"]}],
+            "rules": [{"type": "field", "network": "tcp", "balancerTag": "b"}],
+        },
+    }
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps(config))
+    result = RUNNER.invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("sniffing (override http,tls)")
+    assert lines[1].endswith("via relay")
+    assert "routing  1 rule(s), 1 balancer(s), domainStrategy IPOnDemand" in lines
+
+
 def test_check_reports_each_problem_on_its_own_line(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(

@@ -174,6 +174,9 @@ def _summary(config: Config) -> list[str]:
                 detail += f", detour to {settings.detour_to}"
         elif isinstance(settings, SocksInboundSettings):
             detail = f", auth {settings.auth}, udp {'on' if settings.udp else 'off'}"
+        if inbound.sniffing is not None:
+            overrides = ",".join(inbound.sniffing.dest_override) or "none"
+            detail += f", sniffing (override {overrides})"
         lines.append(
             f"inbound  {inbound.tag or '-':<12} {inbound.protocol:<13}"
             f" {where} {_transport(inbound.stream)}{detail}"
@@ -186,11 +189,18 @@ def _summary(config: Config) -> list[str]:
                 f" {s.users[0].security.value if s.users else '-'})"
                 for s in outbound.settings.servers
             )
+        if outbound.stream.dialer_proxy:
+            detail += f" via {outbound.stream.dialer_proxy}"
         lines.append(
             f"outbound {outbound.tag or '-':<12} {outbound.protocol:<13}"
             f" {_transport(outbound.stream)} {detail}".rstrip()
         )
-    lines.append(f"routing  {len(config.routing.rules)} rule(s)")
+    routing = config.routing
+    balancers = f", {len(routing.balancers)} balancer(s)" if routing.balancers else ""
+    lines.append(
+        f"routing  {len(routing.rules)} rule(s){balancers},"
+        f" domainStrategy {routing.domain_strategy}"
+    )
     return lines
 
 
