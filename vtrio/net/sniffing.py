@@ -11,7 +11,6 @@ is excluded; with ``routeOnly`` only routing sees it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
@@ -47,32 +46,34 @@ async def sniff_stream(stream: BufferedStream) -> Sniffed | None:
     return None
 
 
-# Each inbound's domainsExcluded, indexed on first use (a geosite list can
-# hold thousands); keyed by identity, the model kept alive with its index.
-_EXCLUDED_INDEXES: dict[int, tuple[Sniffing, routing.DomainIndex]] = {}
+# Each inbound's exclusions, indexed on first use (geosite and geoip lists
+# can hold thousands); keyed by identity, the model kept alive with them.
+_EXCLUSIONS: dict[int, tuple[Sniffing, routing.DomainIndex, routing.NetworkIndex]] = {}
 
 
-def _excluded(sniffing: Sniffing) -> routing.DomainIndex:
-    kept = _EXCLUDED_INDEXES.get(id(sniffing))
+def _exclusions(
+    sniffing: Sniffing,
+) -> tuple[routing.DomainIndex, routing.NetworkIndex]:
+    kept = _EXCLUSIONS.get(id(sniffing))
     if kept is None or kept[0] is not sniffing:
-        kept = (sniffing, routing.DomainIndex(sniffing.domains_excluded))
-        _EXCLUDED_INDEXES[id(sniffing)] = kept
-    return kept[1]
-
-
-def _excluded_ip(sniffing: Sniffing, destination: Destination) -> bool:
-    address = destination.address
-    return isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address) and any(
-        address.version == network.version and address in network
-        for network in sniffing.ips_excluded
-    )
+        kept = (
+            sniffing,
+            routing.DomainIndex(sniffing.domains_excluded),
+            routing.NetworkIndex(sniffing.ips_excluded),
+        )
+        _EXCLUSIONS[id(sniffing)] = kept
+    return kept[1], kept[2]
 
 
 async def sniffed_destinations(
     stream: BufferedStream, destination: Destination, sniffing: Sniffing
 ) -> tuple[Destination, Destination, str]:
     """Where to dial, what to route by, and the protocol found ("" if none)."""
-    if destination.network != "tcp" or _excluded_ip(sniffing, destination):
+    excluded_names, excluded_ips = _exclusions(sniffing)
+    address = destination.address
+    if destination.network != "tcp" or (
+        not isinstance(address, str) and address in excluded_ips
+    ):
         return destination, destination, ""
     found = await sniff_stream(stream)
     if found is None:
@@ -81,7 +82,7 @@ async def sniffed_destinations(
     if (
         not name
         or not overrides(found.protocol, sniffing.dest_override)
-        or name in _excluded(sniffing)
+        or name in excluded_names
     ):
         return destination, destination, found.protocol
     sniffed = Destination(parse_address(name), destination.port, "tcp")
