@@ -883,3 +883,25 @@ def test_websocket_browser_dialer_is_refused_and_heartbeat_warns(
         loads(document(outbounds=[vmess_out(streamSettings=heartbeat)]), environ={})
     (message,) = [r.getMessage() for r in caplog.records]
     assert "$.outbounds[0].streamSettings.wsSettings.heartbeatPeriod" in message
+
+
+def test_xray_outbound_level_target_strategy(caplog: pytest.LogCaptureFixture) -> None:
+    outbounds = [
+        {
+            "protocol": "freedom",
+            "tag": "direct",
+            "targetStrategy": "UseIPv6",
+            "settings": {"domainStrategy": "UseIPv4"},
+        },
+        vmess_out(tag="proxy", targetStrategy="UseIPv4"),
+    ]
+    with caplog.at_level(logging.WARNING, "vtrio.config"):
+        config = loads(document(outbounds=outbounds), environ={})
+    freedom = config.outbounds[0].settings
+    assert isinstance(freedom, model.FreedomSettings)
+    assert freedom.domain_strategy == "UseIPv6"
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "$.outbounds[1].targetStrategy: vtrio applies it to freedom only" in message
+    bad = [{"protocol": "freedom", "targetStrategy": "Sometimes"}]
+    ((path, _),) = errors(document(outbounds=bad))
+    assert path == "$.outbounds[0].targetStrategy"

@@ -914,6 +914,18 @@ class Normalizer:
                 f"{path}.protocol",
             )
             return None
+        if (
+            raw.target_strategy
+            and protocol != "freedom"
+            and raw.target_strategy.lower() != "asis"
+        ):
+            LOGGER.warning(
+                "%s: %s.targetStrategy: vtrio applies it to freedom only; a %s"
+                " outbound's server is resolved by the system",
+                self.source,
+                path,
+                protocol,
+            )
         if raw.mux:
             LOGGER.warning(
                 "%s: %s.mux: client-side Mux is not supported; ignored",
@@ -927,8 +939,15 @@ class Normalizer:
         elif protocol == "freedom":
             freedom = self.decode(raw.settings, FreedomV2, settings_path)
             settings = None
+            if freedom is not None and raw.target_strategy:
+                # Xray's outbound-level name; it wins over the settings' ones.
+                freedom = msgspec.structs.replace(
+                    freedom, target_strategy=raw.target_strategy
+                )
             if freedom is not None:
-                settings = self.freedom(freedom, settings_path)
+                settings = self.freedom(
+                    freedom, settings_path, outbound_level=bool(raw.target_strategy)
+                )
         else:
             blackhole = self.decode(raw.settings, BlackholeV2, settings_path)
             settings = None
@@ -997,10 +1016,14 @@ class Normalizer:
             return None
         return None if network.network_address.is_unspecified else network
 
-    def freedom(self, freedom: FreedomV2, path: str) -> model.FreedomSettings | None:
+    def freedom(
+        self, freedom: FreedomV2, path: str, *, outbound_level: bool = False
+    ) -> model.FreedomSettings | None:
         given, where = freedom.domain_strategy, f"{path}.domainStrategy"
         if freedom.target_strategy:
             given, where = freedom.target_strategy, f"{path}.targetStrategy"
+        if outbound_level:
+            where = f"{path.removesuffix('.settings')}.targetStrategy"
         strategy = FREEDOM_STRATEGIES.get(given.lower())
         if strategy is None:
             self.error("expected AsIs, UseIP, UseIPv4 or UseIPv6", where)
