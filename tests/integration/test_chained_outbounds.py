@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from tests.support.echo import serve_tcp_echo
-from tests.support.socks5 import open_connect
+from tests.support.socks5 import open_connect, send_and_read_to_end
 from vtrio import server
 from vtrio.config import loads
 
@@ -95,11 +95,7 @@ async def test_the_final_server_is_reached_through_the_hop(
                 LOOPBACK, client["socks-in"][0][1], LOOPBACK, echo
             )
             async with stream:
-                await stream.send_all(b"two hops")
-                await stream.send_eof()
-                received = b""
-                while data := await stream.receive_some(64):
-                    received += data
+                received = await send_and_read_to_end(stream, b"two hops")
             assert received == b"two hops"
             await trio.sleep(0.1)  # the servers write their lines as tunnels end
             nursery.cancel_scope.cancel()

@@ -19,7 +19,7 @@ import trio
 
 from tests.support.echo import closed_port, serve_tcp_echo
 from tests.support.ntp import serve_ntp
-from tests.support.socks5 import open_connect
+from tests.support.socks5 import open_connect, send_and_read_to_end
 from vtrio.config import loads
 from vtrio.config.links import config_links
 
@@ -359,11 +359,7 @@ async def test_an_ntp_corrected_server_needs_a_corrected_client(
                         LOOPBACK, socks_port, LOOPBACK, echo_port
                     )
                     async with stream:
-                        await stream.send_all(b"ping")
-                        await stream.send_eof()
-                        echoed = b""
-                        while chunk := await stream.receive_some(100):
-                            echoed += chunk
+                        echoed = await send_and_read_to_end(stream, b"ping")
                     assert echoed == (b"ping" if ntp else b"")
                     clients[-1].send_signal(signal.SIGTERM)
                     await clients[-1].wait()

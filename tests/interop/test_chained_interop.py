@@ -14,7 +14,7 @@ import trio
 
 from tests.interop import peers
 from tests.support.echo import serve_tcp_echo
-from tests.support.socks5 import open_connect
+from tests.support.socks5 import echo_through
 from vtrio import server
 from vtrio.config import loads
 
@@ -50,19 +50,6 @@ def configs() -> tuple[dict[str, Any], dict[str, Any], int, list[int]]:
     return client, servers, socks_port, [hop_port, final_port]
 
 
-async def through(socks_port: int, target: int) -> bytes:
-    stream = await open_connect(peers.LOOPBACK, socks_port, peers.LOOPBACK, target)
-    async with stream:
-        await stream.send_all(PAYLOAD)
-        received = bytearray()
-        while len(received) < len(PAYLOAD):
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            received += data
-        return bytes(received)
-
-
 async def test_vtrio_client_chains_through_v2ray_servers(tmp_path: Path) -> None:
     peer = peers.require_peer("v2ray", "4.34")
     client_json, servers_json, socks_port, server_ports = configs()
@@ -73,7 +60,12 @@ async def test_vtrio_client_chains_through_v2ray_servers(tmp_path: Path) -> None
                 peer, "server", servers_json, tmp_path, server_ports
             ) as v2ray:
                 await nursery.start(server.run, loads(json.dumps(client_json)))
-                assert await through(socks_port, target) == PAYLOAD
+                assert (
+                    await echo_through(
+                        peers.LOOPBACK, socks_port, peers.LOOPBACK, target, PAYLOAD
+                    )
+                    == PAYLOAD
+                )
                 await trio.sleep(0.2)
                 log = v2ray.log_text()
             nursery.cancel_scope.cancel()
@@ -95,7 +87,12 @@ async def test_v2ray_client_chains_through_vtrio_servers(
             async with peers.open_peer(
                 peer, "client", client_json, tmp_path, [socks_port]
             ):
-                assert await through(socks_port, target) == PAYLOAD
+                assert (
+                    await echo_through(
+                        peers.LOOPBACK, socks_port, peers.LOOPBACK, target, PAYLOAD
+                    )
+                    == PAYLOAD
+                )
             await trio.sleep(0.2)
             nursery.cancel_scope.cancel()
     lines = [r.getMessage() for r in caplog.records if r.name == "vtrio.access"]

@@ -19,7 +19,7 @@ import trio
 from tests.hardening.branches import KNOWN
 from tests.interop import peers
 from tests.support.echo import serve_tcp_echo
-from tests.support.socks5 import open_connect
+from tests.support.socks5 import echo_through
 from vtrio import server
 from vtrio.config import loads
 from vtrio.net.transport.unix import connect_unix
@@ -82,19 +82,6 @@ async def wait_listening(name: str) -> None:
         return
 
 
-async def echo_through(socks_port: int, target: int) -> bytes:
-    stream = await open_connect(peers.LOOPBACK, socks_port, peers.LOOPBACK, target)
-    async with stream:
-        await stream.send_all(PAYLOAD)
-        received = bytearray()
-        while len(received) < len(PAYLOAD):
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            received += data
-        return bytes(received)
-
-
 KINDS = ["file", "abstract", "padded"]
 
 
@@ -112,7 +99,12 @@ async def test_v2ray_client_dials_a_vtrio_domain_socket(
                 peer, "client", client_json, tmp_path, [socks_port]
             )
             async with client:
-                assert await echo_through(socks_port, target) == PAYLOAD
+                assert (
+                    await echo_through(
+                        peers.LOOPBACK, socks_port, peers.LOOPBACK, target, PAYLOAD
+                    )
+                    == PAYLOAD
+                )
             nursery.cancel_scope.cancel()
 
 
@@ -128,5 +120,10 @@ async def test_vtrio_client_dials_a_v2ray_domain_socket(
             async with peers.open_peer(peer, "server", server_json, tmp_path, []):
                 await wait_listening(name)
                 await nursery.start(server.run, loads(json.dumps(client_json)))
-                assert await echo_through(socks_port, target) == PAYLOAD
+                assert (
+                    await echo_through(
+                        peers.LOOPBACK, socks_port, peers.LOOPBACK, target, PAYLOAD
+                    )
+                    == PAYLOAD
+                )
                 nursery.cancel_scope.cancel()

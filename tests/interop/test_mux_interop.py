@@ -9,6 +9,7 @@ server's debug log shows which sub-sessions it opened.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -173,3 +174,62 @@ async def test_udp_datagrams_through_mux(
     assert len(sent) == 20
     assert received == {digest: (LOOPBACK, port) for digest, port in sent.items()}
     assert len(opened_sessions(caplog, "UDP")) == udp_sessions
+
+
+async def test_mux_sub_sessions_are_sniffed_like_tunnels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rule on the sniffed protocol holds inside Mux too: with v2ray's
+    client muxing every flow, a BitTorrent handshake is still blocked and
+    an HTTP request to an address nothing answers at goes to its Host."""
+    caplog.set_level(logging.DEBUG, logger="vtrio.net.mux")
+    peer = require_peer("v2ray", "4.34")
+    (socks_port,) = free_ports(1)
+    base = vtrio_server_config()
+    config = dataclasses.replace(
+        base,
+        inbounds=(
+            dataclasses.replace(
+                base.inbounds[0], sniffing=model.Sniffing(("http", "tls"))
+            ),
+        ),
+        outbounds=(
+            *base.outbounds,
+            model.Outbound("block", "blackhole", model.BlackholeSettings()),
+        ),
+        routing=model.Routing(
+            rules=(model.RoutingRule("block", protocols=("bittorrent",)),)
+        ),
+    )
+    bittorrent = b"\x13BitTorrent protocol" + bytes(48)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, config)
+            route = Route(
+                socks_port, Account(str(USER)), server_port=bound["vmess-in"][0][1]
+            )
+            client = client_config(peer, [route])
+            client["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
+            async with open_peer(peer, "client", client, tmp_path, [socks_port]):
+                request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                answers = {}
+                for name, host, data in (
+                    ("http", "192.0.2.1", request),
+                    ("bittorrent", LOOPBACK, bittorrent),
+                    ("other", LOOPBACK, b"\x00\x01 other"),
+                ):
+                    stream = await open_connect(LOOPBACK, socks_port, host, echo_port)
+                    async with stream:
+                        await stream.send_all(data)
+                        received = b""
+                        with trio.move_on_after(3):
+                            while len(received) < len(data):
+                                chunk = await stream.receive_some(1024)
+                                if not chunk:
+                                    break
+                                received += chunk
+                        answers[name] = received == data
+            nursery.cancel_scope.cancel()
+    assert answers == {"http": True, "bittorrent": False, "other": True}
+    assert len(opened_sessions(caplog, "TCP")) == 3  # all three went through Mux

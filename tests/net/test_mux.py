@@ -26,6 +26,8 @@ from vtrio.protocol.mux import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from vtrio.protocol.sniff import Sniffed
+
 LOCAL = ipaddress.IPv4Address("127.0.0.1")
 OTHER = ipaddress.IPv4Address("127.0.0.2")
 
@@ -65,6 +67,8 @@ class FakePackets:
 class FakeDispatch:
     """Dials in-memory echo servers; refuses port 1."""
 
+    sniffs = False
+
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.dialed: list[tuple[Address, int]] = []
@@ -72,8 +76,9 @@ class FakeDispatch:
         self.packets: list[FakePackets] = []
 
     async def dial_tcp(
-        self, address: Address, port: int
+        self, address: Address, port: int, sniffed: Sniffed | None = None
     ) -> trio.abc.HalfCloseableStream:
+        del sniffed
         await trio.lowlevel.checkpoint()
         self.dialed.append((address, port))
         if port == 1:

@@ -27,7 +27,7 @@ from tests.support.hardening import (
     target_running,
     vmess_exchange,
 )
-from tests.support.socks5 import open_connect, socks_inbound
+from tests.support.socks5 import open_connect, send_and_read_to_end, socks_inbound
 from vtrio import server
 from vtrio.config import model
 from vtrio.net.transport.unix import SUN_PATH_SIZE, connect_unix, socket_address
@@ -163,10 +163,6 @@ async def test_a_vtrio_client_dials_the_domain_socket_of_a_vtrio_server(
                 "127.0.0.1", bound["socks-in"][0][1], "127.0.0.1", echo
             )
             async with stream:
-                await stream.send_all(b"through the socket")
-                await stream.send_eof()
-                received = b""
-                while data := await stream.receive_some(100):
-                    received += data
+                received = await send_and_read_to_end(stream, b"through the socket")
             assert received == b"through the socket"
             nursery.cancel_scope.cancel()

@@ -199,3 +199,32 @@ def socks_inbound(
             **fields,
         }
     )
+
+
+async def send_and_read_to_end(
+    stream: trio.abc.HalfCloseableStream, data: bytes
+) -> bytes:
+    """Send ``data``, half-close, and return everything read until EOF."""
+    await stream.send_all(data)
+    await stream.send_eof()
+    received = bytearray()
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return bytes(received)
+
+
+async def echo_through(
+    proxy_host: str, proxy_port: int, host: str, port: int, data: bytes
+) -> bytes:
+    """Send ``data`` to an echo target through the SOCKS5 proxy; what came
+    back, up to as many bytes (fewer if the tunnel closed first)."""
+    stream = await open_connect(proxy_host, proxy_port, host, port)
+    async with stream:
+        await stream.send_all(data)
+        received = bytearray()
+        while len(received) < len(data):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            received += chunk
+        return bytes(received)

@@ -15,6 +15,7 @@ drain of spec 9.1), then the connection is closed, on every failure branch.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -35,15 +36,12 @@ from vtrio.net import transport
 from vtrio.net.clock import unix_now
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
-from vtrio.net.outbound import Destination, MuxDispatch, Session, parse_address
+from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.relay import Traffic
+from vtrio.net.sniffing import sniffed_route, wants_sniffing
+from vtrio.net.socks import handle_socks
 from vtrio.net.transport.proxy_protocol import receive_proxy_header
 from vtrio.net.transport.tcp import TCPListener, TCPStream, close_forcefully
-
-if TYPE_CHECKING:
-    from vtrio.net.outbound import PacketConnection
-    from vtrio.protocol.address import Address
-from vtrio.net.relay import Traffic
-from vtrio.net.socks import handle_socks
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol import packetaddr
@@ -58,7 +56,10 @@ if TYPE_CHECKING:
     from vtrio.config.model import Inbound
     from vtrio.net.context import ServerContext
     from vtrio.net.dynamic_port import DetourPorts
+    from vtrio.net.outbound import Dispatcher, PacketConnection
+    from vtrio.protocol.address import Address
     from vtrio.protocol.events import RequestHeader
+    from vtrio.protocol.sniff import Sniffed
 
 LOGGER = logging.getLogger("vtrio.net.inbound")
 # Accept failures that end when descriptors or memory free up.
@@ -195,7 +196,7 @@ class VMessHandler:
             vmess.response_command = self._detour.switch_account(user, now=unix_now())
         if request.command is Command.MUX:
             async with trio.open_nursery() as nursery:
-                dispatch = MuxDispatch(context.dispatcher, session, nursery)
+                dispatch = MuxRouting(context.dispatcher, session, nursery)
                 await serve_mux(
                     vmess, dispatch, session_idle=context.policy(user.level).conn_idle
                 )
@@ -215,6 +216,40 @@ class VMessHandler:
         except Exception:
             await vmess.flush_header()
             raise
+
+
+class MuxRouting:
+    """The Mux server's view of the dispatcher, bound to one VMess tunnel;
+    sub-sessions are sniffed as the inbound's own tunnels are."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, session: Session, nursery: trio.Nursery
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._session = session
+        self._nursery = nursery
+        self.sniffs = session.sniffing is not None
+
+    async def dial_tcp(
+        self, address: Address, port: int, sniffed: Sniffed | None = None
+    ) -> trio.abc.HalfCloseableStream:
+        destination = route = Destination(address, port, "tcp")
+        session = self._session
+        if session.sniffing is not None and wants_sniffing(
+            destination, session.sniffing
+        ):
+            destination, route, protocol = sniffed_route(
+                sniffed, destination, session.sniffing
+            )
+            # Each sub-session has its own protocol; the tunnel's is shared.
+            session = dataclasses.replace(session, protocol=protocol)
+        handler = await self._dispatcher.route(session, route)
+        return await self._dispatcher.connect(handler, destination)
+
+    async def open_udp(self, address: Address, port: int) -> PacketConnection:
+        return await self._dispatcher.open_udp(
+            Destination(address, port, "udp"), self._session, self._nursery
+        )
 
 
 async def _drain(stream: trio.abc.Stream, size: int) -> None:

@@ -27,6 +27,7 @@ addressed Keep frame.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Protocol
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from vtrio.errors import DialError, RemoteProtocolError, VtrioError
+from vtrio.net.sniffing import sniff_bytes
 from vtrio.protocol.body import MAX_CHUNK_PAYLOAD
 from vtrio.protocol.events import NEED_DATA
 from vtrio.protocol.mux import (
@@ -48,6 +50,7 @@ from vtrio.protocol.mux import (
 
 if TYPE_CHECKING:
     from vtrio.protocol.address import Address
+    from vtrio.protocol.sniff import Sniffed
 
 LOGGER = logging.getLogger("vtrio.net.mux")
 
@@ -85,10 +88,14 @@ class MuxDispatch(Protocol):
     connect timeout the runtime applies.
     """
 
+    # The inbound sniffs: a TCP sub-session's first bytes are read before
+    # it is dialled, and what they are is passed on.
+    sniffs: bool
+
     async def dial_tcp(
-        self, address: Address, port: int
+        self, address: Address, port: int, sniffed: Sniffed | None = None
     ) -> trio.abc.HalfCloseableStream:
-        """A stream to ``address:port``."""
+        """A stream to ``address:port`` (or to what ``sniffed`` names)."""
 
     async def open_udp(self, address: Address, port: int) -> PacketConnection:
         """A packet connection for a UDP sub-session to ``address:port`` first."""
@@ -261,11 +268,17 @@ class _MuxServer:
 
     async def _relay_tcp(self, session: _Session, new: Frame) -> None:
         assert new.address is not None
+        first = bytearray()
+        found = None
+        if self._dispatch.sniffs:
+            found = await sniff_bytes(first, functools.partial(_next_data, session))
         try:
-            upstream = await self._dispatch.dial_tcp(new.address, new.port)
+            upstream = await self._dispatch.dial_tcp(new.address, new.port, found)
         except OSError as exc:
             raise DialError(str(exc)) from exc
         async with upstream, trio.open_nursery() as nursery:
+            if first:  # what sniffing read goes first
+                await upstream.send_all(first)
 
             async def uplink() -> None:
                 async for frame in session.inbox:
@@ -308,6 +321,18 @@ class _MuxServer:
         finally:
             with trio.CancelScope(shield=True):
                 await packets.aclose()
+
+
+async def _next_data(session: _Session) -> bytes:
+    """The next payload the client sent this sub-session (b"" once it ended)."""
+    while True:
+        try:
+            frame = await session.inbox.receive()
+        except trio.EndOfChannel:
+            return b""
+        if frame.data:
+            session.touch()
+            return frame.data
 
 
 def _reply(session: _Session, payload: bytes, source: Address, port: int) -> Frame:

@@ -615,26 +615,3 @@ class Dispatcher:
         """A packet connection for UDP whose first datagram goes to ``destination``."""
         handler = await self.route(session, destination)
         return await handler.open_udp(destination, nursery)
-
-
-class MuxDispatch:
-    """The Mux server's view of a Dispatcher, bound to one tunnel."""
-
-    def __init__(
-        self, dispatcher: Dispatcher, session: Session, nursery: trio.Nursery
-    ) -> None:
-        self._dispatcher = dispatcher
-        self._session = session
-        self._nursery = nursery
-
-    async def dial_tcp(
-        self, address: Address, port: int
-    ) -> trio.abc.HalfCloseableStream:
-        return await self._dispatcher.dial_tcp(
-            Destination(address, port, "tcp"), self._session
-        )
-
-    async def open_udp(self, address: Address, port: int) -> PacketConnection:
-        return await self._dispatcher.open_udp(
-            Destination(address, port, "udp"), self._session, self._nursery
-        )

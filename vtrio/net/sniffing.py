@@ -21,6 +21,8 @@ from vtrio.net.outbound import Destination, parse_address
 from vtrio.protocol.sniff import MORE, Sniffed, overrides, sniff
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from vtrio.config.model import Sniffing
     from vtrio.net.transport.buffered import BufferedStream
 
@@ -31,19 +33,34 @@ SNIFF_WAIT = 0.2
 SNIFF_LIMIT = 32768
 
 
-async def sniff_stream(stream: BufferedStream) -> Sniffed | None:
-    """What the stream's first bytes are, read ahead and left in its buffer."""
+async def sniff_bytes(
+    seen: bytearray, read: Callable[[], Awaitable[bytes]]
+) -> Sniffed | None:
+    """What the first bytes are: ``seen`` holds those in already and grows by
+    what ``read`` returns (b"" at the end), within the wait and the limit."""
     with trio.move_on_after(SNIFF_WAIT):
         while True:
-            if stream.buffered:
-                verdict = sniff(stream.ahead)
+            if seen:
+                verdict = sniff(bytes(seen))
                 if verdict != MORE:
                     return verdict if isinstance(verdict, Sniffed) else None
-                if stream.buffered >= SNIFF_LIMIT:
+                if len(seen) >= SNIFF_LIMIT:
                     return None
-            if not await stream.read_ahead():
+            data = await read()
+            if not data:
                 return None
+            seen += data
     return None
+
+
+async def sniff_stream(stream: BufferedStream) -> Sniffed | None:
+    """What the stream's first bytes are, read ahead and left in its buffer."""
+
+    async def read() -> bytes:
+        before = stream.buffered
+        return stream.ahead[before:] if await stream.read_ahead() else b""
+
+    return await sniff_bytes(bytearray(stream.ahead), read)
 
 
 # Each inbound's exclusions, indexed on first use (geosite and geoip lists
@@ -69,15 +86,28 @@ async def sniffed_destinations(
     stream: BufferedStream, destination: Destination, sniffing: Sniffing
 ) -> tuple[Destination, Destination, str]:
     """Where to dial, what to route by, and the protocol found ("" if none)."""
-    excluded_names, excluded_ips = _exclusions(sniffing)
-    address = destination.address
-    if destination.network != "tcp" or (
-        not isinstance(address, str) and address in excluded_ips
-    ):
+    if not wants_sniffing(destination, sniffing):
         return destination, destination, ""
-    found = await sniff_stream(stream)
+    return sniffed_route(await sniff_stream(stream), destination, sniffing)
+
+
+def wants_sniffing(destination: Destination, sniffing: Sniffing) -> bool:
+    """TCP, to an address ``ipsExcluded`` does not name."""
+    _, excluded_ips = _exclusions(sniffing)
+    address = destination.address
+    return destination.network == "tcp" and (
+        isinstance(address, str) or address not in excluded_ips
+    )
+
+
+def sniffed_route(
+    found: Sniffed | None, destination: Destination, sniffing: Sniffing
+) -> tuple[Destination, Destination, str]:
+    """Where to dial and what to route by once ``found`` is known, and the
+    protocol found ("" if nothing was)."""
     if found is None:
         return destination, destination, ""
+    excluded_names, _ = _exclusions(sniffing)
     name = found.domain
     if (
         not name
