@@ -1,16 +1,16 @@
 """Routing: which outbound a tunnel takes. A pure function of the config.
 
 Theory of operation: v2ray's field rules are tried in order; a rule matches
-when every condition it has matches (inbound tag, user email, source address
-and port, domain, IP, port, network, sniffed protocol), and the first match
-names the outbound or the balancer that picks one. Domain conditions only
-look at domain destinations; IP conditions look at IP destinations, and at
-the addresses a domain resolved to when the caller resolved it
-(domainStrategy ``IPIfNonMatch`` after a first pass found no rule,
-``IPOnDemand`` from the start, when any rule has IPs). No match means the
-first outbound. Each rule's domains and networks are indexed once (sets of
-full names and suffixes, sorted address ranges), so a geosite or geoip list
-of many thousand entries costs a few lookups per tunnel, not a scan.
+when every condition it has matches (inbound tag, user email, source and
+local address and port, domain, IP, port, network, sniffed protocol), and
+the first match names the outbound or the balancer that picks one. Domain
+conditions only look at domain destinations; IP conditions look at IP
+destinations, and at the addresses a domain resolved to when the caller
+resolved it (domainStrategy ``IPIfNonMatch`` after a first pass found no
+rule, ``IPOnDemand`` from the start, when any rule has IPs). No match means
+the first outbound. Each rule's domains and networks are indexed once (sets
+of full names and suffixes, sorted address ranges), so a geosite or geoip
+list of many thousand entries costs a few lookups per tunnel, not a scan.
 """
 
 from __future__ import annotations
@@ -105,14 +105,27 @@ def split_source(source: str) -> tuple[IPAddress | None, int]:
         return None, 0
 
 
+def _endpoint_matches(
+    name: str, ips: NetworkIndex | None, ports: Sequence[tuple[int, int]]
+) -> bool:
+    """Whether a ``host:port`` is in ``ips`` and ``ports`` (either may be unset)."""
+    if ips is None and not ports:
+        return True
+    ip, port = split_source(name)
+    if ips is not None and (ip is None or ip not in ips):
+        return False
+    return not ports or _in_ranges(port, ports)
+
+
 class _IndexedRule:
-    __slots__ = ("domains", "ips", "rule", "source_ips")
+    __slots__ = ("domains", "ips", "local_ips", "rule", "source_ips")
 
     def __init__(self, rule: RoutingRule) -> None:
         self.rule = rule
         self.domains = DomainIndex(rule.domains) if rule.domains else None
         self.ips = NetworkIndex(rule.ips) if rule.ips else None
         self.source_ips = NetworkIndex(rule.source_ips) if rule.source_ips else None
+        self.local_ips = NetworkIndex(rule.local_ips) if rule.local_ips else None
 
     def matches(
         self,
@@ -123,6 +136,7 @@ class _IndexedRule:
         protocol: str,
         email: str,
         source: str,
+        local: str,
         resolved: Sequence[IPAddress],
     ) -> bool:
         rule = self.rule
@@ -130,14 +144,10 @@ class _IndexedRule:
             return False
         if rule.users and email not in rule.users:
             return False
-        if self.source_ips is not None or rule.source_ports:
-            source_ip, source_port = split_source(source)
-            if self.source_ips is not None and not (
-                source_ip is not None and source_ip in self.source_ips
-            ):
-                return False
-            if rule.source_ports and not _in_ranges(source_port, rule.source_ports):
-                return False
+        if not _endpoint_matches(source, self.source_ips, rule.source_ports):
+            return False
+        if not _endpoint_matches(local, self.local_ips, rule.local_ports):
+            return False
         if rule.protocols and not (
             protocol and any(protocol.startswith(p) for p in rule.protocols)
         ):
@@ -173,6 +183,7 @@ class Router:
         protocol: str = "",
         email: str = "",
         source: str = "",
+        local: str = "",
         resolved: Sequence[IPAddress] = (),
     ) -> RoutingRule | None:
         """The first matching rule, or None for the default outbound.
@@ -185,11 +196,20 @@ class Router:
             protocol: what sniffing found ("http1", "tls", "bittorrent"), or "".
             email: the VMess user's email, or "".
             source: the client's ``host:port``, or "".
+            local: the ``host:port`` the connection came in on, or "".
             resolved: the addresses a domain ``address`` resolved to, if it was.
         """
         for indexed in self._rules:
             if indexed.matches(
-                inbound_tag, address, port, network, protocol, email, source, resolved
+                inbound_tag,
+                address,
+                port,
+                network,
+                protocol,
+                email,
+                source,
+                local,
+                resolved,
             ):
                 return indexed.rule
         return None

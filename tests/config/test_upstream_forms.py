@@ -363,13 +363,9 @@ def test_tls_settings_that_change_nothing_checked_load(
             "Hysteria transport is not supported",
         ),
         (
-            {
-                "routing": {
-                    "rules": [{"localIP": ["10.0.0.1"], "outboundTag": "direct"}]
-                }
-            },
+            {"routing": {"rules": [{"process": ["curl"], "outboundTag": "direct"}]}},
             "$.routing.rules[0]",
-            "rule condition 'localIP' is not supported",
+            "rule condition 'process' is not supported",
         ),
         (
             {
@@ -602,6 +598,21 @@ def test_sniffing_errors_name_their_paths() -> None:
         "$.inbounds[0].sniffing.ipsExcluded[0]",
     ]
     assert "unknown protocol 'bittorrent'" in found[0][1]
+
+
+def test_xray_local_ip_and_port_rules() -> None:
+    rule = {
+        "type": "field",
+        "localIP": "127.0.0.2,10.0.0.0/8",
+        "localPort": "443,8000-8080",
+        "outboundTag": "direct",
+    }
+    (parsed,) = loads(document(routing={"rules": [rule]}), environ={}).routing.rules
+    assert parsed.local_ips == (
+        ipaddress.ip_network("127.0.0.2/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+    assert parsed.local_ports == ((443, 443), (8000, 8080))
 
 
 @pytest.mark.parametrize("key", ["source", "sourceIP"])

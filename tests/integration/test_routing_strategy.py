@@ -42,8 +42,12 @@ def config(strategy: Strategy, *, allow_localhost: bool) -> model.Config:
 
 
 async def reaches(proxy: int, host: str, port: int) -> bool:
+    return await reaches_via(LOOPBACK, proxy, host, port)
+
+
+async def reaches_via(proxy_host: str, proxy: int, host: str, port: int) -> bool:
     try:
-        stream = await open_connect(LOOPBACK, proxy, host, port)
+        stream = await open_connect(proxy_host, proxy, host, port)
     except SocksError:
         return False
     async with stream:
@@ -77,4 +81,33 @@ async def test_domain_strategy_decides_whether_ip_rules_see_a_domain(
             assert await reaches(proxy, "localhost", echo) is expected
             # An IP destination meets the IP rule whatever the strategy.
             assert await reaches(proxy, LOOPBACK, echo) is False
+            nursery.cancel_scope.cancel()
+
+
+async def test_local_ip_and_port_rules_see_where_the_client_came_in() -> None:
+    """Xray's localIP / localPort: two socks inbounds, one rule each way."""
+    config = model.Config(
+        inbounds=(
+            socks_inbound(tag="a"),
+            socks_inbound(tag="b", listen="127.0.0.2"),
+        ),
+        outbounds=(
+            model.Outbound("direct", "freedom", model.FreedomSettings()),
+            model.Outbound("block", "blackhole", model.BlackholeSettings()),
+        ),
+        routing=model.Routing(
+            rules=(
+                model.RoutingRule(
+                    "block", local_ips=(ipaddress.ip_network("127.0.0.2/32"),)
+                ),
+            )
+        ),
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, config)
+            assert await reaches(bound["a"][0][1], LOOPBACK, echo)
+            stream_b = bound["b"][0][1]
+            assert not await reaches_via("127.0.0.2", stream_b, LOOPBACK, echo)
             nursery.cancel_scope.cancel()

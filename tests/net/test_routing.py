@@ -227,3 +227,20 @@ def test_the_network_index_agrees_with_each_network_alone(
     target = plain or ip
     expected = any(target.version == n.version and target in n for n in listed)
     assert (ip in NetworkIndex(listed)) is expected
+
+
+def test_local_port_rules_read_the_inbound_address() -> None:
+    rules = model.Routing(
+        rules=(model.RoutingRule("tls-port", local_ports=((443, 443),)),)
+    )
+    router = Router(rules)
+    for local, expected in [
+        ("127.0.0.1:443", "tls-port"),
+        ("[::1]:443", "tls-port"),
+        ("127.0.0.1:80", None),
+        ("", None),
+    ]:
+        rule = router.pick(
+            inbound_tag="in", address="example.com", port=1, network="tcp", local=local
+        )
+        assert (rule.outbound_tag if rule else None) == expected, local

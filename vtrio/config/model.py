@@ -379,6 +379,9 @@ class RoutingRule:
     # The client's address (as the PROXY protocol names it, when read).
     source_ips: tuple[IPNetwork, ...] = ()
     source_ports: tuple[tuple[int, int], ...] = ()
+    # The address the connection came in on (Xray's localIP / localPort).
+    local_ips: tuple[IPNetwork, ...] = ()
+    local_ports: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

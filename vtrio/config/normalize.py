@@ -83,8 +83,6 @@ OUTBOUND_PROTOCOLS = {
 }
 UNSUPPORTED_RULE_CONDITIONS = (
     "attrs",
-    "local_ip",
-    "local_port",
     "vless_route",
     "process",
     "webhook",
@@ -508,6 +506,8 @@ class Normalizer:
         )
         ports = self.rule_ports(rule.port, f"{path}.port")
         source_ports = self.rule_ports(rule.source_port, f"{path}.sourcePort")
+        local_ips = self.ips(_as_list(rule.local_ip), f"{path}.localIP")
+        local_ports = self.rule_ports(rule.local_port, f"{path}.localPort")
         networks = set(_as_list(rule.network))
         if not networks <= {"tcp", "udp"}:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
@@ -525,6 +525,8 @@ class Normalizer:
             users=frozenset(_as_list(rule.user)),
             source_ips=source_ips,
             source_ports=source_ports,
+            local_ips=local_ips,
+            local_ports=local_ports,
         )
 
     def rule_ports(self, port: Port | None, path: str) -> tuple[tuple[int, int], ...]:

@@ -111,10 +111,12 @@ class RuleV2(V2Base):
     source: list[str] | str | None = None
     source_ip: list[str] | str | None = msgspec.field(default=None, name="sourceIP")
     source_port: Port | None = None
+    local_ip: list[str] | str | None = msgspec.field(
+        default=None, name="localIP"
+    )  # Xray
+    local_port: Port | None = None  # Xray
     # Conditions vtrio refuses by name (normalize.UNSUPPORTED_RULE_CONDITIONS).
     attrs: msgspec.Raw = ABSENT
-    local_ip: msgspec.Raw = msgspec.field(default=ABSENT, name="localIP")  # Xray
-    local_port: msgspec.Raw = ABSENT  # Xray
     vless_route: msgspec.Raw = ABSENT  # Xray
     process: msgspec.Raw = ABSENT  # Xray
     webhook: msgspec.Raw = ABSENT  # Xray

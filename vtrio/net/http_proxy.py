@@ -20,6 +20,7 @@ import trio
 from vtrio.errors import RemoteProtocolError
 from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.transport.buffered import BufferedStream
+from vtrio.net.transport.tcp import local_name
 from vtrio.net.tunnel import run_tunnel
 from vtrio.protocol.address import split_host_port
 
@@ -97,6 +98,7 @@ async def handle_http(
         source=source,
         level=settings.level,
         sniffing=inbound.sniffing,
+        local=local_name(raw) if context.dispatcher.needs_local else "",
     )
 
     async def failed(exc: Exception) -> None:

@@ -41,7 +41,12 @@ from vtrio.net.relay import Traffic
 from vtrio.net.sniffing import sniffed_route, wants_sniffing
 from vtrio.net.socks import handle_socks
 from vtrio.net.transport.proxy_protocol import receive_proxy_header
-from vtrio.net.transport.tcp import TCPListener, TCPStream, close_forcefully
+from vtrio.net.transport.tcp import (
+    TCPListener,
+    TCPStream,
+    close_forcefully,
+    local_name,
+)
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol import packetaddr
@@ -191,6 +196,7 @@ class VMessHandler:
             email=user.email,
             level=user.level,
             sniffing=self._inbound.sniffing,
+            local=local_name(raw) if context.dispatcher.needs_local else "",
         )
         if self._detour is not None:
             vmess.response_command = self._detour.switch_account(user, now=unix_now())
@@ -374,6 +380,7 @@ async def _handle_dokodemo(
             source=source,
             level=settings.level,
             sniffing=inbound.sniffing,
+            local=local_name(stream) if context.dispatcher.needs_local else "",
         ),
     )
 

@@ -94,6 +94,8 @@ class Session:
     # The inbound's sniffing, and the protocol it found (for routing).
     sniffing: Sniffing | None = None
     protocol: str = ""
+    # The "host:port" the connection came in on, when a rule asks for it.
+    local: str = ""
 
 
 def parse_address(text: str) -> Address:
@@ -539,6 +541,10 @@ class Dispatcher:
             for balancer in config.routing.balancers
         }
         self._ip_rules = any(rule.ips for rule in config.routing.rules)
+        # Finding the local address costs a system call: only when a rule asks.
+        self.needs_local = any(
+            rule.local_ips or rule.local_ports for rule in config.routing.rules
+        )
         self._router = routing.Router(config.routing)
 
     async def route(
@@ -583,6 +589,7 @@ class Dispatcher:
             protocol=session.protocol,
             email=session.email,
             source=session.source,
+            local=session.local,
             resolved=resolved,
         )
 

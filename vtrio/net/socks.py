@@ -29,7 +29,7 @@ from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.transport.buffered import BufferedStream
-from vtrio.net.transport.tcp import TCPStream
+from vtrio.net.transport.tcp import TCPStream, local_name
 from vtrio.net.tunnel import run_tunnel
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ async def handle_socks(
         source=source,
         level=settings.level,
         sniffing=inbound.sniffing,
+        local=local_name(raw) if context.dispatcher.needs_local else "",
     )
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:

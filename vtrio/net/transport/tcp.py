@@ -336,6 +336,21 @@ def _tcp_under(stream: trio.abc.AsyncResource) -> TCPStream | None:
     return layer
 
 
+def local_name(stream: trio.abc.AsyncResource) -> str:
+    """The ``host:port`` a connection came in on ("" for other streams)."""
+    tcp = _tcp_under(stream)
+    if tcp is None:
+        return ""
+    try:
+        name = tcp.socket.getsockname()
+    except OSError:
+        return ""
+    if not isinstance(name, tuple):
+        return ""  # a Unix socket
+    host, port = str(name[0]), int(name[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def close_forcefully(stream: trio.abc.AsyncResource) -> None:
     """Close a stream at once, like ``trio.aclose_forcefully``.
 
