@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vtrio.config.model import Config
-from vtrio.net.outbound import Dispatcher
+from vtrio.net.outbound import Dispatcher, Session
+from vtrio.net.transport.tcp import local_name
 
 if TYPE_CHECKING:
-    from vtrio.config.model import LevelPolicy
-    from vtrio.net.outbound import Destination, Session
+    import trio
+
+    from vtrio.config.model import Inbound, LevelPolicy
+    from vtrio.net.outbound import Destination
     from vtrio.net.relay import Traffic
 
 ACCESS_LOG = logging.getLogger("vtrio.access")
@@ -53,6 +56,26 @@ class ServerContext:
     config: Config
     dispatcher: Dispatcher
     limiter: RejectionLimiter = field(default_factory=RejectionLimiter)
+
+    def session(
+        self,
+        inbound: Inbound,
+        source: str,
+        raw: trio.abc.AsyncResource,
+        *,
+        level: int,
+        email: str = "",
+    ) -> Session:
+        """The session of a connection ``inbound`` accepted (``raw`` its
+        stream); its local address is looked up only when a rule needs it."""
+        return Session(
+            inbound_tag=inbound.tag,
+            source=source,
+            email=email,
+            level=level,
+            sniffing=inbound.sniffing,
+            local=local_name(raw) if self.dispatcher.needs_local else "",
+        )
 
     def handshake_timeout(self) -> float:
         """The handshake deadline: always the level-0 policy (spec section 10)."""

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 import trio
 
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.outbound import Destination, parse_address
 from vtrio.net.transport.buffered import BufferedStream
-from vtrio.net.transport.tcp import local_name
 from vtrio.net.tunnel import run_tunnel
 from vtrio.protocol.address import split_host_port
 
@@ -93,13 +92,7 @@ async def handle_http(
             )
         )
         return
-    session = Session(
-        inbound_tag=inbound.tag,
-        source=source,
-        level=settings.level,
-        sniffing=inbound.sniffing,
-        local=local_name(raw) if context.dispatcher.needs_local else "",
-    )
+    session = context.session(inbound, source, raw, level=settings.level)
 
     async def failed(exc: Exception) -> None:
         del exc

@@ -44,8 +44,8 @@ from vtrio.net.transport.proxy_protocol import receive_proxy_header
 from vtrio.net.transport.tcp import (
     TCPListener,
     TCPStream,
+    address_name,
     close_forcefully,
-    local_name,
 )
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
@@ -74,14 +74,9 @@ ACCEPT_PAUSE = 0.1
 PROXY_HEADER_TIMEOUT = 4.0
 
 
-def _address_name(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _peer_name(stream: trio.abc.Stream) -> str:
     if isinstance(stream, TCPStream) and stream.peer is not None:
-        return _address_name(stream.peer)
+        return address_name(stream.peer)
     return "?"
 
 
@@ -115,7 +110,7 @@ async def handle_connection(
             with trio.fail_after(PROXY_HEADER_TIMEOUT):
                 named = await receive_proxy_header(stream)
             if named is not None:
-                source = _address_name(named)
+                source = address_name(named)
         await handler(stream, source)
     except* trio.TooSlowError:
         LOGGER.info("%s [%s]: handshake timed out", source, inbound_tag)
@@ -190,13 +185,8 @@ class VMessHandler:
         # The scope was not cancelled, so the header was accepted.
         assert not isinstance(request, Rejected)
         user = request.user
-        session = Session(
-            inbound_tag=tag,
-            source=source,
-            email=user.email,
-            level=user.level,
-            sniffing=self._inbound.sniffing,
-            local=local_name(raw) if context.dispatcher.needs_local else "",
+        session = context.session(
+            self._inbound, source, raw, level=user.level, email=user.email
         )
         if self._detour is not None:
             vmess.response_command = self._detour.switch_account(user, now=unix_now())
@@ -375,13 +365,7 @@ async def _handle_dokodemo(
         context,
         stream,
         destination,
-        Session(
-            inbound_tag=inbound.tag,
-            source=source,
-            level=settings.level,
-            sniffing=inbound.sniffing,
-            local=local_name(stream) if context.dispatcher.needs_local else "",
-        ),
+        context.session(inbound, source, stream, level=settings.level),
     )
 
 

@@ -29,7 +29,7 @@ from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.transport.buffered import BufferedStream
-from vtrio.net.transport.tcp import TCPStream, local_name
+from vtrio.net.transport.tcp import TCPStream
 from vtrio.net.tunnel import run_tunnel
 
 if TYPE_CHECKING:
@@ -211,13 +211,7 @@ async def handle_socks(
         await handle_http(context, inbound, http, stream, source)
         return
     command, address, port = request
-    session = Session(
-        inbound_tag=inbound.tag,
-        source=source,
-        level=settings.level,
-        sniffing=inbound.sniffing,
-        local=local_name(raw) if context.dispatcher.needs_local else "",
-    )
+    session = context.session(inbound, source, raw, level=settings.level)
     socks4 = version == SOCKS4_VERSION
     if command == CONNECT:
 

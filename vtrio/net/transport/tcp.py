@@ -336,6 +336,12 @@ def _tcp_under(stream: trio.abc.AsyncResource) -> TCPStream | None:
     return layer
 
 
+def address_name(address: tuple[str, int]) -> str:
+    """``host:port``, the IPv6 host in brackets, as logs and rules read it."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def local_name(stream: trio.abc.AsyncResource) -> str:
     """The ``host:port`` a connection came in on ("" for other streams)."""
     tcp = _tcp_under(stream)
@@ -347,8 +353,7 @@ def local_name(stream: trio.abc.AsyncResource) -> str:
         return ""
     if not isinstance(name, tuple):
         return ""  # a Unix socket
-    host, port = str(name[0]), int(name[1])
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return address_name((str(name[0]), int(name[1])))
 
 
 async def close_forcefully(stream: trio.abc.AsyncResource) -> None:
