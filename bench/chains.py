@@ -39,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
@@ -433,6 +434,17 @@ async def parallel_download(
 # the rate is the one a chain can sustain), and tests wait this long after
 # closing many tunnels, so that no test pays for the one before.
 DEFERRED_TEARDOWN = 1.5
+# An echo tunnel not done by then is lost (a loopback tunnel takes milliseconds).
+TUNNEL_TIMEOUT = 2.0
+
+
+class Echoes(NamedTuple):
+    """What a run of echo tunnels saw, times in seconds from its start."""
+
+    # (finish time, latency) of each tunnel whose echo came back.
+    finished: list[tuple[float, float]]
+    # (time given up, why) of each tunnel the chain dropped or left hanging.
+    lost: list[tuple[float, str]]
 
 
 async def echo_tunnels(
@@ -442,61 +454,73 @@ async def echo_tunnels(
     *,
     count: int = 0,
     seconds: float = math.inf,
-) -> list[tuple[float, float]]:
+    give_up_after: float = TUNNEL_TIMEOUT,
+) -> Echoes:
     """New tunnels, ``in_flight`` at a time, each one echo round trip, until
     ``count`` were tried (0: no limit) or ``seconds`` have passed.
 
-    Returns (finish time from the start, latency) of each tunnel that worked.
-    A tunnel the chain drops is counted and reported, not fatal: v2ray 4.34
-    closes one in a few thousand before the echo comes back.
+    A tunnel the chain drops, or whose echo has not come back within
+    ``give_up_after`` seconds, is lost: counted and reported, not fatal, and its worker
+    goes on (as a real client gives up and retries). Without the timeout a
+    server that silently holds a valid request (v2ray 4.34's replay filter
+    rejects about one in a thousand under load, and then drains the
+    connection) would stop a worker for the rest of the run.
     """
-    finished: list[tuple[float, float]] = []
-    failures: list[str] = []
+    echoes = Echoes([], [])
     origin = time.perf_counter()
 
     async def worker(tries: float) -> None:
         while tries > 0:
             tries -= 1
             started = time.perf_counter()
-            try:
-                stream = await chain.open(target)
-                async with stream:
-                    await stream.send_all(b"E\nping")
-                    await receive_exactly(stream, 4)
-            except (OSError, EOFError, trio.BrokenResourceError) as exc:
-                failures.append(str(exc))
-                continue
-            now = time.perf_counter()
-            finished.append((now - origin, now - started))
+            reason = f"no echo within {give_up_after} s"
+            with trio.move_on_after(give_up_after):
+                try:
+                    stream = await chain.open(target)
+                    async with stream:
+                        await stream.send_all(b"E\nping")
+                        await receive_exactly(stream, 4)
+                except (OSError, EOFError, trio.BrokenResourceError) as exc:
+                    reason = str(exc)
+                else:
+                    now = time.perf_counter()
+                    echoes.finished.append((now - origin, now - started))
+                    continue
+            echoes.lost.append((time.perf_counter() - origin, reason))
 
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             for _ in range(in_flight):
                 nursery.start_soon(worker, count // in_flight if count else math.inf)
-    if failures:
+    if echoes.lost:
         print(
-            f"{chain.name} {chain.security}: {len(failures)} of"
-            f" {len(failures) + len(finished)} tunnels dropped ({failures[0]})",
+            f"{chain.name} {chain.security}: {len(echoes.lost)} of"
+            f" {len(echoes.lost) + len(echoes.finished)} tunnels lost"
+            f" ({echoes.lost[0][1]})",
             file=sys.stderr,
         )
-    return finished
+    return echoes
 
 
 async def connections(
     chain: Chain, target: int, in_flight: int, window: float
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, int]:
     """Sustained new tunnels per second: those finished within ``window``
-    seconds after the warm-up; with their p50 and p99 latency in ms."""
-    finished = await echo_tunnels(
+    seconds after the warm-up; with their p50 and p99 latency in ms, and
+    how many tunnels were lost in the window."""
+    echoes = await echo_tunnels(
         chain, target, in_flight, seconds=DEFERRED_TEARDOWN + window
     )
-    latencies = sorted(latency for end, latency in finished if end >= DEFERRED_TEARDOWN)
+    latencies = sorted(
+        latency for end, latency in echoes.finished if end >= DEFERRED_TEARDOWN
+    )
+    lost = sum(1 for end, _ in echoes.lost if end >= DEFERRED_TEARDOWN)
     rate = len(latencies) / window
     if not latencies:  # a broken chain: reported by echo_tunnels
-        return rate, math.nan, math.nan
+        return rate, math.nan, math.nan, lost
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
-    return rate, p50, p99
+    return rate, p50, p99, lost
 
 
 async def idle_memory(
@@ -595,9 +619,10 @@ async def run(args: argparse.Namespace) -> None:
                             await idle_memory(chain, target, args.idle_tunnels, row)
                         if size:
                             await transfers(chain, target, size, row)
-                        rate, p50, p99 = await connections(
+                        rate, p50, p99, lost = await connections(
                             chain, target, args.in_flight, args.connection_seconds
                         )
+                        row.setdefault("lost", []).append(lost)
                         row.setdefault("conn/s", []).append(rate)
                         row.setdefault("p50 ms", []).append(p50)
                         row.setdefault("p99 ms", []).append(p99)
@@ -619,6 +644,7 @@ def report(
         "conn/s",
         "p50 ms",
         "p99 ms",
+        "lost",
         "RSS idle c",
         "RSS idle s",
         "KiB/tunnel c",
@@ -645,7 +671,8 @@ def report(
             value = statistics.median(values)
             ratio = ""
             base_value = statistics.median(base[column]) if base.get(column) else 0
-            if base_value and name != "v2ray":  # 0: e.g. RSS that did not grow
+            # 0: e.g. RSS that did not grow; a count of lost tunnels has no ratio.
+            if base_value and name != "v2ray" and column != "lost":
                 ratio = f" ({value / base_value:.2f}x)"
             cells.append(f"{value:.1f}{ratio}".rjust(16))
         print(f"{name:<16}{security:<19}" + "".join(cells))

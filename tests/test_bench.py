@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -35,9 +36,10 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
 async def test_a_counted_run_opens_exactly_that_many_tunnels(chain: Chain) -> None:
     async with trio.open_nursery() as nursery:
         target = await nursery.start(serve_target)
-        finished = await echo_tunnels(chain, target, 3, count=9)
+        finished, lost = await echo_tunnels(chain, target, 3, count=9)
         nursery.cancel_scope.cancel()
     assert len(finished) == 9
+    assert lost == []
     ends = [end for end, _ in finished]
     assert ends == sorted(ends)  # finish times, from the start of the run
     assert all(0 < latency <= end for end, latency in finished)
@@ -48,7 +50,7 @@ async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -
     async with trio.open_nursery() as nursery:
         target = await nursery.start(serve_target)
         started = trio.current_time()
-        rate, p50, p99 = await connections(chain, target, 2, window)
+        rate, p50, p99, lost = await connections(chain, target, 2, window)
         elapsed = trio.current_time() - started
         nursery.cancel_scope.cancel()
     # It waits out the warm-up and then the window (how much longer a loaded
@@ -56,6 +58,7 @@ async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -
     assert elapsed >= DEFERRED_TEARDOWN + window
     assert rate > 0
     assert 0 < p50 <= p99
+    assert lost == 0
 
 
 async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None:
@@ -64,11 +67,34 @@ async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None
         chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", fixed_target=target)
         chain.start(tmp_path, pin=False)
         try:
-            finished = await echo_tunnels(chain, target, 2, count=4)
+            finished, _ = await echo_tunnels(chain, target, 2, count=4)
         finally:
             chain.stop()
         nursery.cancel_scope.cancel()
     assert len(finished) == 4
+
+
+async def test_a_tunnel_left_hanging_is_lost_and_its_worker_goes_on() -> None:
+    # An entry that accepts and never answers, as a server that drains a
+    # request it rejected: each tunnel is given up after the timeout.
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), _hold_forever, 0
+        )
+        chain = Chain("silent", "vtrio", "vtrio", "aes-128-gcm", fixed_target=1)
+        chain.entry_port = listeners[0].socket.getsockname()[1]
+        started = trio.current_time()
+        finished, lost = await echo_tunnels(chain, 1, 1, count=3, give_up_after=0.2)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert finished == []
+    assert [reason for _, reason in lost] == ["no echo within 0.2 s"] * 3
+    assert 0.6 <= elapsed < 2.0
+
+
+async def _hold_forever(stream: trio.SocketStream) -> None:
+    async with stream:
+        await trio.sleep_forever()
 
 
 def test_the_routing_benchmark_runs_on_small_lists(
