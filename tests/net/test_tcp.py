@@ -1,6 +1,6 @@
 """TCPStream and TCPListener over real loopback sockets: trio's generic stream
-checks (every call a checkpoint, half-close, conflicts, closing under a waiter)
-and the listener's accept and close."""
+checks (half-close, conflicts, closing under a waiter, checkpoints), where
+sending yields only when it waited, and the listener's accept and close."""
 
 from __future__ import annotations
 
@@ -28,6 +28,36 @@ async def tcp_pair() -> tuple[TCPStream, TCPStream]:
     return client, server
 
 
+class _YieldingAfterSends(TCPStream):
+    """TCPStream with the schedule point trio's checks expect after every
+    send (the real one yields only when it waited, see the tests below);
+    everything else those checks test is the real class's."""
+
+    __slots__ = ()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await super().send_all(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_eof(self) -> None:
+        await super().send_eof()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+def _yielding(pair: tuple[TCPStream, TCPStream]) -> tuple[TCPStream, TCPStream]:
+    for stream in pair:
+        stream.__class__ = _YieldingAfterSends
+    return pair
+
+
+async def _yielding_pair() -> tuple[TCPStream, TCPStream]:
+    return _yielding(await tcp_pair())
+
+
+async def _yielding_clogged_pair() -> tuple[TCPStream, TCPStream]:
+    return _yielding(await clogged_tcp_pair())
+
+
 def _fill(stream: TCPStream) -> None:
     try:
         while True:
@@ -46,7 +76,52 @@ async def clogged_tcp_pair() -> tuple[TCPStream, TCPStream]:
 
 async def test_generic_half_closeable_stream_checks() -> None:
     with trio.fail_after(30):
-        await trio.testing.check_half_closeable_stream(tcp_pair, clogged_tcp_pair)
+        await trio.testing.check_half_closeable_stream(
+            _yielding_pair, _yielding_clogged_pair
+        )
+
+
+def _schedule_points() -> int:
+    # What trio.testing.assert_no_checkpoints counts, without the cancel points.
+    return trio.lowlevel.current_task()._schedule_points
+
+
+async def test_a_send_that_did_not_wait_is_a_cancel_point_not_a_schedule_point() -> (
+    None
+):
+    client, server = await tcp_pair()
+    async with client, server:
+        before = _schedule_points()
+        await client.send_all(b"at once")
+        await client.send_eof()
+        assert _schedule_points() == before
+        assert await server.receive_some(100) == b"at once"
+        assert _schedule_points() == before + 1  # receiving still yields
+        assert await server.receive_some(100) == b""
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await server.send_all(b"refused")
+            with pytest.raises(trio.Cancelled):
+                await server.send_eof()
+        server.close()
+        client.socket.setblocking(True)
+        assert client.socket.recv(100) == b""  # only the close arrives
+
+
+async def test_a_send_that_waited_for_room_yielded() -> None:
+    client, server = await clogged_tcp_pair()
+    async with client, server, trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            await trio.sleep(0.05)
+            while await server.receive_some(65536):
+                pass
+
+        nursery.start_soon(drain)
+        with trio.testing.assert_checkpoints():
+            await client.send_all(b"end")
+        await client.send_eof()
 
 
 async def test_send_all_waits_for_room_and_delivers_everything() -> None:
@@ -268,8 +343,10 @@ async def test_connect_ip_whether_the_handshake_is_done_or_under_way(
     monkeypatch.setattr(tcp, "_writable_now", lambda sock: done_at_once)
     listeners = await open_listeners(StreamSettings(), "127.0.0.1", 0)
     port = listeners[0].socket.getsockname()[1]
-    with trio.testing.assert_checkpoints():
-        client = await tcp.connect_ip("127.0.0.1", port, socket.AF_INET)
+    before = _schedule_points()
+    client = await tcp.connect_ip("127.0.0.1", port, socket.AF_INET)
+    # Only a connect still under way waits (and so yields).
+    assert _schedule_points() == before + (not done_at_once)
     server = await listeners[0].accept()
     await client.send_all(b"hello")
     assert await server.receive_some(5) == b"hello"
