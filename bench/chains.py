@@ -20,6 +20,7 @@ CPU per tunnel decides).
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
                            [--idle-tunnels 1000] [--pin] [--vtrio-workers 2]
                            [--in-flight 4] [--connection-seconds 3]
+                           [--tree before=/tmp/before --tree after=.]
 """
 
 from __future__ import annotations
@@ -290,7 +291,10 @@ def start_proxy(
     workdir: Path,
     cpu: int | None,
     workers: int = 1,
+    tree: Path | None = None,
 ) -> Proxy:
+    """``tree``: a directory holding the ``vtrio`` package to run instead of
+    the installed one."""
     path = workdir / f"{kind}-{free_port()}.json"
     path.write_text(json.dumps(config))
     if kind == "vtrio":
@@ -303,8 +307,15 @@ def start_proxy(
         command = [str(sing_box_path()), "run", "-c", str(path)]
     if cpu is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(cpu), *command]
+    environment = None
+    if tree is not None and kind == "vtrio":
+        environment = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=environment,
+        cwd=workdir,  # not the caller's directory: it may hold a vtrio
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return Proxy(kind, process)
 
@@ -334,6 +345,8 @@ class Chain:
     # The client's entry forwards every connection here (a dokodemo-door)
     # instead of asking for a destination (SOCKS) when set.
     fixed_target: int = 0
+    # The vtrio source tree both vtrio proxies run from (None: the installed one).
+    tree: Path | None = None
 
     def start(self, workdir: Path, pin: bool) -> None:
         port, entry = free_port(), free_port()
@@ -348,10 +361,20 @@ class Chain:
         workers = self.vtrio_workers
         self.proxies = [
             start_proxy(
-                self.server, server_config, workdir, 1 if pin else None, workers
+                self.server,
+                server_config,
+                workdir,
+                1 if pin else None,
+                workers,
+                self.tree,
             ),
             start_proxy(
-                self.client, client_config, workdir, 0 if pin else None, workers
+                self.client,
+                client_config,
+                workdir,
+                0 if pin else None,
+                workers,
+                self.tree,
             ),
         ]
         wait_port(port)
@@ -604,6 +627,18 @@ async def run(args: argparse.Namespace) -> None:
                 if (CHAINS[name][0], security) not in UNSUPPORTED
                 and (CHAINS[name][1], security) not in UNSUPPORTED
                 and (name != "sing-box" or sing_box_path())
+            ] + [
+                Chain(
+                    f"vtrio@{label}",
+                    "vtrio",
+                    "vtrio",
+                    security,
+                    vtrio_workers=args.vtrio_workers,
+                    fixed_target=target if args.entry == "dokodemo" else 0,
+                    tree=tree,
+                )
+                for security in args.securities
+                for label, tree in args.trees
             ]
             for round_number in range(args.rounds):
                 for chain in chains:
@@ -745,7 +780,22 @@ def main() -> None:
         default=1,
         help="run each vtrio proxy as `vtrio serve --workers N`",
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run a vtrio chain `vtrio@LABEL` from the vtrio package in DIR"
+        " (a checkout, or `git archive` of a commit): an A/B of two trees in one"
+        " interleaved run",
+    )
     args = parser.parse_args()
+    args.trees = []
+    for option in args.tree:
+        label, _, directory = option.partition("=")
+        if not label or not (Path(directory) / "vtrio").is_dir():
+            parser.error(f"--tree {option}: want LABEL=DIR, DIR holding vtrio/")
+        args.trees.append((label, Path(directory)))
     args.securities = args.securities.split(",")
     args.chains = [c for c in args.chains.split(",") if c]
     unknown = set(args.chains) - set(CHAINS)
