@@ -103,9 +103,10 @@ async def count_tunnels(socks: int, pid: int, tunnels: int) -> None:
 
     async with trio.open_nursery() as nursery:
         target = await nursery.start(serve_target)
-        await echo_tunnels(chain, target, 4, count=WARM_UP)
+        # Slowed some 50 times, a tunnel may take longer than the usual give-up.
+        await echo_tunnels(chain, target, 4, count=WARM_UP, give_up_after=STARTUP)
         await control("-i", "on")
-        await echo_tunnels(chain, target, 4, count=tunnels)
+        await echo_tunnels(chain, target, 4, count=tunnels, give_up_after=STARTUP)
         await control("-i", "off")
         await control("-d")
         nursery.cancel_scope.cancel()
