@@ -180,6 +180,13 @@ class StreamSettings:
     # Outbounds: the tag of the outbound the server is dialled through
     # (proxySettings, Xray's sockopt.dialerProxy); these layers stack on it.
     dialer_proxy: str = ""
+    # Outbounds: SO_MARK of every socket (sockopt.mark, 0: none), so that a
+    # transparent proxy's firewall rules let its own traffic pass.
+    mark: int = 0
+    # Inbounds: where a followRedirect dokodemo-door finds the destination
+    # (sockopt.tproxy): "redirect" asks netfilter (SO_ORIGINAL_DST), "tproxy"
+    # binds transparently and takes the local address.
+    tproxy: Literal["off", "redirect", "tproxy"] = "off"
 
 
 # --- inbounds ---------------------------------------------------------------

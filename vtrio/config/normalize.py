@@ -45,6 +45,7 @@ from vtrio.config.v2ray import (
     RoutingV2,
     RuleV2,
     SniffingV2,
+    SockoptV2,
     SocksInboundV2,
     StreamV2,
     TcpHeaderV2,
@@ -878,10 +879,11 @@ class Normalizer:
         if settings.port_map:
             self.error("portMap is not supported yet", f"{path}.portMap")
             return None
-        if settings.follow_redirect:
+        if settings.follow_redirect and "udp" in networks:
             self.error(
-                "followRedirect (transparent proxy) is not supported yet",
-                f"{path}.followRedirect",
+                "followRedirect forwards TCP only (transparent UDP needs TPROXY's"
+                ' original-destination messages, not supported yet): use "tcp"',
+                f"{path}.network",
             )
             return None
         port = None
@@ -895,13 +897,14 @@ class Normalizer:
                 self.error(exc.message, exc.path)
                 return None
         address = settings.address or settings.rewrite_address
-        if not address or port is None:
+        if (not address or port is None) and not settings.follow_redirect:
             self.error("dokodemo-door needs an address and a port", path)
             return None
         return model.DokodemoInboundSettings(
-            address=address,
+            address=address or None,
             port=port,
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
+            follow_redirect=settings.follow_redirect,
             level=settings.user_level,
         )
 
@@ -1245,6 +1248,16 @@ class Normalizer:
         )
         if tls is None:
             return None
+        sockopt = stream.sockopt or SockoptV2()
+        if sockopt.tproxy not in ("off", "redirect", "tproxy"):
+            self.error(
+                f"expected off, redirect or tproxy, not {sockopt.tproxy!r}",
+                f"{path}.sockopt.tproxy",
+            )
+            return None
+        if not 0 <= sockopt.mark <= 0xFFFFFFFF:
+            self.error("expected a mark from 0 to 4294967295", f"{path}.sockopt.mark")
+            return None
         ws = stream.ws_settings
         if ws is not None and network == "ws" and ws.use_browser_forwarding:
             # Dialling directly would leave the client less hidden than asked.
@@ -1268,7 +1281,9 @@ class Normalizer:
             http_header=http_header or None,
             accept_proxy_protocol=accept_proxy,
             domain_socket=domain_socket,
-            dialer_proxy=stream.sockopt.dialer_proxy if stream.sockopt else "",
+            dialer_proxy=sockopt.dialer_proxy,
+            mark=sockopt.mark,
+            tproxy=cast("Literal['off', 'redirect', 'tproxy']", sockopt.tproxy),
         )
 
     def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:

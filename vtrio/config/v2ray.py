@@ -422,12 +422,15 @@ class DomainSocketV2(V2Base):
 
 
 class SockoptV2(msgspec.Struct, rename="camel", kw_only=True):
-    """``streamSettings.sockopt`` (v2ray 5, Xray): only the PROXY protocol
-    switch and Xray's ``dialerProxy`` are read; the socket options (marks,
-    TFO, interface) are ignored."""
+    """``streamSettings.sockopt``: the PROXY protocol switch, Xray's
+    ``dialerProxy``, the outbound sockets' ``mark`` and the transparent-proxy
+    mode of an inbound (``tproxy``); other socket options (TFO, interface)
+    are ignored."""
 
     accept_proxy_protocol: bool = False
     dialer_proxy: str = ""
+    mark: int = 0
+    tproxy: str = "off"
 
 
 class StreamV2(V2Base):

@@ -46,7 +46,9 @@ from vtrio.net.transport.tcp import (
     TCPStream,
     address_name,
     close_forcefully,
+    tcp_under,
 )
+from vtrio.net.transport.transparent import original_destination
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol import packetaddr
@@ -356,17 +358,37 @@ async def _handle_dokodemo(
     stream: trio.abc.Stream,
     source: str,
 ) -> None:
-    if settings.address is None or settings.port is None:
-        raise DialError(
-            "dokodemo-door needs address and port (followRedirect is not supported)"
-        )
-    destination = Destination(parse_address(settings.address), settings.port, "tcp")
+    destination = _dokodemo_destination(inbound, settings, stream)
     await run_tunnel(
         context,
         stream,
         destination,
         context.session(inbound, source, stream, level=settings.level),
     )
+
+
+def _dokodemo_destination(
+    inbound: Inbound, settings: DokodemoInboundSettings, stream: trio.abc.Stream
+) -> Destination:
+    """Where a dokodemo-door connection goes: with followRedirect, where the
+    client dialled before the firewall diverted it, else (or when it was not
+    diverted) the configured address.
+
+    Raises:
+        DialError: neither is known.
+    """
+    tcp = tcp_under(stream) if settings.follow_redirect else None
+    if tcp is not None:
+        original = original_destination(tcp.socket, inbound.stream.tproxy)
+        if original is not None:
+            host, port = original
+            return Destination(parse_address(host), port, "tcp")
+    if settings.address is None or settings.port is None:
+        raise DialError(
+            "followRedirect: the connection was not redirected (no original"
+            " destination) and the inbound has no address and port"
+        )
+    return Destination(parse_address(settings.address), settings.port, "tcp")
 
 
 def make_handler(

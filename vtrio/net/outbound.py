@@ -35,6 +35,7 @@ from vtrio.config.model import (
 from vtrio.errors import DialError
 from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
+from vtrio.net.transport.transparent import set_mark
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
 from vtrio.protocol.commands import SwitchAccount
@@ -199,9 +200,13 @@ def _local_address(send_through: IPNetwork | None) -> str | None:
 class _UDPSocket:
     """A dual-stack UDP socket: one per tunnel, any destination per datagram."""
 
-    def __init__(self, family_strategy: int, local: str | None = None) -> None:
+    def __init__(
+        self, family_strategy: int, local: str | None = None, mark: int = 0
+    ) -> None:
         self._sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if mark:
+            set_mark(self._sock, mark)
         self._family = family_strategy
         # An IPv4 sendThrough binds its mapped form: then only IPv4 is reached.
         self._local = "::" if local is None else str(_mapped(local))
@@ -230,11 +235,17 @@ class Freedom:
     """Connects directly to the destination."""
 
     def __init__(
-        self, tag: str, settings: FreedomSettings, send_through: IPNetwork | None = None
+        self,
+        tag: str,
+        settings: FreedomSettings,
+        send_through: IPNetwork | None = None,
+        mark: int = 0,
     ) -> None:
+        """``mark``: SO_MARK of every socket (the outbound's sockopt.mark)."""
         self.tag = tag
         self._settings = settings
         self._send_through = send_through
+        self._mark = mark
         self._family = {
             "UseIPv4": socket.AF_INET,
             "UseIPv6": socket.AF_INET6,
@@ -253,7 +264,7 @@ class Freedom:
             if self._family and isinstance(parse_address(host), str):
                 host, _ = await _resolve(host, port, self._family)
             local = _local_address(self._send_through)
-            return await transport.connect_tcp(host, port, local)
+            return await transport.connect_tcp(host, port, local, self._mark)
         except OSError as exc:
             raise DialError(f"{host}:{port}: {exc.strerror or exc}") from exc
 
@@ -261,7 +272,7 @@ class Freedom:
         self, destination: Destination, nursery: trio.Nursery
     ) -> PacketConnection:
         del destination, nursery
-        conn = _UDPSocket(self._family, _local_address(self._send_through))
+        conn = _UDPSocket(self._family, _local_address(self._send_through), self._mark)
         await conn.bind()
         return conn
 
@@ -491,7 +502,9 @@ def build_outbound(outbound: Outbound) -> OutboundHandler:
     """The handler for one configured outbound."""
     settings = outbound.settings
     if isinstance(settings, FreedomSettings):
-        return Freedom(outbound.tag, settings, outbound.send_through)
+        return Freedom(
+            outbound.tag, settings, outbound.send_through, outbound.stream.mark
+        )
     if isinstance(settings, BlackholeSettings):
         return Blackhole(outbound.tag, settings)
     return VMessOutbound(outbound.tag, settings, outbound.stream, outbound.send_through)

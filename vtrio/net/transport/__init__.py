@@ -42,6 +42,7 @@ from vtrio.net.transport.tcp import (
     from_trio_stream,
 )
 from vtrio.net.transport.tls import TLSStream, accept_tls, dial_tls, server_context
+from vtrio.net.transport.transparent import set_transparent
 from vtrio.net.transport.unix import connect_unix, open_unix_listener
 from vtrio.net.transport.websocket import accept_websocket, dial_websocket
 
@@ -124,6 +125,9 @@ async def open_listeners(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if settings.tproxy == "tproxy":
+                # Accept connections to any address the firewall diverts here.
+                set_transparent(sock, family)
             if defer_accept and hasattr(socket, "TCP_DEFER_ACCEPT"):
                 sock.setsockopt(
                     socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS
@@ -176,13 +180,18 @@ async def refuse_unanswered(stream: trio.abc.Stream) -> None:
         await stream.refuse()
 
 
-async def connect_tcp(host: str, port: int, local: str | None = None) -> TCPStream:
-    """A TCP connection to ``host``, leaving from the address ``local`` if given.
+async def connect_tcp(
+    host: str, port: int, local: str | None = None, mark: int = 0
+) -> TCPStream:
+    """A TCP connection to ``host``, leaving from the address ``local`` if
+    given, its socket marked ``mark`` (SO_MARK) if not 0.
 
     An IP literal (a proxy target, most configured servers) is connected
     directly: trio's ``open_tcp_stream`` would spend a resolver call and a
     Happy Eyeballs nursery on it, a third of a tunnel's set-up cost. Names
-    go through ``open_tcp_stream``.
+    go through ``open_tcp_stream``; a marked socket must be marked before it
+    connects, which that cannot do, so a name with a mark is resolved here
+    and its addresses are tried in turn.
 
     Raises:
         OSError: the connection failed.
@@ -191,9 +200,26 @@ async def connect_tcp(host: str, port: int, local: str | None = None) -> TCPStre
     try:
         socket.inet_pton(family, host)
     except OSError:
+        if mark:
+            return await _connect_marked(host, port, local, mark)
         stream = await trio.open_tcp_stream(host, port, local_address=local)
         return from_trio_stream(stream)
-    return await connect_ip(host, port, family, local)
+    return await connect_ip(host, port, family, local, mark)
+
+
+async def _connect_marked(
+    host: str, port: int, local: str | None, mark: int
+) -> TCPStream:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host} has no address")
+    for family, _, _, _, sockaddr in infos:
+        if local is not None and (":" in local) != (family == socket.AF_INET6):
+            continue  # sendThrough's family decides which addresses can be used
+        try:
+            return await connect_ip(str(sockaddr[0]), port, family, local, mark)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 async def dial(
@@ -228,7 +254,7 @@ async def dial(
         elif settings.domain_socket:
             base = await connect_unix(settings.domain_socket)
         else:
-            base = await connect_tcp(host, port, local)
+            base = await connect_tcp(host, port, local, settings.mark)
     except OSError as exc:
         raise DialError(f"cannot connect to {where}: {exc}") from exc
     layered = base

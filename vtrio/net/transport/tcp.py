@@ -40,6 +40,8 @@ from trio.lowlevel import (
     wait_writable,
 )
 
+from vtrio.net.transport.transparent import set_mark
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -225,16 +227,19 @@ class TCPStream(trio.abc.HalfCloseableStream):
 
 
 async def connect_ip(
-    host: str, port: int, family: int, local: str | None = None
+    host: str, port: int, family: int, local: str | None = None, mark: int = 0
 ) -> TCPStream:
-    """One non-blocking connect to an IP literal, from ``local`` if given.
+    """One non-blocking connect to an IP literal, from ``local`` if given,
+    with the socket marked ``mark`` (SO_MARK) if not 0.
 
     Raises:
-        OSError: the connection failed.
+        OSError: the connection failed, or marking needs CAP_NET_ADMIN.
     """
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         await checkpoint_if_cancelled()
+        if mark:
+            set_mark(sock, mark)
         if local is not None:
             sock.bind((local, 0))
         try:
@@ -317,7 +322,7 @@ class TCPListener(trio.abc.Listener[TCPStream]):
         await trio.lowlevel.checkpoint()
 
 
-def _tcp_under(stream: trio.abc.AsyncResource) -> TCPStream | None:
+def tcp_under(stream: trio.abc.AsyncResource) -> TCPStream | None:
     """The TCP stream at the bottom of a stack of layers, if there is one.
 
     Layers name what they wrap ``transport_stream`` (VMess, WebSocket, trio's
@@ -342,7 +347,7 @@ def address_name(address: tuple[str, int]) -> str:
 
 def local_name(stream: trio.abc.AsyncResource) -> str:
     """The ``host:port`` a connection came in on ("" for other streams)."""
-    tcp = _tcp_under(stream)
+    tcp = tcp_under(stream)
     if tcp is None:
         return ""
     try:
@@ -363,7 +368,7 @@ async def close_forcefully(stream: trio.abc.AsyncResource) -> None:
     layer's ``aclose`` to get there, which costs more than the close itself.
     Other streams (in-memory ones) go through ``trio.aclose_forcefully``.
     """
-    tcp = _tcp_under(stream)
+    tcp = tcp_under(stream)
     if tcp is None:
         await trio.aclose_forcefully(stream)
     else:
