@@ -314,23 +314,6 @@ def test_tls_settings_that_change_nothing_checked_load(
     [
         (
             {
-                "inbounds": [
-                    {
-                        "protocol": "tunnel",
-                        "port": 1,
-                        "settings": {
-                            "address": "a",
-                            "port": 2,
-                            "portMap": {"1": "b:3"},
-                        },
-                    }
-                ]
-            },
-            "$.inbounds[0].settings.portMap",
-            "portMap is not supported",
-        ),
-        (
-            {
                 "outbounds": [
                     {
                         "protocol": "freedom",

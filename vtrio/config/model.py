@@ -236,6 +236,22 @@ class DokodemoInboundSettings:
     networks: frozenset[Literal["tcp", "udp"]] = frozenset({"tcp"})
     follow_redirect: bool = False
     level: int = 0
+    # Xray's portMap: (listening port, address or None, port or None); a part
+    # left out is the inbound's own address or port.
+    port_map: tuple[tuple[int, str | None, int | None], ...] = ()
+
+    def target(self, local_port: int | None) -> tuple[str, int] | None:
+        """Where a connection that came in on ``local_port`` goes (None:
+        nowhere is configured for it)."""
+        address, port = self.address, self.port
+        for mapped_port, mapped_address, mapped_to in self.port_map:
+            if mapped_port == local_port:
+                address = mapped_address or address
+                port = mapped_to or port
+                break
+        if address is None or port is None:
+            return None
+        return address, port
 
 
 InboundSettings = (

@@ -876,8 +876,8 @@ class Normalizer:
         if not networks <= {"tcp", "udp"}:
             self.error('expected tcp, udp or "tcp,udp"', f"{path}.network")
             return None
-        if settings.port_map:
-            self.error("portMap is not supported yet", f"{path}.portMap")
+        port_map = self.port_map(settings.port_map, f"{path}.portMap")
+        if port_map is None:
             return None
         if settings.follow_redirect and "udp" in networks:
             self.error(
@@ -897,7 +897,8 @@ class Normalizer:
                 self.error(exc.message, exc.path)
                 return None
         address = settings.address or settings.rewrite_address
-        if (not address or port is None) and not settings.follow_redirect:
+        complete = bool(address) and port is not None
+        if not (complete or settings.follow_redirect or port_map):
             self.error("dokodemo-door needs an address and a port", path)
             return None
         return model.DokodemoInboundSettings(
@@ -906,7 +907,36 @@ class Normalizer:
             networks=frozenset(cast("set[Literal['tcp', 'udp']]", networks)),
             follow_redirect=settings.follow_redirect,
             level=settings.user_level,
+            port_map=port_map,
         )
+
+    def port_map(
+        self, raw: dict[str, str], path: str
+    ) -> tuple[tuple[int, str | None, int | None], ...] | None:
+        """Xray's ``portMap``: ``{"5555": "1.1.1.1:7777", "5556": ":8888",
+        "5557": "example.com:"}``, a listening port to a destination whose
+        missing half is the inbound's own (None: an error was recorded)."""
+        entries = []
+        for key, value in raw.items():
+            where = f"{path}.{key}"
+            host, colon, port_text = value.rpartition(":")
+            listening = int(key) if key.isdecimal() else 0
+            mapped_port = int(port_text) if port_text.isdecimal() else 0
+            if not 1 <= listening <= 65535:
+                self.error(f"expected a listening port as the key, not {key!r}", where)
+                return None
+            if (
+                not colon
+                or (port_text and not 1 <= mapped_port <= 65535)
+                or not (host or port_text)
+            ):
+                self.error(
+                    f'expected "address:port", ":port" or "address:", not {value!r}',
+                    where,
+                )
+                return None
+            entries.append((listening, host.strip("[]") or None, mapped_port or None))
+        return tuple(entries)
 
     # --- outbounds --------------------------------------------------------------
 

@@ -288,7 +288,7 @@ class DokodemoInboundV2(V2Base):
     rewrite_address: str | None = None
     rewrite_port: Port | None = None
     allowed_network: list[str] | str | None = None
-    port_map: dict[str, str] = {}  # Xray; refused unless empty
+    port_map: dict[str, str] = {}  # Xray: listening port -> "address:port"
     follow_redirect: bool = False
     timeout: int | None = None
     user_level: int = 0

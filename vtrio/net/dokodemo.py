@@ -43,10 +43,15 @@ async def serve_dokodemo_udp(
 
     Raises:
         OSError: the port cannot be bound.
+        DialError: nothing names this port's destination.
     """
-    assert settings.address is not None
-    assert settings.port is not None
-    destination = Destination(parse_address(settings.address), settings.port, "udp")
+    target = settings.target(port)
+    if target is None:
+        raise DialError(
+            f"dokodemo-door UDP port {port}: neither portMap nor the inbound's"
+            " address and port give a destination"
+        )
+    destination = Destination(parse_address(target[0]), target[1], "udp")
     host = inbound.listen or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     idle = context.policy(0).conn_idle

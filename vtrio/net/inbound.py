@@ -372,7 +372,8 @@ def _dokodemo_destination(
 ) -> Destination:
     """Where a dokodemo-door connection goes: with followRedirect, where the
     client dialled before the firewall diverted it, else (or when it was not
-    diverted) the configured address.
+    diverted) the portMap entry of the port it came in on, or the
+    configured address.
 
     Raises:
         DialError: neither is known.
@@ -383,12 +384,16 @@ def _dokodemo_destination(
         if original is not None:
             host, port = original
             return Destination(parse_address(host), port, "tcp")
-    if settings.address is None or settings.port is None:
+    local_port = None
+    if settings.port_map and (under := tcp_under(stream)) is not None:
+        local_port = int(under.socket.getsockname()[1])
+    target = settings.target(local_port)
+    if target is None:
         raise DialError(
-            "followRedirect: the connection was not redirected (no original"
-            " destination) and the inbound has no address and port"
+            "no destination: the connection was not redirected and neither"
+            " portMap nor the inbound's address and port give one"
         )
-    return Destination(parse_address(settings.address), settings.port, "tcp")
+    return Destination(parse_address(target[0]), target[1], "tcp")
 
 
 def make_handler(
@@ -463,8 +468,10 @@ async def serve_ports(
                     inbound.stream.accept_proxy_protocol,
                 )
     finally:
+        # Not aclose: under cancellation its checkpoint would raise after the
+        # first listener and leave the others open.
         for listener in listeners:
-            await listener.aclose()
+            listener.close()
 
 
 async def _accept_loop(

@@ -315,10 +315,16 @@ class TCPListener(trio.abc.Listener[TCPStream]):
         host, port = self.socket.getsockname()[:2]
         return str(host), int(port)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Close now, waking a task blocked in accept; idempotent. Being
+        synchronous, it closes every listener of an inbound even while the
+        task closing them is cancelled."""
         if self.socket.fileno() >= 0:
             notify_closing(self.socket)
             self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()
 
 

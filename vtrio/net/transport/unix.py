@@ -54,11 +54,11 @@ class UnixListener(TCPListener):
     def address(self) -> tuple[str, int]:
         return self.name, 0
 
-    async def aclose(self) -> None:
-        if not self.name.startswith("@"):
+    def close(self) -> None:
+        if not self.name.startswith("@") and self.socket.fileno() >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(self.name)
-        await super().aclose()
+        super().close()
 
 
 def open_unix_listener(
