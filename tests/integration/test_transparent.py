@@ -1,10 +1,11 @@
 """Transparent proxying: a followRedirect dokodemo-door behind netfilter's
-REDIRECT, outbound socket marks, TPROXY listeners; and their config errors.
+REDIRECT (TCP) and TPROXY (UDP), outbound socket marks, transparent
+listeners; and their config errors.
 
-The end-to-end test diverts loopback connections with a real iptables rule
-(it needs root and the nat table, and is skipped without them): a client
-dials the target, the kernel hands the connection to vtrio, and vtrio dials
-the target again with its mark, which the rule lets through.
+The end-to-end tests divert loopback traffic with real iptables rules (they
+need root and the nat / mangle tables, and are skipped without them): a
+client sends to the target, the kernel hands the traffic to vtrio, and vtrio
+sends it on with its mark, which the rule lets through.
 """
 
 from __future__ import annotations
@@ -69,8 +70,19 @@ def test_a_follow_redirect_door_needs_no_address_and_keeps_its_modes() -> None:
 
 def test_transparent_settings_that_cannot_work_are_refused_by_path() -> None:
     udp = door(settings={"network": "tcp,udp", "followRedirect": True})
-    assert errors_of(udp)[0][0] == "$.inbounds[0].settings.network"
-    assert "TCP only" in errors_of(udp)[0][1]
+    assert errors_of(udp) == [
+        (
+            "$.inbounds[0].settings.network",
+            'followRedirect over UDP needs streamSettings.sockopt.tproxy "tproxy"',
+        )
+    ]
+    tproxy = door(
+        settings={"network": "tcp,udp", "followRedirect": True},
+        streamSettings={"sockopt": {"tproxy": "tproxy"}},
+    )
+    assert loads(json.dumps(tproxy), source="t.json").inbounds[0].stream.tproxy == (
+        "tproxy"
+    )
     mode = door(streamSettings={"sockopt": {"tproxy": "divert"}})
     assert errors_of(mode) == [
         (
@@ -149,17 +161,17 @@ def divert() -> Iterator[list[list[str]]]:
         pytest.skip("no iptables")
     added: list[list[str]] = []
     yield added
-    for rule in reversed(added):
-        subprocess.run(["iptables", "-t", "nat", "-D", *rule], check=False)
+    for table, *rule in reversed(added):
+        subprocess.run(["iptables", "-t", table, "-D", *rule], check=False)
 
 
-def _add_rule(added: list[list[str]], rule: list[str]) -> None:
+def _add_rule(added: list[list[str]], rule: list[str], table: str = "nat") -> None:
     done = subprocess.run(
-        ["iptables", "-t", "nat", "-A", *rule], capture_output=True, text=True
+        ["iptables", "-t", table, "-A", *rule], capture_output=True, text=True
     )
     if done.returncode != 0:
-        pytest.skip(f"iptables nat table unavailable: {done.stderr.strip()}")
-    added.append(rule)
+        pytest.skip(f"iptables {table} table unavailable: {done.stderr.strip()}")
+    added.append([table, *rule])
 
 
 async def serve_peer_port_echo(*, task_status: trio.TaskStatus[int]) -> None:
@@ -213,3 +225,57 @@ async def test_a_redirected_connection_goes_where_the_client_dialled(
             assert int(peer_port) != own_port
             assert echoed == b"through the door"
             nursery.cancel_scope.cancel()
+
+
+async def test_diverted_datagrams_go_where_they_were_sent_and_answers_come_from_there(
+    divert: list[list[str]],
+) -> None:
+    _needs_net_admin("TPROXY")
+    # The "remote" peer: an address of the loopback network nothing else uses.
+    remote_host = "127.0.0.2"
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as remote:
+        # Shared with the answering socket vtrio binds there (as on a gateway,
+        # where the address is not local at all).
+        remote.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await remote.bind((remote_host, 0))
+        remote_port = remote.getsockname()[1]
+        document = door(
+            port=0,
+            settings={"network": "udp", "followRedirect": True},
+            streamSettings={"sockopt": {"tproxy": "tproxy"}},
+        )
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+
+                async def answer() -> None:
+                    while True:
+                        data, peer = await remote.recvfrom(2048)
+                        await remote.sendto(f"{peer[1]} ".encode() + data, peer)
+
+                nursery.start_soon(answer)
+                config = loads(json.dumps(document), source="t.json")
+                bound = await nursery.start(server.run, config)
+                door_port = bound["door"][0][1]
+                _add_rule(
+                    divert,
+                    [
+                        "PREROUTING", "-i", "lo",
+                        "-p", "udp", "-d", remote_host, "--dport", str(remote_port),
+                        "-m", "mark", "!", "--mark", str(MARK),
+                        "-j", "TPROXY", "--on-ip", LOOPBACK,
+                        "--on-port", str(door_port),
+                    ],
+                    table="mangle",
+                )  # fmt: skip
+                with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                    await client.bind((LOOPBACK, 0))
+                    own_port = client.getsockname()[1]
+                    for payload in (b"first", b"second"):
+                        await client.sendto(payload, (remote_host, remote_port))
+                        data, sender = await client.recvfrom(2048)
+                        peer_port, _, echoed = data.partition(b" ")
+                        assert echoed == payload
+                        # The answer names the remote, reached from vtrio's socket.
+                        assert sender == (remote_host, remote_port)
+                        assert int(peer_port) != own_port
+                nursery.cancel_scope.cancel()

@@ -697,6 +697,18 @@ class Normalizer:
         sniffing = self.sniffing(raw, path)
         if settings is None or stream is None:
             return None
+        if (
+            isinstance(settings, model.DokodemoInboundSettings)
+            and settings.follow_redirect
+            and "udp" in settings.networks
+            and stream.tproxy != "tproxy"
+        ):
+            # REDIRECT rewrites a datagram's destination and keeps no record.
+            self.error(
+                'followRedirect over UDP needs streamSettings.sockopt.tproxy "tproxy"',
+                f"{settings_path}.network",
+            )
+            return None
         return model.Inbound(
             tag=raw.tag,
             protocol=cast(
@@ -878,13 +890,6 @@ class Normalizer:
             return None
         port_map = self.port_map(settings.port_map, f"{path}.portMap")
         if port_map is None:
-            return None
-        if settings.follow_redirect and "udp" in networks:
-            self.error(
-                "followRedirect forwards TCP only (transparent UDP needs TPROXY's"
-                ' original-destination messages, not supported yet): use "tcp"',
-                f"{path}.network",
-            )
             return None
         port = None
         given, where = settings.port, f"{path}.port"

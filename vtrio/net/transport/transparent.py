@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import trio
@@ -29,6 +29,10 @@ IPV6_TRANSPARENT = 75
 # linux/netfilter_ipv4.h and netfilter_ipv6/ip6_tables.h.
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
+# linux/in.h and linux/in6.h: a TPROXY datagram's destination, as a message.
+IP_RECVORIGDSTADDR = 20
+IPV6_RECVORIGDSTADDR = 74
+_ANCILLARY_SPACE = 64
 _SOCKADDR_IN = 16
 _SOCKADDR_IN6 = 28
 
@@ -42,7 +46,7 @@ def set_mark(sock: socket.socket | trio.socket.SocketType, mark: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
 
-def set_transparent(sock: socket.socket, family: int) -> None:
+def set_transparent(sock: socket.socket | trio.socket.SocketType, family: int) -> None:
     """IP_TRANSPARENT: a listener that accepts connections TPROXY diverts to
     it, whatever address they were for.
 
@@ -53,6 +57,61 @@ def set_transparent(sock: socket.socket, family: int) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
     else:
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+
+
+def receive_original_destinations(sock: trio.socket.SocketType, family: int) -> None:
+    """Ask for each datagram's original destination (TPROXY, UDP)."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+
+
+async def receive_diverted(
+    sock: trio.socket.SocketType, size: int
+) -> tuple[bytes, tuple[str, int], tuple[str, int] | None]:
+    """A datagram, its sender, and the address it was sent to (None if the
+    kernel gave none: it was sent to the listener itself)."""
+    data, ancillary, _, sender = await sock.recvmsg(size, _ANCILLARY_SPACE)
+    sender = cast("tuple[str, int]", sender)
+    original = None
+    for level, kind, raw in ancillary:
+        if (level, kind) == (socket.SOL_IP, IP_RECVORIGDSTADDR) and len(raw) >= 8:
+            port = struct.unpack_from(">H", raw, 2)[0]
+            original = (str(ipaddress.IPv4Address(raw[4:8])), port)
+        elif (level, kind) == (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR) and (
+            len(raw) >= 24
+        ):
+            port = struct.unpack_from(">H", raw, 2)[0]
+            original = (str(ipaddress.IPv6Address(raw[8:24])), port)
+    return data, (str(sender[0]), int(sender[1])), original
+
+
+def spoofing_socket(
+    address: tuple[str, int], family: int, client: tuple[str, int]
+) -> socket.socket:
+    """A non-blocking UDP socket bound transparently to ``address`` (not
+    ours), to answer a diverted client from the address it sent to.
+
+    It is connected to ``client``: it only receives from its peer, so it
+    takes no datagram meant for whoever else uses ``address``; but TPROXY
+    hands it the client's next datagrams to ``address``, which its owner
+    must read.
+
+    Raises:
+        OSError: the bind failed, or CAP_NET_ADMIN is missing.
+    """
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_transparent(sock, family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.connect(client)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def original_destination(sock: socket.socket, mode: str) -> tuple[str, int] | None:
