@@ -85,6 +85,7 @@ async def run(
         if config.ntp is not None:
             await root.start(keep_synced, config.ntp)
         connections = await root.start(_hold_connections)
+        context.dispatcher.run_in(connections)
         async with trio.open_nursery() as listeners:
             detours: dict[str, DetourPorts] = {}
             for inbound in config.inbounds:

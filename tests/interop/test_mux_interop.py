@@ -1,4 +1,5 @@
-"""Mux.Cool and XUDP from real clients into vtrio's server (server.run).
+"""Mux.Cool and XUDP from real clients into vtrio's server (server.run), and
+vtrio's own Mux client into vtrio's and v2ray's servers.
 
 v2ray 4.34 with ``"mux": {"enabled": true, "concurrency": 8}`` carries several
 concurrent TCP flows, and UDP, through Mux sessions; sing-box 1.14 with
@@ -9,6 +10,7 @@ server's debug log shows which sub-sessions it opened.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -26,9 +28,15 @@ from tests.interop.peers import (
     free_ports,
     open_peer,
     require_peer,
+    server_config,
 )
 from tests.support.echo import serve_tcp_echo, serve_udp_echo
-from tests.support.socks5 import open_connect, open_udp_associate, receive_exactly
+from tests.support.socks5 import (
+    open_connect,
+    open_udp_associate,
+    receive_exactly,
+    socks_inbound,
+)
 from vtrio import server
 from vtrio.config import model
 
@@ -233,3 +241,162 @@ async def test_mux_sub_sessions_are_sniffed_like_tunnels(
             nursery.cancel_scope.cancel()
     assert answers == {"http": True, "bittorrent": False, "other": True}
     assert len(opened_sessions(caplog, "TCP")) == 3  # all three went through Mux
+
+
+# --- vtrio's Mux client ---------------------------------------------------------
+
+
+async def serve_counting_forwarder(
+    target_port: int,
+    accepted: list[trio.CancelScope],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Forwards each connection to ``target_port``, keeping a scope per
+    connection: how many VMess connections a client made, and a way to cut
+    one."""
+
+    async def forward(client: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            accepted.append(scope)
+            await _forward(client)
+
+    async def _forward(client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream(LOOPBACK, target_port) as server:
+
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                while data := await source.receive_some(65536):
+                    await sink.send_all(data)
+                await sink.send_eof()
+
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(pump, client, server)
+                await pump(server, client)
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(forward, listeners)
+
+
+def mux_client_config(server_port: int, concurrency: int) -> model.Config:
+    return model.Config(
+        inbounds=(socks_inbound(),),
+        outbounds=(
+            model.Outbound(
+                "proxy",
+                "vmess",
+                model.VMessOutboundSettings(
+                    (
+                        model.VMessServer(
+                            LOOPBACK, server_port, (model.VMessUser(USER),)
+                        ),
+                    )
+                ),
+                mux_concurrency=concurrency,
+            ),
+        ),
+    )
+
+
+@pytest.mark.parametrize("server_name", ["vtrio", "v2ray"])
+@pytest.mark.parametrize(("concurrency", "connections"), [(8, 1), (3, 3)])
+async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
+    tmp_path: Path, server_name: str, concurrency: int, connections: int
+) -> None:
+    sizes = [1, 1000, 8192, 8193, 100_000, 300_000, 65536, 5]
+    digests: dict[int, bytes] = {}
+    accepted: list[trio.CancelScope] = []
+
+    async def through_client(server_port: int) -> None:
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            forwarder = await nursery.start(
+                serve_counting_forwarder, server_port, accepted
+            )
+            bound = await nursery.start(
+                server.run, mux_client_config(forwarder, concurrency)
+            )
+            socks_port = bound["socks-in"][0][1]
+
+            async def run(flow: int, size: int) -> None:
+                digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
+
+            async with trio.open_nursery() as flows:
+                for flow, size in enumerate(sizes):
+                    flows.start_soon(run, flow, size)
+            # A later tunnel rides a connection that is still open.
+            await run(len(sizes), 4096)
+            nursery.cancel_scope.cancel()
+
+    with trio.fail_after(30):
+        if server_name == "vtrio":
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(server.run, vtrio_server_config())
+                await through_client(bound["vmess-in"][0][1])
+                nursery.cancel_scope.cancel()
+        else:
+            peer = require_peer("v2ray", "4.34")
+            (server_port,) = free_ports(1)
+            config = server_config(peer, [Route(server_port, Account(str(USER)))])
+            async with open_peer(peer, "server", config, tmp_path, [server_port]):
+                await through_client(server_port)
+    for flow, size in enumerate([*sizes, 4096]):
+        assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
+    assert len(accepted) == connections
+
+
+async def read_to_end(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some(100):
+        pass
+
+
+async def test_a_broken_mux_connection_breaks_its_tunnels_and_the_next_opens_another() -> (
+    None
+):
+    accepted: list[trio.CancelScope] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, vtrio_server_config())
+            forwarder = await nursery.start(
+                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+            )
+            bound = await nursery.start(server.run, mux_client_config(forwarder, 8))
+            socks_port = bound["socks-in"][0][1]
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            async with stream:
+                await stream.send_all(b"before")
+                assert await receive_exactly(stream, 6) == b"before"
+                accepted[0].cancel()  # the VMess connection is cut
+                # The tunnel ends at once (closed or reset), it does not hang.
+                with trio.fail_after(2), contextlib.suppress(trio.BrokenResourceError):
+                    await read_to_end(stream)
+            digest = await echo_flow(socks_port, echo_port, 1, 5000)
+            nursery.cancel_scope.cancel()
+    assert digest == hashlib.sha256(payload_of(1, 5000)).digest()
+    assert len(accepted) == 2
+
+
+async def serve_banner(*, task_status: trio.TaskStatus[int]) -> None:
+    async def greet(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 ready\r\n")
+            await stream.receive_some(100)
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(greet, listeners)
+
+
+async def test_a_target_that_speaks_first_is_heard_through_mux() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            banner_port = await nursery.start(serve_banner)
+            bound = await nursery.start(server.run, vtrio_server_config())
+            client = mux_client_config(bound["vmess-in"][0][1], 8)
+            bound = await nursery.start(server.run, client)
+            socks_port = bound["socks-in"][0][1]
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, banner_port)
+            async with stream:
+                assert await receive_exactly(stream, 11) == b"220 ready\r\n"
+            nursery.cancel_scope.cancel()

@@ -345,6 +345,8 @@ class Outbound:
     # sendThrough: the local address connections leave from ("" = the
     # system's choice); a network means a random address in it (Xray).
     send_through: IPNetwork | None = None
+    # mux: TCP tunnels carried by one VMess connection (0: Mux is off).
+    mux_concurrency: int = 0
 
 
 # --- policy, routing, log ---------------------------------------------------

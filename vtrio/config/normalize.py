@@ -37,6 +37,7 @@ from vtrio.config.v2ray import (
     HttpResponseV2,
     HttpUpgradeV2,
     InboundV2,
+    MuxV2,
     NtpV2,
     OutboundV2,
     PolicyLevelV2,
@@ -151,6 +152,9 @@ NOT_SUPPORTED_NETWORKS = {
 }
 SECURITIES = {s.value: s for s in model.Security}
 EXPERIMENTS = ("AuthenticatedLength", "NoTerminationSignal")
+# An outbound's mux.concurrency: v2ray's default, and the most Xray accepts.
+DEFAULT_MUX_CONCURRENCY = 8
+MAX_MUX_CONCURRENCY = 1024
 # RFC 9110 tokens (methods, header names); what must never reach a head line.
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_VERSION = re.compile(r"[0-9]\.[0-9]")
@@ -966,12 +970,7 @@ class Normalizer:
                 path,
                 protocol,
             )
-        if raw.mux:
-            LOGGER.warning(
-                "%s: %s.mux: client-side Mux is not supported; ignored",
-                self.source,
-                path,
-            )
+        mux_concurrency = self.mux(raw, protocol, f"{path}.mux")
         settings_path = f"{path}.settings"
         settings: model.OutboundSettings | None
         if protocol == "vmess":
@@ -1016,7 +1015,37 @@ class Normalizer:
             settings=settings,
             stream=stream,
             send_through=send_through,
+            mux_concurrency=mux_concurrency,
         )
+
+    def mux(self, raw: OutboundV2, protocol: str, path: str) -> int:
+        """TCP tunnels per Mux connection (0: off), from an outbound's ``mux``:
+        a concurrency of 0 means v2ray's default of 8, below 0 Mux is off."""
+        mux = self.decode(raw.mux, MuxV2, path) if raw.mux else None
+        if mux is None or not mux.enabled or mux.concurrency < 0:
+            return 0
+        if protocol != "vmess":
+            LOGGER.warning(
+                "%s: %s: Mux applies to vmess outbounds only; ignored",
+                self.source,
+                path,
+            )
+            return 0
+        if mux.concurrency > MAX_MUX_CONCURRENCY:
+            self.error(
+                f"expected a concurrency from 1 to {MAX_MUX_CONCURRENCY}",
+                f"{path}.concurrency",
+            )
+            return 0
+        if mux.xudp_concurrency is not None or mux.xudp_proxy_udp443 is not None:
+            LOGGER.warning(
+                "%s: %s: UDP does not go over Mux in vtrio (each UDP tunnel keeps"
+                " its own VMess connection); xudpConcurrency and xudpProxyUDP443"
+                " are ignored",
+                self.source,
+                path,
+            )
+        return mux.concurrency or DEFAULT_MUX_CONCURRENCY
 
     def proxied(
         self, raw: OutboundV2, stream: model.StreamSettings, path: str

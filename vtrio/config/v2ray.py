@@ -67,6 +67,15 @@ class ProxySettingsV2(V2Base):
     transport_layer: bool = False
 
 
+class MuxV2(V2Base):
+    """An outbound's ``mux`` (v2ray; Xray adds the XUDP switches)."""
+
+    enabled: bool = False
+    concurrency: int = 8
+    xudp_concurrency: int | None = None
+    xudp_proxy_udp443: str | None = None
+
+
 class OutboundV2(V2Base):
     protocol: str
     tag: str = ""

@@ -35,6 +35,7 @@ from vtrio.config.model import (
 from vtrio.errors import DialError
 from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
+from vtrio.net.mux_client import MuxPool
 from vtrio.net.transport.transparent import set_mark
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
@@ -402,11 +403,16 @@ class VMessOutbound:
         settings: VMessOutboundSettings,
         stream: StreamSettings,
         send_through: IPNetwork | None = None,
+        mux_concurrency: int = 0,
     ) -> None:
+        """``mux_concurrency``: TCP tunnels per Mux connection (0: no Mux)."""
         self.tag = tag
         self._stream_settings = stream
         self._send_through = send_through
         self._proxy: OutboundHandler | None = None
+        self._mux = (
+            MuxPool(self._dial_mux, mux_concurrency) if mux_concurrency else None
+        )
         self._endpoints = [
             DynamicServers(Endpoint(server.address, server.port, user))
             for server in settings.servers
@@ -455,7 +461,19 @@ class VMessOutbound:
                 errors.append(f"{name}: {exc}")
         raise DialError("no vmess server reachable (" + "; ".join(errors) + ")")
 
+    def run_mux_in(self, nursery: trio.Nursery) -> None:
+        """Where this outbound's Mux connections run (with Mux enabled); until
+        then each tunnel gets a connection of its own."""
+        if self._mux is not None:
+            self._mux.run_in(nursery)
+
+    async def _dial_mux(self) -> trio.abc.Stream:
+        _, endpoint, stream = await self._connect()
+        return VMessStream.client(stream, endpoint.user, Request(Command.MUX))
+
     async def dial_tcp(self, destination: Destination) -> trio.abc.HalfCloseableStream:
+        if self._mux is not None and self._mux.running:
+            return await self._mux.open(destination.address, destination.port)
         servers, endpoint, stream = await self._connect()
         tunnel = VMessStream.client(
             stream,
@@ -507,7 +525,13 @@ def build_outbound(outbound: Outbound) -> OutboundHandler:
         )
     if isinstance(settings, BlackholeSettings):
         return Blackhole(outbound.tag, settings)
-    return VMessOutbound(outbound.tag, settings, outbound.stream, outbound.send_through)
+    return VMessOutbound(
+        outbound.tag,
+        settings,
+        outbound.stream,
+        outbound.send_through,
+        outbound.mux_concurrency,
+    )
 
 
 class _Balancer:
@@ -559,6 +583,12 @@ class Dispatcher:
             rule.local_ips or rule.local_ports for rule in config.routing.rules
         )
         self._router = routing.Router(config.routing)
+
+    def run_in(self, nursery: trio.Nursery) -> None:
+        """Where outbounds run their own long-lived tasks (Mux connections)."""
+        for handler in self._handlers.values():
+            if isinstance(handler, VMessOutbound):
+                handler.run_mux_in(nursery)
 
     async def route(
         self, session: Session, destination: Destination

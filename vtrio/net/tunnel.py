@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from vtrio.net.mux_client import MuxStream
 from vtrio.net.relay import Traffic, relay
 from vtrio.net.sniffing import sniffed_destinations
 from vtrio.net.transport.buffered import BufferedStream
@@ -32,7 +33,9 @@ FIRST_PAYLOAD_WAIT = 0.1
 FIRST_PAYLOAD_SIZE = 16384
 
 
-async def _send_first_payload(client: trio.abc.Stream, vmess: VMessStream) -> int:
+async def _send_first_payload(
+    client: trio.abc.Stream, vmess: VMessStream | MuxStream
+) -> int:
     """Send the header with whatever the client sends within the wait."""
     vmess.seal_header()  # while the client's first bytes are on their way
     # Usually they are already here, and then the wait needs no cancel scope.
@@ -102,7 +105,7 @@ async def run_tunnel(
     try:
         if on_connected is not None:
             await on_connected()
-        if isinstance(outbound, VMessStream) and not outbound.started:
+        if isinstance(outbound, VMessStream | MuxStream) and not outbound.started:
             traffic.up += await _send_first_payload(client, outbound)
         finished = await relay(client, outbound, context.policy(session.level), traffic)
         status = "closed" if finished else "idle-timeout"
