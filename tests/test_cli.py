@@ -237,3 +237,36 @@ def test_check_builds_the_outbounds_tls_too(tmp_path: pathlib.Path) -> None:
         f"{config}: $.outbounds[0].streamSettings.tlsSettings.cipherSuites:"
         " unknown cipher suite 'TLS_NULL_WITH_NOTHING'"
     )
+
+
+def test_check_names_mux_marks_and_transparent_doors(tmp_path: pathlib.Path) -> None:
+    user = {"id": "6726c108-2775-47e5-8f82-eae02fc2a3d1"}
+    config = {
+        "inbounds": [
+            {
+                "tag": "door",
+                "port": 12345,
+                "protocol": "dokodemo-door",
+                "settings": {"followRedirect": True},
+                "streamSettings": {"sockopt": {"tproxy": "tproxy"}},
+            }
+        ],
+        "outbounds": [
+            {
+                "tag": "proxy",
+                "protocol": "vmess",
+                "settings": {
+                    "vnext": [{"address": "a.example", "port": 443, "users": [user]}]
+                },
+                "mux": {"enabled": True, "concurrency": 4},
+                "streamSettings": {"sockopt": {"mark": 255}},
+            }
+        ],
+    }
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(config))
+    result = RUNNER.invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("to the original destination (tproxy), else -")
+    assert lines[1].endswith("(1 user(s), auto), mux 4 per connection, mark 255")

@@ -32,6 +32,7 @@ from vtrio.config.links import (
 from vtrio.config.model import (
     NTP_PORT,
     Config,
+    DokodemoInboundSettings,
     Log,
     Ntp,
     SocksInboundSettings,
@@ -174,6 +175,8 @@ def _summary(config: Config) -> list[str]:
                 detail += f", detour to {settings.detour_to}"
         elif isinstance(settings, SocksInboundSettings):
             detail = f", auth {settings.auth}, udp {'on' if settings.udp else 'off'}"
+        elif isinstance(settings, DokodemoInboundSettings):
+            detail = f", to {_dokodemo_target(settings, inbound.stream.tproxy)}"
         if inbound.sniffing is not None:
             overrides = ",".join(inbound.sniffing.dest_override) or "none"
             detail += f", sniffing (override {overrides})"
@@ -191,6 +194,13 @@ def _summary(config: Config) -> list[str]:
             )
         if outbound.stream.dialer_proxy:
             detail += f" via {outbound.stream.dialer_proxy}"
+        extras = [
+            f"mux {outbound.mux_concurrency} per connection"
+            if outbound.mux_concurrency
+            else "",
+            f"mark {outbound.stream.mark}" if outbound.stream.mark else "",
+        ]
+        detail = ", ".join(part for part in (detail.strip(), *extras) if part)
         lines.append(
             f"outbound {outbound.tag or '-':<12} {outbound.protocol:<13}"
             f" {_transport(outbound.stream)} {detail}".rstrip()
@@ -217,6 +227,19 @@ def _ntp_server(text: str) -> Ntp:
     if not host or not 0 < port < 65536:
         raise ConfigError("expected HOST or HOST:PORT", path="--ntp")
     return Ntp(host, port)
+
+
+def _dokodemo_target(settings: DokodemoInboundSettings, tproxy: str) -> str:
+    target = (
+        f"{settings.address}:{settings.port}"
+        if settings.address is not None and settings.port is not None
+        else "-"
+    )
+    if settings.port_map:
+        target += f" ({len(settings.port_map)} port(s) mapped)"
+    if settings.follow_redirect:
+        target = f"the original destination ({tproxy}), else {target}"
+    return target
 
 
 def _transport(stream: StreamSettings) -> str:
