@@ -400,3 +400,50 @@ async def test_a_target_that_speaks_first_is_heard_through_mux() -> None:
             async with stream:
                 assert await receive_exactly(stream, 11) == b"220 ready\r\n"
             nursery.cancel_scope.cancel()
+
+
+async def serve_endless(*, task_status: trio.TaskStatus[int]) -> None:
+    """Sends to each connection until it goes away."""
+
+    async def flood(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            async with stream:
+                while True:
+                    await stream.send_all(bytes(4096))
+
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(flood, listeners)
+
+
+async def test_tunnels_closed_mid_download_leave_their_mux_connection_working() -> None:
+    """Sub-sessions that end while the server is sending to them (their
+    writes cancelled half-way) must not leave the shared VMess stream a
+    chunk behind, which stalled every other sub-session on it."""
+    accepted: list[trio.CancelScope] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            endless = await nursery.start(serve_endless)
+            bound = await nursery.start(server.run, vtrio_server_config())
+            forwarder = await nursery.start(
+                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+            )
+            bound = await nursery.start(server.run, mux_client_config(forwarder, 8))
+            socks_port = bound["socks-in"][0][1]
+
+            async def download_a_little() -> None:
+                stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, endless)
+                await stream.send_all(b"go")
+                await receive_exactly(stream, 10_000)
+                await trio.aclose_forcefully(stream)
+
+            for _ in range(10):
+                async with trio.open_nursery() as downloads:
+                    for _ in range(6):
+                        downloads.start_soon(download_a_little)
+                with trio.fail_after(5):
+                    digest = await echo_flow(socks_port, echo_port, 7, 3000)
+                assert digest == hashlib.sha256(payload_of(7, 3000)).digest()
+            nursery.cancel_scope.cancel()
+    assert len(accepted) == 1

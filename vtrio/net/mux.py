@@ -36,6 +36,7 @@ import trio
 
 from vtrio.errors import DialError, RemoteProtocolError, VtrioError
 from vtrio.net.sniffing import sniff_bytes
+from vtrio.net.transport.shared import write_shared
 from vtrio.protocol.body import MAX_CHUNK_PAYLOAD
 from vtrio.protocol.events import NEED_DATA
 from vtrio.protocol.mux import (
@@ -171,7 +172,7 @@ class _MuxServer:
     async def _send(self, *frames: bytes) -> None:
         """Write whole frames; the lock keeps sub-sessions from interleaving."""
         async with self._send_lock:
-            await self._stream.send_all(b"".join(frames))
+            await write_shared(self._stream, b"".join(frames))
 
     async def _send_end(self, session_id: int, *, error: bool) -> None:
         await self._send(encode_frame(Frame(session_id, Status.END, error=error)))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import VtrioError
+from vtrio.net.transport.shared import write_shared
 from vtrio.protocol.events import NEED_DATA
 from vtrio.protocol.mux import (
     MAX_STREAM_FRAME_DATA,
@@ -218,7 +219,7 @@ class _MuxConnection:
     async def send(self, *frames: bytes) -> None:
         try:
             async with self._lock:
-                await self._stream.send_all(b"".join(frames))
+                await write_shared(self._stream, b"".join(frames))
             self._request_sent.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._break(f"mux connection broke: {exc}")
