@@ -46,6 +46,14 @@ def test_check_prints_a_summary() -> None:
     assert result.stdout.rstrip().endswith("Configuration OK.")
 
 
+def checked_summary(path: pathlib.Path, config: object) -> list[str]:
+    """The lines ``vtrio check`` prints for ``config``, which must load."""
+    path.write_text(json.dumps(config))
+    result = RUNNER.invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
 def test_check_names_sniffing_chains_and_balancers(tmp_path: pathlib.Path) -> None:
     user = {"id": "6726c108-2775-47e5-8f82-eae02fc2a3d1"}
     config = {
@@ -80,11 +88,7 @@ def test_check_names_sniffing_chains_and_balancers(tmp_path: pathlib.Path) -> No
             "rules": [{"type": "field", "network": "tcp", "balancerTag": "b"}],
         },
     }
-    path = tmp_path / "client.json"
-    path.write_text(json.dumps(config))
-    result = RUNNER.invoke(app, ["check", str(path)])
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    lines = checked_summary(tmp_path / "client.json", config)
     assert lines[0].endswith("sniffing (override http,tls)")
     assert lines[1].endswith("via relay")
     assert "routing  1 rule(s), 1 balancer(s), domainStrategy IPOnDemand" in lines
@@ -263,10 +267,6 @@ def test_check_names_mux_marks_and_transparent_doors(tmp_path: pathlib.Path) -> 
             }
         ],
     }
-    path = tmp_path / "gateway.json"
-    path.write_text(json.dumps(config))
-    result = RUNNER.invoke(app, ["check", str(path)])
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    lines = checked_summary(tmp_path / "gateway.json", config)
     assert lines[0].endswith("to the original destination (tproxy), else -")
     assert lines[1].endswith("(1 user(s), auto), mux 4 per connection, mark 255")

@@ -378,15 +378,13 @@ def _dokodemo_destination(
     Raises:
         DialError: neither is known.
     """
-    tcp = tcp_under(stream) if settings.follow_redirect else None
-    if tcp is not None:
+    tcp = tcp_under(stream) if settings.follow_redirect or settings.port_map else None
+    if tcp is not None and settings.follow_redirect:
         original = original_destination(tcp.socket, inbound.stream.tproxy)
         if original is not None:
             host, port = original
             return Destination(parse_address(host), port, "tcp")
-    local_port = None
-    if settings.port_map and (under := tcp_under(stream)) is not None:
-        local_port = int(under.socket.getsockname()[1])
+    local_port = int(tcp.socket.getsockname()[1]) if tcp is not None else None
     target = settings.target(local_port)
     if target is None:
         raise DialError(

@@ -158,27 +158,20 @@ class MuxStream(trio.abc.HalfCloseableStream):
         with trio.move_on_after(END_GRACE, shield=True):
             await self._connection.send_end(self.session_id, error=error)
 
-    def deliver_nowait(self, data: bytes) -> bool:
-        """Queue data from the server; False when the reader is behind."""
-        try:
-            self._send.send_nowait(data)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # ended on our side: dropped
-        return True
-
     async def deliver(self, data: bytes) -> None:
-        """Queue data from the server, waiting for the reader."""
-        # Ended on our side meanwhile: dropped.
+        """Queue data from the server; wait only when the reader is behind
+        (the common case queues it without a trip through the scheduler)."""
+        # Ended on our side: dropped.
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._send.send(data)
+            try:
+                self._send.send_nowait(data)
+            except trio.WouldBlock:
+                await self._send.send(data)
 
     def finish(self, broken: str | None) -> None:
         """The server ended the sub-session (or the connection is gone)."""
-        if broken is not None and self._broken is None:
-            self._broken = broken
         if broken is not None:
+            self._broken = self._broken or broken
             self._ended = True
         self._send.close()
 
@@ -241,7 +234,6 @@ class _MuxConnection:
         except* (VtrioError, OSError, trio.BrokenResourceError) as group:
             reason = f"mux connection broke: {group.exceptions[0]}"
         finally:
-            self.closed = True
             self._break(reason)
             with trio.CancelScope(shield=True):
                 await self._stream.aclose()
@@ -259,15 +251,12 @@ class _MuxConnection:
             if session is None:
                 continue  # ended on our side, or never ours
             if frame.status is Status.KEEP and frame.data:
-                if not session.deliver_nowait(frame.data):
-                    await session.deliver(frame.data)
+                await session.deliver(frame.data)
             elif frame.status is Status.END:
-                self._sessions.pop(frame.session_id, None)
+                self.forget(frame.session_id)
                 session.finish(
                     "the server ended it with an error" if frame.error else None
                 )
-                if not self._sessions:
-                    self._idle.deadline = trio.current_time() + MUX_IDLE
 
     def _break(self, reason: str) -> None:
         self.closed = True

@@ -14,6 +14,7 @@ both need CAP_NET_ADMIN).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -33,6 +34,11 @@ IP6T_SO_ORIGINAL_DST = 80
 IP_RECVORIGDSTADDR = 20
 IPV6_RECVORIGDSTADDR = 74
 _ANCILLARY_SPACE = 64
+# The message level and type of each, and whether it holds a sockaddr_in6.
+_ORIGINAL_DESTINATION_MESSAGES = {
+    (socket.SOL_IP, IP_RECVORIGDSTADDR): False,
+    (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR): True,
+}
 _SOCKADDR_IN = 16
 _SOCKADDR_IN6 = 28
 
@@ -76,15 +82,29 @@ async def receive_diverted(
     sender = cast("tuple[str, int]", sender)
     original = None
     for level, kind, raw in ancillary:
-        if (level, kind) == (socket.SOL_IP, IP_RECVORIGDSTADDR) and len(raw) >= 8:
-            port = struct.unpack_from(">H", raw, 2)[0]
-            original = (str(ipaddress.IPv4Address(raw[4:8])), port)
-        elif (level, kind) == (socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR) and (
-            len(raw) >= 24
-        ):
-            port = struct.unpack_from(">H", raw, 2)[0]
-            original = (str(ipaddress.IPv6Address(raw[8:24])), port)
+        ipv6 = _ORIGINAL_DESTINATION_MESSAGES.get((level, kind))
+        if ipv6 is not None:
+            with contextlib.suppress(OSError):  # a truncated one names nothing
+                address, port = _unpack_sockaddr(raw, ipv6=ipv6)
+                original = (str(address), port)
     return data, (str(sender[0]), int(sender[1])), original
+
+
+def _unpack_sockaddr(
+    raw: bytes, *, ipv6: bool
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """Address and port of a ``sockaddr_in`` / ``sockaddr_in6`` (the port
+    and address in network order after the 2-byte family).
+
+    Raises:
+        OSError: too short for its kind.
+    """
+    if len(raw) < (_SOCKADDR_IN6 - 4 if ipv6 else 8):
+        raise OSError("truncated socket address")
+    (port,) = struct.unpack_from(">H", raw, 2)
+    if ipv6:
+        return ipaddress.IPv6Address(raw[8:24]), port
+    return ipaddress.IPv4Address(raw[4:8]), port
 
 
 def spoofing_socket(
@@ -125,21 +145,20 @@ def original_destination(sock: socket.socket, mode: str) -> tuple[str, int] | No
     local_pair = (str(ipaddress.ip_address(local[0].split("%")[0])), int(local[1]))
     if mode == "tproxy":
         return local_pair
+    ipv6 = sock.family == socket.AF_INET6
     try:
-        if sock.family == socket.AF_INET6:
+        if ipv6:
             raw = sock.getsockopt(
                 socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6
             )
-            port = struct.unpack_from(">H", raw, 2)[0]
-            address = ipaddress.IPv6Address(raw[8:24])
-            host = str(address.ipv4_mapped or address)
         else:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN)
-            port = struct.unpack_from(">H", raw, 2)[0]
-            host = str(ipaddress.IPv4Address(raw[4:8]))
+        address, port = _unpack_sockaddr(raw, ipv6=ipv6)
     except OSError:  # ENOENT: conntrack has no entry (no netfilter, not NATed)
         return None
-    original = (host, port)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    original = (str(address), port)
     # Not diverted: the client dialled the proxy itself, which must not
     # connect to itself.
     return None if original == local_pair else original
