@@ -125,7 +125,7 @@ def test_tcp_http_header_links_carry_hosts_and_paths() -> None:
         ("vmess://!!!", "Base64"),
         ("vmess://" + base64.b64encode(b"[1]").decode(), "not an object"),
         (
-            v2rayn({"add": "h", "port": 1, "id": str(USER), "net": "grpc"}),
+            v2rayn({"add": "h", "port": 1, "id": str(USER), "net": "kcp"}),
             "not supported",
         ),
         (v2rayn({"add": "", "port": 1, "id": str(USER)}), "no server address"),

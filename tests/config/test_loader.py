@@ -279,11 +279,11 @@ BAD_INPUTS = [
     (
         {
             "inbounds": [
-                {"protocol": "vmess", "port": 1, "streamSettings": {"network": "grpc"}}
+                {"protocol": "vmess", "port": 1, "streamSettings": {"network": "kcp"}}
             ]
         },
         "$.inbounds[0].streamSettings.network",
-        "gRPC transport is not supported yet",
+        "mKCP transport is not supported yet",
     ),
     (
         {"inbounds": [{"protocol": "socks", "port": "1-"}]},

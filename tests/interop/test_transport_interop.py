@@ -81,13 +81,22 @@ TRANSPORTS = {
     "httpupgrade+tls": ("httpupgrade", "tls"),
     "http": ("tcp", "none"),
     "http+tls": ("tcp", "tls"),
+    "grpc": ("grpc", "none"),
+    "grpc+tls": ("grpc", "tls"),
 }
+# gRPC: VMess chains only (its tunnels are HTTP/2 streams, which the
+# transport-only tests' dial/accept_stream do not run).
+GRPC = {"grpc", "grpc+tls"}
+GRPC_SERVICE = "vtrio.Tunnel"
 # TCP with the "http" header (v2ray and Xray; sing-box has no such header).
 HTTP_HEADER = {"http", "http+tls"}
 HTTP_PATHS = ["/obfs", "/video/stream.mp4"]
 HTTP_HOSTS = ["cdn.example.com", "media.example.net"]
-# v2ray 4.34 has no HTTPUpgrade (v2fly 5.10 and Xray have it).
-V2RAY_TRANSPORTS = [name for name in TRANSPORTS if "httpupgrade" not in name]
+# v2ray 4.34 has no HTTPUpgrade (v2fly 5.10 and Xray have it) and no gRPC
+# (v2fly 4.36).
+V2RAY_TRANSPORTS = [
+    name for name in TRANSPORTS if "httpupgrade" not in name and name not in GRPC
+]
 SING_BOX_TRANSPORTS = [name for name in TRANSPORTS if name not in HTTP_HEADER]
 
 
@@ -126,6 +135,8 @@ def v2ray_stream(
     stream: peers.JSON = {"network": network, "security": security}
     if network == "httpupgrade":
         stream["httpupgradeSettings"] = {"path": WS_PATH}
+    if network == "grpc":
+        stream["grpcSettings"] = {"serviceName": GRPC_SERVICE}
     if transport in HTTP_HEADER:
         stream["tcpSettings"] = http_header_json()
     if network == "ws":
@@ -251,6 +262,8 @@ def sing_box_transport(
     members: peers.JSON = {}
     if network == "httpupgrade":
         members["transport"] = {"type": "httpupgrade", "path": WS_PATH}
+    if network == "grpc":
+        members["transport"] = {"type": "grpc", "service_name": GRPC_SERVICE}
     if network == "ws":
         members["transport"] = {"type": "ws", "path": WS_PATH}
         if early:

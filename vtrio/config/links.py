@@ -65,7 +65,7 @@ def _stream(
     network = NETWORKS.get((net or "tcp").lower())
     if network is None:
         raise ConfigError(
-            f"transport {net!r} is not supported yet (tcp, ws or httpupgrade)",
+            f"transport {net!r} is not supported yet (tcp, ws, httpupgrade or grpc)",
             path="link.net",
         )
     http_header = None
@@ -82,7 +82,15 @@ def _stream(
             f"stream security {tls!r} is not supported (tls or none)", path="link.tls"
         )
     ws = model.WebSocketSettings()
-    if network != "tcp":
+    grpc = model.GrpcSettings()
+    alpns = tuple(a for a in alpn.split(",") if a)
+    if network == "grpc":
+        # v2rayN: path is the serviceName, type the mode, host the authority.
+        grpc = model.GrpcSettings(
+            service_name=path, multi_mode=header.lower() == "multi", authority=host
+        )
+        alpns = alpns or ("h2",)
+    elif network != "tcp":
         ws_path, _, query = (path or "/").partition("?")
         max_early, header = 0, ""
         for part in query.split("&"):
@@ -100,10 +108,11 @@ def _stream(
         security="tls" if security == "tls" else "none",
         tls=model.TLSSettings(
             server_name=sni or (host if security == "tls" else None) or None,
-            alpn=tuple(a for a in alpn.split(",") if a),
+            alpn=alpns,
             allow_insecure=insecure,
         ),
         ws=ws,
+        grpc=grpc,
         http_header=http_header,
     )
 
@@ -235,6 +244,7 @@ def make_link(link: Link) -> str:
         "host": (stream.ws.host or "") if stream.network != "tcp" else "",
         "path": ws_path if stream.network != "tcp" else "",
         **_http_header_fields(stream),
+        **_grpc_fields(stream),
         "tls": "tls" if stream.security == "tls" else "",
         "sni": stream.tls.server_name or "",
         "alpn": ",".join(stream.tls.alpn),
@@ -243,6 +253,18 @@ def make_link(link: Link) -> str:
         data["insecure"] = "1"
     encoded = base64.b64encode(json.dumps(data, ensure_ascii=False).encode()).decode()
     return SCHEME + encoded
+
+
+def _grpc_fields(stream: model.StreamSettings) -> dict[str, str]:
+    """v2rayN's fields for gRPC: the service name, the mode, the authority."""
+    if stream.network != "grpc":
+        return {}
+    grpc = stream.grpc
+    return {
+        "type": "multi" if grpc.multi_mode else "gun",
+        "host": grpc.authority,
+        "path": grpc.service_name,
+    }
 
 
 def _http_header_fields(stream: model.StreamSettings) -> dict[str, str]:

@@ -165,11 +165,25 @@ class HttpHeaderSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcSettings:
+    """``grpcSettings``: the gRPC service whose ``Tun`` (or, in Xray's multi
+    mode, ``TunMulti``) method carries the tunnels."""
+
+    service_name: str = ""
+    multi_mode: bool = False
+    # Client: the :authority and user-agent sent (Xray); empty: the server's
+    # address, and grpc-go's agent.
+    authority: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSettings:
-    network: Literal["tcp", "ws", "httpupgrade"] = "tcp"
+    network: Literal["tcp", "ws", "httpupgrade", "grpc"] = "tcp"
     security: Literal["none", "tls"] = "none"
     tls: TLSSettings = field(default_factory=TLSSettings)
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
     # The "http" TCP header (tcp network only); None is type "none".
     http_header: HttpHeaderSettings | None = None
     # Inbounds: every connection starts with a PROXY protocol header (v1/v2).

@@ -32,6 +32,7 @@ from vtrio.config.v2ray import (
     DokodemoInboundV2,
     DomainSocketV2,
     FreedomV2,
+    GrpcV2,
     HttpInboundV2,
     HttpRequestV2,
     HttpResponseV2,
@@ -130,12 +131,14 @@ FREEDOM_STRATEGIES = {
     ),
 }
 # The network names each dialect spells, to vtrio's.
-NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade"]] = {
+NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade", "grpc"]] = {
     "tcp": "tcp",
     "raw": "tcp",
     "ws": "ws",
     "websocket": "ws",
     "httpupgrade": "httpupgrade",
+    "grpc": "grpc",
+    "gun": "grpc",
 }
 NOT_SUPPORTED_NETWORKS = {
     "kcp": "mKCP",
@@ -143,8 +146,6 @@ NOT_SUPPORTED_NETWORKS = {
     "quic": "QUIC",
     "http": "HTTP/2",
     "h2": "HTTP/2",
-    "grpc": "gRPC",
-    "gun": "gRPC",
     "xhttp": "XHTTP",
     "splithttp": "SplitHTTP",
     "hysteria": "Hysteria",
@@ -1268,7 +1269,7 @@ class Normalizer:
         if network in NOT_SUPPORTED_NETWORKS:
             self.error(
                 f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
-                " (vtrio has tcp, ws, httpupgrade and tls)",
+                " (vtrio has tcp, ws, httpupgrade, grpc and tls)",
                 where,
             )
             return None
@@ -1337,17 +1338,52 @@ class Normalizer:
                 self.source,
                 path,
             )
+        grpc = model.GrpcSettings()
+        if NETWORKS[network] == "grpc":
+            grpc = self.grpc(stream.grpc_settings or stream.gun_settings, path)
+            if not tls.alpn:  # gRPC is HTTP/2: the TLS layer must agree on h2
+                tls = dataclasses.replace(tls, alpn=("h2",))
         return model.StreamSettings(
             network=NETWORKS[network],
             security=cast("Literal['none', 'tls']", security),
             tls=tls,
             ws=self.upgrade(upgrade),
+            grpc=grpc,
             http_header=http_header or None,
             accept_proxy_protocol=accept_proxy,
             domain_socket=domain_socket,
             dialer_proxy=sockopt.dialer_proxy,
             mark=sockopt.mark,
             tproxy=cast("Literal['off', 'redirect', 'tproxy']", sockopt.tproxy),
+        )
+
+    def grpc(self, grpc: GrpcV2 | None, path: str) -> model.GrpcSettings:
+        """``grpcSettings``; the keepalive and window tuning get a warning."""
+        if grpc is None:
+            return model.GrpcSettings()
+        tuning = [
+            name
+            for name, value in (
+                ("idle_timeout", grpc.idle_timeout),
+                ("health_check_timeout", grpc.health_check_timeout),
+                ("permit_without_stream", grpc.permit_without_stream),
+                ("initial_windows_size", grpc.initial_windows_size),
+            )
+            if value
+        ]
+        if tuning:
+            LOGGER.warning(
+                "%s: %s.grpcSettings: %s ignored (vtrio sends no health-check"
+                " pings and sizes its own windows)",
+                self.source,
+                path,
+                ", ".join(tuning),
+            )
+        return model.GrpcSettings(
+            service_name=grpc.service_name,
+            multi_mode=grpc.multi_mode,
+            authority=grpc.authority,
+            user_agent=grpc.user_agent,
         )
 
     def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:

@@ -392,6 +392,22 @@ class HttpUpgradeV2(V2Base):
     accept_proxy_protocol: bool = False
 
 
+class GrpcV2(V2Base):
+    """``grpcSettings`` (v2ray 4's ``gunSettings``); Xray spells its tuning
+    keys in snake case."""
+
+    service_name: str = ""
+    multi_mode: bool = False
+    authority: str = ""
+    user_agent: str = msgspec.field(default="", name="user_agent")
+    idle_timeout: int = msgspec.field(default=0, name="idle_timeout")
+    health_check_timeout: int = msgspec.field(default=0, name="health_check_timeout")
+    permit_without_stream: bool = msgspec.field(
+        default=False, name="permit_without_stream"
+    )
+    initial_windows_size: int = msgspec.field(default=0, name="initial_windows_size")
+
+
 # v2ray's StringList: an array, or one string split at its commas.
 StringListV2 = list[str] | str
 
@@ -456,12 +472,12 @@ class StreamV2(V2Base):
     kcp_settings: msgspec.Raw = ABSENT
     quic_settings: msgspec.Raw = ABSENT
     http_settings: msgspec.Raw = ABSENT
-    grpc_settings: msgspec.Raw = ABSENT
+    grpc_settings: GrpcV2 | None = None
     ds_settings: DomainSocketV2 | None = None
     xhttp_settings: msgspec.Raw = ABSENT
     splithttp_settings: msgspec.Raw = ABSENT
     reality_settings: msgspec.Raw = ABSENT
-    gun_settings: msgspec.Raw = ABSENT
+    gun_settings: GrpcV2 | None = None
     hysteria_settings: msgspec.Raw = ABSENT
     hy2_settings: msgspec.Raw = ABSENT
     finalmask: msgspec.Raw = ABSENT  # Xray's packet masks; refused when set

@@ -40,6 +40,7 @@ from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.relay import Traffic
 from vtrio.net.sniffing import sniffed_route, wants_sniffing
 from vtrio.net.socks import handle_socks
+from vtrio.net.transport.grpc import GrpcStream, serve_grpc
 from vtrio.net.transport.proxy_protocol import receive_proxy_header
 from vtrio.net.transport.tcp import (
     TCPListener,
@@ -95,10 +96,13 @@ def _looks_like(data: bytes) -> str:
 async def handle_connection(
     handler: Callable[[trio.abc.Stream, str], Awaitable[None]],
     inbound_tag: str,
-    stream: TCPStream,
+    stream: trio.abc.Stream,
     proxy_protocol: bool = False,
+    *,
+    source: str | None = None,
 ) -> None:
-    """The error boundary of one accepted connection.
+    """The error boundary of one accepted connection (or of one tunnel of a
+    connection that carries several, ``source`` naming its client).
 
     Nothing a peer does escapes it: protocol, transport and dial errors are
     logged in one line, anything else with a traceback, and the stream is
@@ -106,9 +110,11 @@ async def handle_connection(
     connection's PROXY header is taken off first, and the client it names
     is the source the handler sees and logs.
     """
-    source = _peer_name(stream)
+    if source is None:
+        source = _peer_name(stream)
     try:
         if proxy_protocol:
+            assert isinstance(stream, TCPStream)
             with trio.fail_after(PROXY_HEADER_TIMEOUT):
                 named = await receive_proxy_header(stream)
             if named is not None:
@@ -153,12 +159,46 @@ class VMessHandler:
 
     async def __call__(self, raw: trio.abc.Stream, source: str) -> None:
         context = self._context
-        tag = self._inbound.tag
+        settings = self._inbound.stream
         deadline = trio.current_time() + context.handshake_timeout()
+        assert isinstance(raw, TCPStream)
+        with trio.CancelScope(deadline=deadline) as scope:
+            stream = await transport.accept_stream(settings, raw)
+        if scope.cancelled_caught:
+            context.log_rejection(source, self._inbound.tag, "handshake timed out")
+            return
+        if settings.network != "grpc":
+            await self._serve(stream, raw, source, deadline)
+            return
+
+        async def serve_call(call: GrpcStream) -> None:
+            # Each call behind its own error boundary: one broken tunnel
+            # leaves the connection's others running.
+            await handle_connection(
+                lambda _stream, _source: self._serve(call, raw, source),
+                self._inbound.tag,
+                call,
+                source=source,
+            )
+
+        await serve_grpc(settings.grpc, stream, serve_call, context.handshake_timeout())
+
+    async def _serve(
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        raw: trio.abc.Stream,
+        source: str,
+        deadline: float | None = None,
+    ) -> None:
+        """One VMess tunnel on ``stream`` (a connection's layers, or a gRPC
+        call), its header due by ``deadline`` (default: the handshake timeout
+        from now)."""
+        context = self._context
+        tag = self._inbound.tag
+        if deadline is None:
+            deadline = trio.current_time() + context.handshake_timeout()
         rejected = False
         with trio.CancelScope(deadline=deadline) as scope:
-            assert isinstance(raw, TCPStream)
-            stream = await transport.accept_stream(self._inbound.stream, raw)
             connection = ServerConnection(
                 self._validator,
                 now=unix_now(),

@@ -36,6 +36,7 @@ from vtrio.errors import DialError
 from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
 from vtrio.net.mux_client import MuxPool
+from vtrio.net.transport.grpc import GrpcClient
 from vtrio.net.transport.transparent import set_mark
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
@@ -413,6 +414,11 @@ class VMessOutbound:
         self._mux = (
             MuxPool(self._dial_mux, mux_concurrency) if mux_concurrency else None
         )
+        self._grpc = (
+            GrpcClient(stream.grpc, self._dial_transport)
+            if stream.network == "grpc"
+            else None
+        )
         self._endpoints = [
             DynamicServers(Endpoint(server.address, server.port, user))
             for server in settings.servers
@@ -423,11 +429,16 @@ class VMessOutbound:
         self._turn = itertools.count()
 
     async def _dial(self, endpoint: Endpoint) -> trio.abc.Stream:
+        if self._grpc is not None:
+            return await self._grpc.open(endpoint.host, endpoint.port)
+        return await self._dial_transport(endpoint.host, endpoint.port)
+
+    async def _dial_transport(
+        self, host: str, port: int
+    ) -> trio.abc.HalfCloseableStream:
         local = _local_address(self._send_through)
         through = self._through if self._proxy is not None else None
-        return await transport.dial(
-            self._stream_settings, endpoint.host, endpoint.port, local, through
-        )
+        return await transport.dial(self._stream_settings, host, port, local, through)
 
     def dial_through(self, proxy: OutboundHandler) -> None:
         """Reach the servers through ``proxy``'s tunnels (proxySettings)."""
@@ -461,11 +472,13 @@ class VMessOutbound:
                 errors.append(f"{name}: {exc}")
         raise DialError("no vmess server reachable (" + "; ".join(errors) + ")")
 
-    def run_mux_in(self, nursery: trio.Nursery) -> None:
-        """Where this outbound's Mux connections run (with Mux enabled); until
-        then each tunnel gets a connection of its own."""
+    def run_in(self, nursery: trio.Nursery) -> None:
+        """Where this outbound's shared connections run: Mux (until then each
+        tunnel gets a connection of its own) and gRPC."""
         if self._mux is not None:
             self._mux.run_in(nursery)
+        if self._grpc is not None:
+            self._grpc.run_in(nursery)
 
     async def _dial_mux(self) -> trio.abc.Stream:
         _, endpoint, stream = await self._connect()
@@ -585,10 +598,11 @@ class Dispatcher:
         self._router = routing.Router(config.routing)
 
     def run_in(self, nursery: trio.Nursery) -> None:
-        """Where outbounds run their own long-lived tasks (Mux connections)."""
+        """Where outbounds run their own long-lived tasks (Mux and gRPC
+        connections)."""
         for handler in self._handlers.values():
             if isinstance(handler, VMessOutbound):
-                handler.run_mux_in(nursery)
+                handler.run_in(nursery)
 
     async def route(
         self, session: Session, destination: Destination

@@ -1,5 +1,5 @@
 """Transports: the byte streams VMess rides on (raw TCP, TLS, WebSocket,
-HTTPUpgrade, and TCP with the "http" header).
+HTTPUpgrade, gRPC, and TCP with the "http" header).
 
 Theory of operation: listening is always plain TCP, so the accept loop never
 blocks on a slow peer; the server-side handshake of the configured layers
@@ -13,7 +13,10 @@ takes the place of TCP under the same layers. Layers stack as tcp -> tls
 on the tcp network (as v2ray stacks it, inside TLS). Neither TLS nor
 WebSocket can half-close here, so on those layers ``send_eof`` only stops
 sending (see ``tls.py`` and ``websocket.py``); VMess ends each direction with
-its own end chunk. HTTPUpgrade half-closes as the stream under it does. Both
+its own end chunk. HTTPUpgrade half-closes as the stream under it does. For
+gRPC these functions stop at TLS: one HTTP/2 connection carries many tunnels,
+so ``grpc.py`` runs it (the inbound's ``serve_grpc``, an outbound's
+``GrpcClient``). Both
 upgrades carry ``forwarded_for`` (X-Forwarded-For) on the server side; other
 streams do not have the attribute.
 """
@@ -260,8 +263,9 @@ async def dial(
     layered = base
     try:
         if settings.security == "tls":
-            # The upgrades speak HTTP/1.1: never let the server pick h2.
-            alpn = ("http/1.1",) if settings.network != "tcp" else ()
+            # The upgrades speak HTTP/1.1: never let the server pick h2; gRPC
+            # speaks nothing else.
+            alpn = {"tcp": (), "grpc": ("h2",)}.get(settings.network, ("http/1.1",))
             layered = await dial_tls(settings.tls, base, host, port, default_alpn=alpn)
         if settings.network == "ws":
             layered = await dial_websocket(

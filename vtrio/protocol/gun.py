@@ -1,0 +1,135 @@
+"""The "gun" framing of v2ray's gRPC transport: tunnel bytes as gRPC messages.
+
+Theory of operation: each write is one gRPC message (a zero compression flag,
+a 4-byte big-endian length) holding a protobuf ``Hunk``: field 1, bytes.
+Xray's multi mode sends a ``MultiHunk`` (field 1, repeated bytes), which is
+the same bytes for one entry, so the decoder reads every field-1 entry of a
+message and skips other fields, whichever service the path named. The
+request path is ``/<serviceName>/Tun`` (``TunMulti`` in multi mode), or the
+name itself when it starts with ``/`` (Xray's custom paths).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from vtrio.errors import RemoteProtocolError
+
+# What one gRPC message may hold (grpc-go's default receive limit).
+MAX_MESSAGE = 4 * 1024 * 1024
+_HUNK_TAG = 0x0A  # field 1, length-delimited
+_MESSAGE_HEAD = 5
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_hunk(data: bytes | bytearray | memoryview) -> bytes:
+    """One gRPC message carrying ``data``."""
+    field = bytes((_HUNK_TAG,)) + _varint(len(data))
+    return b"\x00" + (len(field) + len(data)).to_bytes(4, "big") + field + bytes(data)
+
+
+def _read_varint(message: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if offset >= len(message) or shift > 63:
+            raise RemoteProtocolError("gRPC: truncated protobuf field")
+        byte = message[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, offset
+
+
+def hunk_payloads(message: bytes) -> list[bytes]:
+    """The bytes of every field-1 entry of a Hunk or MultiHunk."""
+    payloads = []
+    offset = 0
+    while offset < len(message):
+        tag, offset = _read_varint(message, offset)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, offset = _read_varint(message, offset)
+        elif wire_type == 1:
+            offset += 8
+        elif wire_type == 5:
+            offset += 4
+        elif wire_type == 2:
+            length, offset = _read_varint(message, offset)
+            if offset + length > len(message):
+                raise RemoteProtocolError("gRPC: truncated protobuf field")
+            if tag >> 3 == 1:
+                payloads.append(message[offset : offset + length])
+            offset += length
+        else:
+            raise RemoteProtocolError(f"gRPC: protobuf wire type {wire_type}")
+    if offset != len(message):
+        raise RemoteProtocolError("gRPC: truncated protobuf field")
+    return payloads
+
+
+class HunkDecoder:
+    """gRPC messages from a byte stream, to the tunnel bytes they carry."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """The payloads of every message completed by ``data``.
+
+        Raises:
+            RemoteProtocolError: a compressed or oversized message, or one
+                that is not a Hunk.
+        """
+        buffer = self._buffer
+        buffer += data
+        payloads: list[bytes] = []
+        offset = 0
+        while len(buffer) - offset >= _MESSAGE_HEAD:
+            if buffer[offset]:
+                raise RemoteProtocolError("gRPC: compressed message (none agreed)")
+            length = int.from_bytes(buffer[offset + 1 : offset + _MESSAGE_HEAD], "big")
+            if length > MAX_MESSAGE:
+                raise RemoteProtocolError(f"gRPC: a {length}-byte message is too large")
+            end = offset + _MESSAGE_HEAD + length
+            if end > len(buffer):
+                break
+            payloads += hunk_payloads(bytes(buffer[offset + _MESSAGE_HEAD : end]))
+            offset = end
+        del buffer[:offset]
+        return [payload for payload in payloads if payload]
+
+    @property
+    def pending(self) -> bool:
+        """Part of a message is waiting for the rest."""
+        return bool(self._buffer)
+
+
+def service_path(service_name: str, *, multi: bool = False) -> str:
+    """The request path for a ``serviceName``.
+
+    A plain name gives ``/<name>/Tun`` (``/TunMulti`` in multi mode). Xray's
+    custom form starts with ``/``: its last segment names the Tun method, and
+    on a server ``/a/b/tun|multi`` names both (a client's one name serves
+    both modes).
+    """
+    if not service_name.startswith("/"):
+        return f"/{_escape(service_name)}/{'TunMulti' if multi else 'Tun'}"
+    head, _, ending = service_name.rpartition("/")
+    tun, _, tun_multi = ending.partition("|")
+    name = (tun_multi or tun) if multi else tun
+    segments = [_escape(segment) for segment in head[1:].split("/") if segment]
+    return "/" + "/".join([*segments, _escape(name)])
+
+
+def _escape(segment: str) -> str:
+    # As Go's url.PathEscape.
+    return quote(segment, safe="$&+,:;=@")
