@@ -142,10 +142,10 @@ def test_client_with_a_bad_link_exits_2() -> None:
 
 def test_client_with_an_unknown_network_exits_2() -> None:
     result = RUNNER.invoke(
-        app, ["client", "--server", "h:1", "--id", "x", "--network", "grpc"]
+        app, ["client", "--server", "h:1", "--id", "x", "--network", "kcp"]
     )
     assert result.exit_code == 2
-    assert "--network: expected tcp, ws or httpupgrade" in result.stderr
+    assert "--network: expected tcp, ws, httpupgrade or grpc" in result.stderr
 
 
 @pytest.mark.parametrize(

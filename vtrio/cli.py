@@ -33,6 +33,7 @@ from vtrio.config.model import (
     NTP_PORT,
     Config,
     DokodemoInboundSettings,
+    GrpcSettings,
     Log,
     Ntp,
     SocksInboundSettings,
@@ -333,18 +334,29 @@ def client(
                 security=parse_security(security, "--security"),
             )
             if (layer := NETWORKS.get(network.lower())) is None:
-                raise ConfigError("expected tcp, ws or httpupgrade", path="--network")
+                raise ConfigError(
+                    "expected tcp, ws, httpupgrade or grpc", path="--network"
+                )
             if header_type.lower() not in ("none", "http") or (
                 header_type.lower() == "http" and layer != "tcp"
             ):
                 raise ConfigError(
                     "expected none, or http with --network tcp", path="--header-type"
                 )
+            # With gRPC, --path is the service name (Xray's "/a/b" form too).
+            grpc = layer == "grpc"
             stream = StreamSettings(
                 network=layer,
                 security="tls" if tls else "none",
-                tls=TLSSettings(server_name=sni, allow_insecure=insecure),
+                tls=TLSSettings(
+                    server_name=sni,
+                    allow_insecure=insecure,
+                    alpn=("h2",) if grpc else (),
+                ),
                 ws=WebSocketSettings(path=path, host=host),
+                grpc=GrpcSettings(service_name="" if path == "/" else path)
+                if grpc
+                else GrpcSettings(),
                 http_header=tcp_http_header(host or "", path, "--path")
                 if header_type.lower() == "http"
                 else None,

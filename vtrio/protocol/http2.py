@@ -176,6 +176,11 @@ class H2Connection:
 
     # --- what goes out --------------------------------------------------
 
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for data_to_send."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.transport.shared import write_shared
+from vtrio.net.transport.shared import SHARED_WRITE_STALL
 from vtrio.protocol.gun import HunkDecoder, encode_hunk, service_path
 from vtrio.protocol.http2 import (
     DataReceived,
@@ -54,6 +54,8 @@ CLIENT_IDLE = 60.0
 SERVER_IDLE = 300.0
 # How long a closing stream may wait to send its reset.
 CLOSE_GRACE = 1.0
+# Queued frames beyond which a call's send waits for the writer.
+HIGH_WATER = 256 * 1024
 _GRPC_CONTENT = b"application/grpc"
 _USER_AGENT = b"grpc-go/1.58.0"
 
@@ -122,9 +124,8 @@ class GrpcStream(trio.abc.HalfCloseableStream):
         if not self._payloads and self._unconsumed:
             self._session.consumed(self.stream_id, self._unconsumed)
             self._unconsumed = 0
-            await self._session.flush()
-        else:
-            await trio.lowlevel.checkpoint()
+            self._session.kick()
+        await trio.lowlevel.checkpoint()
         return payload
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -159,8 +160,8 @@ class GrpcStream(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         self._session.forget(self, finished=self._local_ended and self._remote_ended)
-        with trio.move_on_after(CLOSE_GRACE, shield=True):
-            await self._session.flush()
+        self._session.kick()
+        await trio.lowlevel.checkpoint()
 
 
 class _Session:
@@ -175,7 +176,8 @@ class _Session:
         self._h2 = H2Connection(client=client)
         self._client = client
         self._calls: dict[int, GrpcStream] = {}
-        self._write_lock = trio.Lock()
+        self._queued = trio.Event()  # the core has frames for the writer
+        self._drained = trio.Event()  # the writer caught up
         self._window = trio.Event()
         self.broken: str | None = None
         self._idle_scope = trio.CancelScope()
@@ -196,18 +198,42 @@ class _Session:
             trio.current_time() + self._idle if not self._calls else math.inf
         )
 
-    # --- writing ---
+    # --- writing: one task writes, so the reader never waits on the peer ---
+    # (Were the reader to write its window updates itself, two peers whose
+    # socket buffers are full both ways would each wait for the other to read.)
+
+    def kick(self) -> None:
+        """Have the writer send what the core has queued."""
+        self._queued.set()
 
     async def flush(self) -> None:
-        """Write what the core has queued (every call's frames, in order)."""
-        async with self._write_lock:
+        """Queue for the writer; wait while its backlog is large, so that a
+        peer that reads slowly slows the writers down rather than growing
+        memory."""
+        self.kick()
+        while self._h2.pending_output > HIGH_WATER and self.broken is None:
+            await self._drained.wait()
+        if self.broken is not None:
+            raise trio.BrokenResourceError(self.broken)
+        await trio.lowlevel.checkpoint()
+
+    async def _write_loop(self) -> None:
+        while self.broken is None:
             data = self._h2.data_to_send()
-            if data and self.broken is None:
+            if not data:
+                self._drained.set()
+                self._drained = trio.Event()
+                self._queued = trio.Event()
+                await self._queued.wait()
+                continue
+            with trio.move_on_after(SHARED_WRITE_STALL) as stall:
                 try:
-                    await write_shared(self._transport, data)
+                    await self._transport.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._break(f"the gRPC connection broke: {exc}")
-                    raise trio.BrokenResourceError(self.broken) from exc
+            if stall.cancelled_caught:
+                self._break("the gRPC connection stalled")
+        await trio.aclose_forcefully(self._transport)  # the reader stops too
 
     async def send(self, call: GrpcStream, message: bytes) -> None:
         view = memoryview(message)
@@ -258,30 +284,39 @@ class _Session:
             H2Error: the peer broke HTTP/2 (a GOAWAY with the reason was sent).
         """
         try:
-            with self._idle_scope:
-                while True:
-                    data = await self._transport.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        self._break("the gRPC connection closed")
-                        return
-                    try:
-                        events = self._h2.receive_data(data)
-                    except H2Error as exc:
-                        self._h2.close(exc.code)
-                        self._break(str(exc))
-                        await self._write_final()
-                        raise
-                    for event in events:
-                        self._dispatch(event, on_call, paths)
-                    await self.flush()
-            # Idle: say so, and close.
-            self._h2.close()
-            self._break("the gRPC connection was idle")
-            await self._write_final()
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._write_loop)
+                try:
+                    with self._idle_scope:
+                        await self._read_frames(on_call, paths)
+                    if self._idle_scope.cancelled_caught:
+                        self._h2.close()
+                        self._break("the gRPC connection was idle")
+                finally:
+                    tasks.cancel_scope.cancel()
         finally:
             self._break("the gRPC connection ended")
+            await self._write_final()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._transport)
+
+    async def _read_frames(
+        self, on_call: Callable[[GrpcStream], None] | None, paths: frozenset[str]
+    ) -> None:
+        while True:
+            data = await self._transport.receive_some(RECEIVE_SIZE)
+            if not data:
+                self._break("the gRPC connection closed")
+                return
+            try:
+                events = self._h2.receive_data(data)
+            except H2Error as exc:
+                self._h2.close(exc.code)
+                self._break(str(exc))
+                raise
+            for event in events:
+                self._dispatch(event, on_call, paths)
+            self.kick()
 
     async def _write_final(self) -> None:
         data = self._h2.data_to_send()
@@ -371,6 +406,8 @@ class _Session:
         for call in self._calls.values():
             call._fail(reason)
         self.wake_senders()
+        self._drained.set()
+        self._queued.set()
 
     # --- client calls ---
 

@@ -1,0 +1,173 @@
+"""vtrio's gRPC transport end to end, vtrio client to vtrio server (sing-box
+is the peer in ``tests/interop/test_transport_interop.py``).
+
+Tunnels share one HTTP/2 connection: a counting forwarder between the two
+proxies shows how many TCP connections the client made, and lets a test cut
+one. Every payload is checksummed at the far end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import os
+
+import pytest
+import trio
+
+from tests.integration.test_transport import client_tls, server_tls
+from tests.interop.test_mux_interop import (
+    USER,
+    echo_flow,
+    mux_client_config,
+    payload_of,
+    read_to_end,
+    serve_counting_forwarder,
+    vtrio_server_config,
+)
+from tests.support.echo import serve_tcp_echo
+from tests.support.socks5 import open_connect, receive_exactly
+from vtrio import server
+from vtrio.config import model
+from vtrio.net.transport import dial
+from vtrio.net.transport.grpc import GrpcClient
+from vtrio.net.vmess_stream import VMessStream
+from vtrio.protocol.instruction import Command, Request
+
+LOOPBACK = "127.0.0.1"
+SERVICE = "vtrio.Tunnel"
+
+
+def grpc_stream(security: str, *, server_side: bool) -> model.StreamSettings:
+    tls = server_tls() if server_side else client_tls()
+    return model.StreamSettings(
+        network="grpc",
+        security="tls" if security == "tls" else "none",
+        tls=dataclasses.replace(tls, alpn=("h2",)),
+        grpc=model.GrpcSettings(service_name=SERVICE),
+    )
+
+
+def server_config(security: str) -> model.Config:
+    config = vtrio_server_config()
+    inbound = dataclasses.replace(
+        config.inbounds[0], stream=grpc_stream(security, server_side=True)
+    )
+    return dataclasses.replace(config, inbounds=(inbound,))
+
+
+def client_config(server_port: int, security: str) -> model.Config:
+    config = mux_client_config(server_port, 0)  # 0: no Mux
+    outbound = dataclasses.replace(
+        config.outbounds[0], stream=grpc_stream(security, server_side=False)
+    )
+    return dataclasses.replace(config, outbounds=(outbound,))
+
+
+@pytest.mark.parametrize("security", ["none", "tls"])
+async def test_concurrent_tunnels_share_one_connection(security: str) -> None:
+    # Larger than the initial 64 KiB windows: flow control must move them.
+    sizes = [1, 1000, 16384, 70_000, 300_000, 1_200_000, 65536, 5]
+    digests: dict[int, bytes] = {}
+    accepted: list[trio.CancelScope] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, server_config(security))
+            forwarder = await nursery.start(
+                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+            )
+            bound = await nursery.start(server.run, client_config(forwarder, security))
+            socks_port = bound["socks-in"][0][1]
+
+            async def run(flow: int, size: int) -> None:
+                digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
+
+            async with trio.open_nursery() as flows:
+                for flow, size in enumerate(sizes):
+                    flows.start_soon(run, flow, size)
+            await run(len(sizes), 4096)  # a later tunnel, on the same connection
+            nursery.cancel_scope.cancel()
+    for flow, size in enumerate([*sizes, 4096]):
+        assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
+    assert len(accepted) == 1
+
+
+async def test_a_cut_connection_breaks_its_tunnels_and_the_next_opens_another() -> None:
+    accepted: list[trio.CancelScope] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, server_config("none"))
+            forwarder = await nursery.start(
+                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+            )
+            bound = await nursery.start(server.run, client_config(forwarder, "none"))
+            socks_port = bound["socks-in"][0][1]
+            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+            async with stream:
+                await stream.send_all(b"before")
+                assert await receive_exactly(stream, 6) == b"before"
+                accepted[0].cancel()
+                with trio.fail_after(2), contextlib.suppress(trio.BrokenResourceError):
+                    await read_to_end(stream)
+            digest = await echo_flow(socks_port, echo_port, 1, 5000)
+            nursery.cancel_scope.cancel()
+    assert digest == hashlib.sha256(payload_of(1, 5000)).digest()
+    assert len(accepted) == 2
+
+
+async def test_a_bad_call_leaves_the_other_calls_on_its_connection_running() -> None:
+    settings = grpc_stream("none", server_side=False)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            bound = await nursery.start(server.run, server_config("none"))
+            port = bound["vmess-in"][0][1]
+            client = GrpcClient(
+                settings.grpc, lambda host, port: dial(settings, host, port)
+            )
+            client.run_in(nursery)
+            bad = await client.open(LOOPBACK, port)
+            await bad.send_all(os.urandom(200))  # no VMess header: refused
+            good = await client.open(LOOPBACK, port)
+            assert bad.stream_id != good.stream_id  # the same connection
+            vmess = VMessStream.client(
+                good,
+                model.VMessUser(USER),
+                Request(Command.TCP, ipaddress.IPv4Address(LOOPBACK), echo_port),
+            )
+            await vmess.send_all(b"still here")
+            assert await receive_exactly(vmess, 10) == b"still here"
+            await vmess.aclose()
+            await bad.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_wrong_path_gets_404_and_plain_http_nothing() -> None:
+    settings = dataclasses.replace(
+        grpc_stream("none", server_side=False),
+        grpc=model.GrpcSettings(service_name="elsewhere"),
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.run, server_config("none"))
+            port = bound["vmess-in"][0][1]
+            client = GrpcClient(
+                settings.grpc, lambda host, port: dial(settings, host, port)
+            )
+            client.run_in(nursery)
+            call = await client.open(LOOPBACK, port)
+            with pytest.raises(trio.BrokenResourceError, match="HTTP 404"):
+                await call.receive_some()
+            # Not HTTP/2 at all: the connection just closes (after a GOAWAY).
+            stream = await trio.open_tcp_stream(LOOPBACK, port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                received = b""
+                while chunk := await stream.receive_some():
+                    received += chunk
+            assert b"HTTP/1.1" not in received
+            nursery.cancel_scope.cancel()
