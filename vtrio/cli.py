@@ -50,6 +50,7 @@ from vtrio.errors import ConfigError, ConfigErrors, VtrioError
 from vtrio.logmask import AddressMask, MaskingFilter
 from vtrio.net.transport.tls import chain_hash, client_context, server_context
 from vtrio.protocol.address import split_host_port
+from vtrio.protocol.gun import service_path
 
 app = typer.Typer(
     name="vtrio",
@@ -245,7 +246,10 @@ def _dokodemo_target(settings: DokodemoInboundSettings, tproxy: str) -> str:
 
 def _transport(stream: StreamSettings) -> str:
     text: str = stream.network
-    if stream.network != "tcp":
+    if stream.network == "grpc":
+        grpc = stream.grpc
+        text += f"({service_path(grpc.service_name, multi=grpc.multi_mode)})"
+    elif stream.network != "tcp":
         text += f"({stream.ws.path})"
     elif stream.http_header is not None:
         text += f"+http({','.join(stream.http_header.request.paths)})"
@@ -295,12 +299,15 @@ def client(
     alter_id: Annotated[
         int, typer.Option(help="alterId; > 0 uses the legacy header.")
     ] = 0,
-    network: Annotated[str, typer.Option(help="tcp, ws or httpupgrade.")] = "tcp",
+    network: Annotated[str, typer.Option(help="tcp, ws, httpupgrade or grpc.")] = "tcp",
     header_type: Annotated[
         str, typer.Option(help='tcp header: none, or "http" (HTTP obfuscation).')
     ] = "none",
     path: Annotated[
-        str, typer.Option(help="ws / httpupgrade path; http header: paths, a,b.")
+        str,
+        typer.Option(
+            help="ws / httpupgrade path; http header: paths, a,b; grpc: service name."
+        ),
     ] = "/",
     host: Annotated[
         str | None,
@@ -354,9 +361,7 @@ def client(
                     alpn=("h2",) if grpc else (),
                 ),
                 ws=WebSocketSettings(path=path, host=host),
-                grpc=GrpcSettings(service_name="" if path == "/" else path)
-                if grpc
-                else GrpcSettings(),
+                grpc=GrpcSettings(service_name=path if grpc and path != "/" else ""),
                 http_header=tcp_http_header(host or "", path, "--path")
                 if header_type.lower() == "http"
                 else None,

@@ -148,6 +148,18 @@ async def test_a_client_from_flags_speaks_the_http_tcp_header(
     assert "(auto, tcp+http(/b))" in banner.decode()
 
 
+async def test_a_client_from_flags_speaks_grpc(tmp_path: pathlib.Path) -> None:
+    server_port, socks_port = await closed_port(), await closed_port()
+    server_json = vmess_server_json(
+        server_port,
+        streamSettings={"network": "grpc", "grpcSettings": {"serviceName": "svc"}},
+    )
+    flags = ["--server", f"{LOOPBACK}:{server_port}", "--id", USER]
+    flags += ["--network", "grpc", "--path", "svc"]
+    banner, _ = await run_processes(server_json, flags, socks_port, tmp_path)
+    assert "(auto, grpc(/svc/Tun))" in banner.decode()
+
+
 async def test_demo_serve_prints_a_working_link() -> None:
     """`vtrio serve` with no config: a link and a client command, then it serves."""
     python = sys.executable

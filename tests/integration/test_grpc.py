@@ -20,6 +20,7 @@ import trio
 from tests.integration.test_transport import client_tls, server_tls
 from tests.interop.test_mux_interop import (
     USER,
+    concurrent_flows_then_one,
     echo_flow,
     mux_client_config,
     payload_of,
@@ -66,11 +67,16 @@ def client_config(server_port: int, security: str) -> model.Config:
     return dataclasses.replace(config, outbounds=(outbound,))
 
 
+def running_client(settings: model.StreamSettings, nursery: trio.Nursery) -> GrpcClient:
+    client = GrpcClient(settings.grpc, lambda host, port: dial(settings, host, port))
+    client.run_in(nursery)
+    return client
+
+
 @pytest.mark.parametrize("security", ["none", "tls"])
 async def test_concurrent_tunnels_share_one_connection(security: str) -> None:
     # Larger than the initial 64 KiB windows: flow control must move them.
     sizes = [1, 1000, 16384, 70_000, 300_000, 1_200_000, 65536, 5]
-    digests: dict[int, bytes] = {}
     accepted: list[trio.CancelScope] = []
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -80,19 +86,9 @@ async def test_concurrent_tunnels_share_one_connection(security: str) -> None:
                 serve_counting_forwarder, bound["vmess-in"][0][1], accepted
             )
             bound = await nursery.start(server.run, client_config(forwarder, security))
-            socks_port = bound["socks-in"][0][1]
-
-            async def run(flow: int, size: int) -> None:
-                digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
-
-            async with trio.open_nursery() as flows:
-                for flow, size in enumerate(sizes):
-                    flows.start_soon(run, flow, size)
-            await run(len(sizes), 4096)  # a later tunnel, on the same connection
+            await concurrent_flows_then_one(bound["socks-in"][0][1], echo_port, sizes)
             nursery.cancel_scope.cancel()
-    for flow, size in enumerate([*sizes, 4096]):
-        assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
-    assert len(accepted) == 1
+    assert len(accepted) == 1  # the later tunnel too
 
 
 async def test_a_cut_connection_breaks_its_tunnels_and_the_next_opens_another() -> None:
@@ -126,10 +122,7 @@ async def test_a_bad_call_leaves_the_other_calls_on_its_connection_running() -> 
             echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
             bound = await nursery.start(server.run, server_config("none"))
             port = bound["vmess-in"][0][1]
-            client = GrpcClient(
-                settings.grpc, lambda host, port: dial(settings, host, port)
-            )
-            client.run_in(nursery)
+            client = running_client(settings, nursery)
             bad = await client.open(LOOPBACK, port)
             await bad.send_all(os.urandom(200))  # no VMess header: refused
             good = await client.open(LOOPBACK, port)
@@ -155,10 +148,7 @@ async def test_a_wrong_path_gets_404_and_plain_http_nothing() -> None:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.run, server_config("none"))
             port = bound["vmess-in"][0][1]
-            client = GrpcClient(
-                settings.grpc, lambda host, port: dial(settings, host, port)
-            )
-            client.run_in(nursery)
+            client = running_client(settings, nursery)
             call = await client.open(LOOPBACK, port)
             with pytest.raises(trio.BrokenResourceError, match="HTTP 404"):
                 await call.receive_some()

@@ -278,6 +278,24 @@ async def serve_counting_forwarder(
     await trio.serve_listeners(forward, listeners)
 
 
+async def concurrent_flows_then_one(
+    socks_port: int, echo_port: int, sizes: list[int]
+) -> None:
+    """A checksummed flow of each size at once, then one more (4096 bytes)
+    on whatever connection is still open."""
+    digests: dict[int, bytes] = {}
+
+    async def run(flow: int, size: int) -> None:
+        digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
+
+    async with trio.open_nursery() as flows:
+        for flow, size in enumerate(sizes):
+            flows.start_soon(run, flow, size)
+    await run(len(sizes), 4096)
+    for flow, size in enumerate([*sizes, 4096]):
+        assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
+
+
 def mux_client_config(server_port: int, concurrency: int) -> model.Config:
     return model.Config(
         inbounds=(socks_inbound(),),
@@ -304,7 +322,6 @@ async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
     tmp_path: Path, server_name: str, concurrency: int, connections: int
 ) -> None:
     sizes = [1, 1000, 8192, 8193, 100_000, 300_000, 65536, 5]
-    digests: dict[int, bytes] = {}
     accepted: list[trio.CancelScope] = []
 
     async def through_client(server_port: int) -> None:
@@ -316,16 +333,7 @@ async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
             bound = await nursery.start(
                 server.run, mux_client_config(forwarder, concurrency)
             )
-            socks_port = bound["socks-in"][0][1]
-
-            async def run(flow: int, size: int) -> None:
-                digests[flow] = await echo_flow(socks_port, echo_port, flow, size)
-
-            async with trio.open_nursery() as flows:
-                for flow, size in enumerate(sizes):
-                    flows.start_soon(run, flow, size)
-            # A later tunnel rides a connection that is still open.
-            await run(len(sizes), 4096)
+            await concurrent_flows_then_one(bound["socks-in"][0][1], echo_port, sizes)
             nursery.cancel_scope.cancel()
 
     with trio.fail_after(30):
@@ -340,8 +348,6 @@ async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
             config = server_config(peer, [Route(server_port, Account(str(USER)))])
             async with open_peer(peer, "server", config, tmp_path, [server_port]):
                 await through_client(server_port)
-    for flow, size in enumerate([*sizes, 4096]):
-        assert digests[flow] == hashlib.sha256(payload_of(flow, size)).digest()
     assert len(accepted) == connections
 
 

@@ -42,7 +42,7 @@ def test_multi_hunks_and_unknown_fields() -> None:
     [
         (b"\x01\x00\x00\x00\x01\x00", "compressed"),
         (b"\x00\x01\x00\x00\x00", "too large"),
-        (b"\x00\x00\x00\x00\x03\x0a\x05a", "truncated"),
+        (b"\x00\x00\x00\x00\x03\x0a\x05a", "runs past"),
         (b"\x00\x00\x00\x00\x01\x0b", "wire type"),
     ],
 )

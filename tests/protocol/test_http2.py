@@ -147,7 +147,7 @@ def test_data_for_a_reset_stream_is_refused_and_still_counted() -> None:
     )
 
 
-def frame_types(wire: bytes) -> list[int]:
+def frame_types(wire: bytes | bytearray) -> list[int]:
     kinds, offset = [], 0
     while offset < len(wire):
         length_type, _, _ = struct.unpack_from("!IBI", wire, offset)

@@ -16,6 +16,8 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vtrio.protocol import protobuf
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
@@ -35,11 +37,6 @@ ASSET_DIRECTORIES = (
 # routercommon.Domain.Type, to the domain matcher kinds of a rule.
 DOMAIN_TYPES = {0: "keyword", 1: "regexp", 2: "domain", 3: "full"}
 
-WIRE_VARINT = 0
-WIRE_LENGTH = 2
-WIRE_FIXED64 = 1
-WIRE_FIXED32 = 5
-
 
 class GeodataError(ValueError):
     """A file that is missing, unreadable or lacks the list asked for."""
@@ -47,36 +44,10 @@ class GeodataError(ValueError):
 
 def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
     """The (field number, value) pairs of one message; lengths give views."""
-    offset, end = 0, len(data)
-    while offset < end:
-        key, offset = _varint(data, offset)
-        number, wire = key >> 3, key & 7
-        if wire == WIRE_VARINT:
-            value, offset = _varint(data, offset)
-            yield number, value
-        elif wire == WIRE_LENGTH:
-            size, offset = _varint(data, offset)
-            if offset + size > end:
-                raise GeodataError("a field runs past the end of its message")
-            yield number, data[offset : offset + size]
-            offset += size
-        elif wire in (WIRE_FIXED64, WIRE_FIXED32):
-            offset += 8 if wire == WIRE_FIXED64 else 4
-        else:
-            raise GeodataError(f"unknown wire type {wire}")
-
-
-def _varint(data: memoryview, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(data) or shift > 63:
-            raise GeodataError("a truncated number")
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, offset
-        shift += 7
+    try:
+        yield from protobuf.fields(data)
+    except protobuf.ProtobufError as exc:
+        raise GeodataError(str(exc)) from exc
 
 
 def _entry(data: bytes, code: str) -> memoryview | None:

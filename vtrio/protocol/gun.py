@@ -14,6 +14,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from vtrio.errors import RemoteProtocolError
+from vtrio.protocol import protobuf
 
 # What one gRPC message may hold (grpc-go's default receive limit).
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -21,59 +22,22 @@ _HUNK_TAG = 0x0A  # field 1, length-delimited
 _MESSAGE_HEAD = 5
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_hunk(data: bytes | bytearray | memoryview) -> bytes:
     """One gRPC message carrying ``data``."""
-    field = bytes((_HUNK_TAG,)) + _varint(len(data))
+    field = bytes((_HUNK_TAG,)) + protobuf.encode_varint(len(data))
     return b"\x00" + (len(field) + len(data)).to_bytes(4, "big") + field + bytes(data)
-
-
-def _read_varint(message: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(message) or shift > 63:
-            raise RemoteProtocolError("gRPC: truncated protobuf field")
-        byte = message[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, offset
 
 
 def hunk_payloads(message: bytes) -> list[bytes]:
     """The bytes of every field-1 entry of a Hunk or MultiHunk."""
-    payloads = []
-    offset = 0
-    while offset < len(message):
-        tag, offset = _read_varint(message, offset)
-        wire_type = tag & 7
-        if wire_type == 0:
-            _, offset = _read_varint(message, offset)
-        elif wire_type == 1:
-            offset += 8
-        elif wire_type == 5:
-            offset += 4
-        elif wire_type == 2:
-            length, offset = _read_varint(message, offset)
-            if offset + length > len(message):
-                raise RemoteProtocolError("gRPC: truncated protobuf field")
-            if tag >> 3 == 1:
-                payloads.append(message[offset : offset + length])
-            offset += length
-        else:
-            raise RemoteProtocolError(f"gRPC: protobuf wire type {wire_type}")
-    if offset != len(message):
-        raise RemoteProtocolError("gRPC: truncated protobuf field")
-    return payloads
+    try:
+        return [
+            bytes(value)
+            for number, value in protobuf.fields(memoryview(message))
+            if number == 1 and not isinstance(value, int)
+        ]
+    except protobuf.ProtobufError as exc:
+        raise RemoteProtocolError(f"gRPC: {exc}") from exc
 
 
 class HunkDecoder:

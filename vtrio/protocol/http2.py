@@ -181,12 +181,14 @@ class H2Connection:
         """Bytes queued for data_to_send."""
         return len(self._out)
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
+    def data_to_send(self) -> bytearray:
+        """Every frame queued so far (handed over, not copied)."""
+        out, self._out = self._out, bytearray()
         return out
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+    def _frame(
+        self, kind: int, flags: int, stream_id: int, payload: bytes | memoryview
+    ) -> None:
         self._out += _FRAME_HEAD.pack(len(payload) << 8 | kind, flags, stream_id)
         self._out += payload
 
@@ -253,11 +255,9 @@ class H2Connection:
         view = memoryview(data)
         size = self._peer_frame_size
         while len(view) > size:
-            self._frame(FrameType.DATA, 0, stream_id, bytes(view[:size]))
+            self._frame(FrameType.DATA, 0, stream_id, view[:size])
             view = view[size:]
-        self._frame(
-            FrameType.DATA, END_STREAM if end_stream else 0, stream_id, bytes(view)
-        )
+        self._frame(FrameType.DATA, END_STREAM if end_stream else 0, stream_id, view)
         if end_stream:
             self._end_local(stream_id)
 
@@ -280,7 +280,16 @@ class H2Connection:
 
     def reset_stream(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         if self._streams.pop(stream_id, None) is not None:
-            self._frame(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
+            self._reset_frame(stream_id, code)
+
+    def _reset_frame(self, stream_id: int, code: ErrorCode) -> None:
+        self._frame(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
+
+    def _opens_new_stream(self, stream_id: int) -> bool:
+        """``stream_id`` is one the peer has not used yet and may open
+        (a client opens odd ones, a server none: push is off)."""
+        peer_parity = 0 if self.client else 1
+        return stream_id % 2 == peer_parity and stream_id > self._highest_remote
 
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
         """GOAWAY: no stream above the last one the peer opened will be served."""
@@ -390,17 +399,15 @@ class H2Connection:
             )
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_ended:
-            # Closed or reset on our side: the bytes still count for the
+            # Closed, or reset on our side: the bytes still count for the
             # connection, and go back at once.
             self.consumed(0, len(payload))
-            if stream_id > self._highest_remote and stream_id % 2 != self.client:
+            if stream is None and self._opens_new_stream(stream_id):
                 raise H2Error("DATA on an idle stream")
-            self._frame(
-                FrameType.RST_STREAM,
-                0,
-                stream_id,
-                struct.pack("!I", ErrorCode.STREAM_CLOSED),
-            )
+            if stream is not None:  # DATA after its END_STREAM
+                del self._streams[stream_id]
+                events.append(StreamReset(stream_id, ErrorCode.STREAM_CLOSED))
+            self._reset_frame(stream_id, ErrorCode.STREAM_CLOSED)
             return
         stream.receive_window -= len(payload)
         if stream.receive_window < 0:
@@ -446,25 +453,14 @@ class H2Connection:
             raise H2Error(str(exc), ErrorCode.COMPRESSION_ERROR) from exc
         stream = self._streams.get(stream_id)
         if stream is None:
-            remote_parity = 0 if self.client else 1
-            if stream_id % 2 != remote_parity or stream_id <= self._highest_remote:
+            if not self._opens_new_stream(stream_id):
                 # A stream we reset, or one the peer may not open: refuse it
                 # without ending the connection (the table is up to date).
-                self._frame(
-                    FrameType.RST_STREAM,
-                    0,
-                    stream_id,
-                    struct.pack("!I", ErrorCode.STREAM_CLOSED),
-                )
+                self._reset_frame(stream_id, ErrorCode.STREAM_CLOSED)
                 return
             self._highest_remote = stream_id
             if len(self._streams) >= MAX_CONCURRENT_STREAMS:
-                self._frame(
-                    FrameType.RST_STREAM,
-                    0,
-                    stream_id,
-                    struct.pack("!I", ErrorCode.REFUSED_STREAM),
-                )
+                self._reset_frame(stream_id, ErrorCode.REFUSED_STREAM)
                 return
             stream = self._streams[stream_id] = _Stream(
                 self._peer_window, STREAM_WINDOW

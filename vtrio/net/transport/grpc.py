@@ -6,13 +6,14 @@ TLS with ALPN ``h2``, or cleartext with prior knowledge, as Xray's and
 sing-box's do without TLS). Its reader task feeds the sans-IO
 :class:`~vtrio.protocol.http2.H2Connection` and hands each stream's DATA to
 its :class:`GrpcStream`; frames from every stream are queued in the core in
-order and written under one lock, shielded like a Mux connection's
-(``shared.py``). A server session answers each call on an accepted path and
-runs the tunnel in its own task, behind the same error boundary as a TCP
-connection; a client keeps one session per server and opens a stream per
-tunnel, a new connection when the peer refuses more streams, goes away or
-breaks. Half-close is END_STREAM (the client's) or the trailers
-(``grpc-status: 0``, the server's); closing early resets the stream.
+order, and one writer task sends them (a sender waits while the backlog is
+large; the reader never waits on the peer). A server session answers each
+call on an accepted path and runs the tunnel in its own task, behind the
+same error boundary as a TCP connection; a client keeps one session per
+server and opens a stream per tunnel, a new connection when the peer refuses
+more streams, goes away or breaks. Half-close is END_STREAM (the client's)
+or the trailers (``grpc-status: 0``, the server's); closing early resets the
+stream.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import trio
 
 from vtrio.errors import RemoteProtocolError
 from vtrio.net.transport.shared import SHARED_WRITE_STALL
+from vtrio.net.transport.tcp import address_name
 from vtrio.protocol.gun import HunkDecoder, encode_hunk, service_path
 from vtrio.protocol.http2 import (
     DataReceived,
@@ -57,7 +59,7 @@ CLOSE_GRACE = 1.0
 # Queued frames beyond which a call's send waits for the writer.
 HIGH_WATER = 256 * 1024
 _GRPC_CONTENT = b"application/grpc"
-_USER_AGENT = b"grpc-go/1.58.0"
+_USER_AGENT = "grpc-go/1.58.0"
 
 
 class GrpcStream(trio.abc.HalfCloseableStream):
@@ -177,7 +179,7 @@ class _Session:
         self._client = client
         self._calls: dict[int, GrpcStream] = {}
         self._queued = trio.Event()  # the core has frames for the writer
-        self._drained = trio.Event()  # the writer caught up
+        self._drained = trio.Event()  # the writer took what was queued
         self._window = trio.Event()
         self.broken: str | None = None
         self._idle_scope = trio.CancelScope()
@@ -207,9 +209,9 @@ class _Session:
         self._queued.set()
 
     async def flush(self) -> None:
-        """Queue for the writer; wait while its backlog is large, so that a
-        peer that reads slowly slows the writers down rather than growing
-        memory."""
+        """Queue for the writer; wait while the frames it has not taken yet
+        are many, so that a peer that reads slowly slows the writers down
+        rather than growing memory."""
         self.kick()
         while self._h2.pending_output > HIGH_WATER and self.broken is None:
             await self._drained.wait()
@@ -220,9 +222,9 @@ class _Session:
     async def _write_loop(self) -> None:
         while self.broken is None:
             data = self._h2.data_to_send()
+            self._drained.set()  # the backlog is taken: senders may queue more
+            self._drained = trio.Event()
             if not data:
-                self._drained.set()
-                self._drained = trio.Event()
                 self._queued = trio.Event()
                 await self._queued.wait()
                 continue
@@ -432,7 +434,7 @@ def request_headers(settings: GrpcSettings, authority: str) -> list[Header]:
         ),
         (b":authority", (settings.authority or authority).encode()),
         (b"content-type", _GRPC_CONTENT),
-        (b"user-agent", (settings.user_agent or _USER_AGENT.decode()).encode()),
+        (b"user-agent", (settings.user_agent or _USER_AGENT).encode()),
         (b"te", b"trailers"),
     ]
 
@@ -508,8 +510,9 @@ class GrpcClient:
                 session = _Session(transport, client=True)
                 self._sessions[key] = session
                 self._nursery.start_soon(self._run, key, session)
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            return await session.open_call(request_headers(self._settings, authority))
+            return await session.open_call(
+                request_headers(self._settings, address_name((host, port)))
+            )
 
     async def _run(self, key: tuple[str, int], session: _Session) -> None:
         try:
