@@ -235,3 +235,20 @@ def test_frames_split_anywhere_decode_the_same() -> None:
     split = H2Connection(client=False)
     events = [e for i in range(len(wire)) for e in split.receive_data(wire[i : i + 1])]
     assert events == whole
+
+
+def test_data_pieces_are_framed_as_one_payload() -> None:
+    # Before the server's SETTINGS, frames are at most 16 KiB.
+    client, server = H2Connection(client=True), H2Connection(client=False)
+    server.receive_data(client.data_to_send())
+    stream_id = client.open_stream()
+    client.send_headers(stream_id, REQUEST)
+    head, body = b"head!", bytes(range(256)) * 80  # 5 + 20 480 bytes
+    client.send_data(stream_id, head, memoryview(body), end_stream=True)
+    wire = client.data_to_send()
+    assert frame_types(wire) == [FrameType.HEADERS, FrameType.DATA, FrameType.DATA]
+    events = server.receive_data(wire)
+    received = [e for e in events if isinstance(e, DataReceived)]
+    assert [len(e.data) for e in received] == [16384, 5 + 20480 - 16384]
+    assert b"".join(e.data for e in received) == head + body
+    assert [e.end_stream for e in received] == [False, True]

@@ -22,18 +22,24 @@ _HUNK_TAG = 0x0A  # field 1, length-delimited
 _MESSAGE_HEAD = 5
 
 
-def encode_hunk(data: bytes | bytearray | memoryview) -> bytes:
-    """One gRPC message carrying ``data``."""
-    field = bytes((_HUNK_TAG,)) + protobuf.encode_varint(len(data))
-    return b"\x00" + (len(field) + len(data)).to_bytes(4, "big") + field + bytes(data)
+def hunk_head(length: int) -> bytes:
+    """What goes before ``length`` bytes of payload to make them one gRPC
+    message (written apart, the payload is not copied)."""
+    field = bytes((_HUNK_TAG,)) + protobuf.encode_varint(length)
+    return b"\x00" + (len(field) + length).to_bytes(4, "big") + field
 
 
-def hunk_payloads(message: bytes) -> list[bytes]:
+def hunk_payloads(message: bytes | memoryview) -> list[bytes]:
     """The bytes of every field-1 entry of a Hunk or MultiHunk."""
+    view = memoryview(message)
     try:
+        if view and view[0] == _HUNK_TAG:  # the usual shape: one Hunk, read at once
+            length, start = protobuf.read_varint(view, 1)
+            if start + length == len(view):
+                return [bytes(view[start:])]
         return [
             bytes(value)
-            for number, value in protobuf.fields(memoryview(message))
+            for number, value in protobuf.fields(view)
             if number == 1 and not isinstance(value, int)
         ]
     except protobuf.ProtobufError as exc:
@@ -53,22 +59,26 @@ class HunkDecoder:
             RemoteProtocolError: a compressed or oversized message, or one
                 that is not a Hunk.
         """
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
         payloads: list[bytes] = []
         offset = 0
-        while len(buffer) - offset >= _MESSAGE_HEAD:
-            if buffer[offset]:
-                raise RemoteProtocolError("gRPC: compressed message (none agreed)")
-            length = int.from_bytes(buffer[offset + 1 : offset + _MESSAGE_HEAD], "big")
-            if length > MAX_MESSAGE:
-                raise RemoteProtocolError(f"gRPC: a {length}-byte message is too large")
-            end = offset + _MESSAGE_HEAD + length
-            if end > len(buffer):
-                break
-            payloads += hunk_payloads(bytes(buffer[offset + _MESSAGE_HEAD : end]))
-            offset = end
-        del buffer[:offset]
+        with memoryview(data) as view:  # messages read in place, each copied once
+            while len(view) - offset >= _MESSAGE_HEAD:
+                if view[offset]:
+                    raise RemoteProtocolError("gRPC: compressed message (none agreed)")
+                length = int.from_bytes(view[offset + 1 : offset + _MESSAGE_HEAD])
+                if length > MAX_MESSAGE:
+                    raise RemoteProtocolError(
+                        f"gRPC: a {length}-byte message is too large"
+                    )
+                end = offset + _MESSAGE_HEAD + length
+                if end > len(view):
+                    break
+                payloads += hunk_payloads(view[offset + _MESSAGE_HEAD : end])
+                offset = end
+            self._buffer = bytearray(view[offset:])
         return [payload for payload in payloads if payload]
 
     @property

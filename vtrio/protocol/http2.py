@@ -143,7 +143,9 @@ class H2Connection:
         self.client = client
         self._decoder = hpack.Decoder()
         self._buffer = bytearray()
-        self._out = bytearray()
+        # Frames queued, as pieces (a DATA payload is not copied until sent).
+        self._out: list[bytes | memoryview] = []
+        self._out_size = 0
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._highest_remote = 0  # the highest stream id the peer opened
@@ -157,7 +159,7 @@ class H2Connection:
         self._continuing: tuple[int, bytearray, bool] | None = None
         self.goaway_received = False
         if client:
-            self._out += PREFACE
+            self._queue(PREFACE)
         settings = {
             Setting.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             Setting.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -179,18 +181,27 @@ class H2Connection:
     @property
     def pending_output(self) -> int:
         """Bytes queued for data_to_send."""
-        return len(self._out)
+        return self._out_size
 
-    def data_to_send(self) -> bytearray:
-        """Every frame queued so far (handed over, not copied)."""
-        out, self._out = self._out, bytearray()
+    def data_to_send(self) -> bytes:
+        """Every frame queued so far, in one buffer."""
+        out = b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
         return out
 
+    def _queue(self, piece: bytes | memoryview) -> None:
+        self._out.append(piece)
+        self._out_size += len(piece)
+
     def _frame(
-        self, kind: int, flags: int, stream_id: int, payload: bytes | memoryview
+        self, kind: int, flags: int, stream_id: int, *payload: bytes | memoryview
     ) -> None:
-        self._out += _FRAME_HEAD.pack(len(payload) << 8 | kind, flags, stream_id)
-        self._out += payload
+        length = sum(len(piece) for piece in payload)
+        self._queue(_FRAME_HEAD.pack(length << 8 | kind, flags, stream_id))
+        for piece in payload:
+            if piece:
+                self._queue(piece)
 
     def _window_update(self, stream_id: int, increment: int) -> None:
         self._frame(FrameType.WINDOW_UPDATE, 0, stream_id, struct.pack("!I", increment))
@@ -233,7 +244,7 @@ class H2Connection:
         if stream_id not in self._streams:
             return
         if trailers is None:
-            self.send_data(stream_id, b"", end_stream=True)
+            self.send_data(stream_id, end_stream=True)
         else:
             self.send_headers(stream_id, trailers, end_stream=True)
 
@@ -245,19 +256,33 @@ class H2Connection:
         return max(0, min(self._send_window, stream.send_window))
 
     def send_data(
-        self, stream_id: int, data: bytes | memoryview, *, end_stream: bool = False
+        self, stream_id: int, *pieces: bytes | memoryview, end_stream: bool = False
     ) -> None:
-        """DATA frames for ``data``, which must fit ``send_window``."""
+        """DATA frames carrying ``pieces`` one after another (together they
+        must fit ``send_window``). They are queued, not copied, so they must
+        stay as they are until sent."""
         stream = self._streams[stream_id]
-        assert len(data) <= self.send_window(stream_id)
-        stream.send_window -= len(data)
-        self._send_window -= len(data)
-        view = memoryview(data)
+        total = sum(len(piece) for piece in pieces)
+        assert total <= self.send_window(stream_id)
+        stream.send_window -= total
+        self._send_window -= total
         size = self._peer_frame_size
-        while len(view) > size:
-            self._frame(FrameType.DATA, 0, stream_id, view[:size])
-            view = view[size:]
-        self._frame(FrameType.DATA, END_STREAM if end_stream else 0, stream_id, view)
+        frames: list[list[memoryview]] = [[]]
+        room = size
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                if not room:
+                    frames.append([])
+                    room = size
+                part = view[:room]
+                frames[-1].append(part)
+                room -= len(part)
+                view = view[len(part) :]
+        for index, parts in enumerate(frames):
+            last = index == len(frames) - 1
+            flags = END_STREAM if end_stream and last else 0
+            self._frame(FrameType.DATA, flags, stream_id, *parts)
         if end_stream:
             self._end_local(stream_id)
 
@@ -324,20 +349,21 @@ class H2Connection:
             self._preface_pending = False
         buffer = self._buffer
         offset = 0
-        while len(buffer) - offset >= _FRAME_HEAD.size:
-            length_type, flags, stream_id = _FRAME_HEAD.unpack_from(buffer, offset)
-            length, kind = length_type >> 8, length_type & 0xFF
-            if length > RECEIVE_FRAME_SIZE:
-                raise H2Error(
-                    f"a {length}-byte frame is over the limit",
-                    ErrorCode.FRAME_SIZE_ERROR,
-                )
-            end = offset + _FRAME_HEAD.size + length
-            if end > len(buffer):
-                break
-            payload = bytes(buffer[offset + _FRAME_HEAD.size : end])
-            offset = end
-            self._handle(kind, flags, stream_id & MAX_WINDOW, payload, events)
+        with memoryview(buffer) as view:  # one copy per payload, not two
+            while len(view) - offset >= _FRAME_HEAD.size:
+                length_type, flags, stream_id = _FRAME_HEAD.unpack_from(view, offset)
+                length, kind = length_type >> 8, length_type & 0xFF
+                if length > RECEIVE_FRAME_SIZE:
+                    raise H2Error(
+                        f"a {length}-byte frame is over the limit",
+                        ErrorCode.FRAME_SIZE_ERROR,
+                    )
+                end = offset + _FRAME_HEAD.size + length
+                if end > len(view):
+                    break
+                payload = bytes(view[offset + _FRAME_HEAD.size : end])
+                offset = end
+                self._handle(kind, flags, stream_id & MAX_WINDOW, payload, events)
         del buffer[:offset]
         return events
 

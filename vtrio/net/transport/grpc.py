@@ -6,8 +6,9 @@ TLS with ALPN ``h2``, or cleartext with prior knowledge, as Xray's and
 sing-box's do without TLS). Its reader task feeds the sans-IO
 :class:`~vtrio.protocol.http2.H2Connection` and hands each stream's DATA to
 its :class:`GrpcStream`; frames from every stream are queued in the core in
-order, and one writer task sends them (a sender waits while the backlog is
-large; the reader never waits on the peer). A server session answers each
+order; a call writes its own when no write is under way, a writer task the
+rest (a sender waits while the backlog is large; the reader never waits on
+the peer). A server session answers each
 call on an accepted path and runs the tunnel in its own task, behind the
 same error boundary as a TCP connection; a client keeps one session per
 server and opens a stream per tunnel, a new connection when the peer refuses
@@ -27,9 +28,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.transport.shared import SHARED_WRITE_STALL
+from vtrio.net.transport.shared import write_shared
 from vtrio.net.transport.tcp import address_name
-from vtrio.protocol.gun import HunkDecoder, encode_hunk, service_path
+from vtrio.protocol.gun import HunkDecoder, hunk_head, service_path
 from vtrio.protocol.http2 import (
     DataReceived,
     ErrorCode,
@@ -136,7 +137,9 @@ class GrpcStream(trio.abc.HalfCloseableStream):
         if not data:
             await trio.lowlevel.checkpoint()
             return
-        await self._session.send(self, encode_hunk(data))
+        # A bytearray could change while its frames wait: that one is copied.
+        payload = data if isinstance(data, bytes) else bytes(data)
+        await self._session.send(self, hunk_head(len(payload)), payload)
 
     def check_sendable(self) -> None:
         if self._broken is not None:
@@ -178,6 +181,7 @@ class _Session:
         self._h2 = H2Connection(client=client)
         self._client = client
         self._calls: dict[int, GrpcStream] = {}
+        self._write_lock = trio.Lock()
         self._queued = trio.Event()  # the core has frames for the writer
         self._drained = trio.Event()  # the writer took what was queued
         self._window = trio.Event()
@@ -200,54 +204,74 @@ class _Session:
             trio.current_time() + self._idle if not self._calls else math.inf
         )
 
-    # --- writing: one task writes, so the reader never waits on the peer ---
-    # (Were the reader to write its window updates itself, two peers whose
-    # socket buffers are full both ways would each wait for the other to read.)
+    # --- writing ---
+    # A call's task writes its own frames when no write is under way (one task
+    # switch fewer per chunk), shielded so that a frame is never cut; else, and
+    # for everything the reader queues, the writer task does. The reader never
+    # writes: were it to write its window updates itself, two peers whose
+    # socket buffers are full both ways would each wait for the other to read.
 
     def kick(self) -> None:
         """Have the writer send what the core has queued."""
         self._queued.set()
 
     async def flush(self) -> None:
-        """Queue for the writer; wait while the frames it has not taken yet
-        are many, so that a peer that reads slowly slows the writers down
-        rather than growing memory."""
-        self.kick()
-        while self._h2.pending_output > HIGH_WATER and self.broken is None:
-            await self._drained.wait()
+        """Send what the core has queued, or leave it to the write under way;
+        then wait while the frames not taken yet are many, so that a peer that
+        reads slowly slows the writers down rather than growing memory."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._write_lock.locked():
+            self._write_lock.acquire_nowait()
+            try:
+                await self._write(self._h2.data_to_send())
+            finally:
+                self._write_lock.release()
+        else:
+            self.kick()
+            while self._h2.pending_output > HIGH_WATER and self.broken is None:
+                await self._drained.wait()
         if self.broken is not None:
             raise trio.BrokenResourceError(self.broken)
-        await trio.lowlevel.checkpoint()
+
+    async def _write(self, data: bytes) -> None:
+        if data and self.broken is None:
+            try:
+                await write_shared(self._transport, data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._break(f"the gRPC connection broke: {exc}")
 
     async def _write_loop(self) -> None:
         while self.broken is None:
-            data = self._h2.data_to_send()
-            self._drained.set()  # the backlog is taken: senders may queue more
-            self._drained = trio.Event()
+            async with self._write_lock:
+                data = self._h2.data_to_send()
+                self._drained.set()  # the backlog is taken: senders may queue more
+                self._drained = trio.Event()
+                await self._write(data)
             if not data:
                 self._queued = trio.Event()
                 await self._queued.wait()
-                continue
-            with trio.move_on_after(SHARED_WRITE_STALL) as stall:
-                try:
-                    await self._transport.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._break(f"the gRPC connection broke: {exc}")
-            if stall.cancelled_caught:
-                self._break("the gRPC connection stalled")
         await trio.aclose_forcefully(self._transport)  # the reader stops too
 
-    async def send(self, call: GrpcStream, message: bytes) -> None:
-        view = memoryview(message)
-        while view:
+    async def send(self, call: GrpcStream, *pieces: bytes) -> None:
+        """DATA for ``pieces``, as the windows allow."""
+        views = [memoryview(piece) for piece in pieces if piece]
+        while views:
             call.check_sendable()
             window = self._h2.send_window(call.stream_id)
             if not window:
                 opened = self._window
                 await opened.wait()
                 continue
-            self._h2.send_data(call.stream_id, view[:window])
-            view = view[window:]
+            taken = []
+            while views and window:
+                view = views[0][:window]
+                taken.append(view)
+                window -= len(view)
+                if len(view) == len(views[0]):
+                    views.pop(0)
+                else:
+                    views[0] = views[0][len(view) :]
+            self._h2.send_data(call.stream_id, *taken)
             await self.flush()
 
     def consumed(self, stream_id: int, length: int) -> None:

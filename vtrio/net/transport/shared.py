@@ -1,4 +1,4 @@
-"""Writing to a stream that several tunnels share (a Mux connection)."""
+"""Writing to a stream that several tunnels share (a Mux or gRPC connection)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import trio
 SHARED_WRITE_STALL = 60.0
 
 
-async def write_shared(stream: trio.abc.Stream, data: bytes) -> None:
+async def write_shared(stream: trio.abc.Stream, data: bytes | bytearray) -> None:
     """Write to a stream that several sub-sessions share, whole or not at all.
 
     A VMess stream seals a chunk (its nonce and length mask drawn) before the
@@ -26,4 +26,4 @@ async def write_shared(stream: trio.abc.Stream, data: bytes) -> None:
         await stream.send_all(data)
     if scope.cancelled_caught:
         await trio.aclose_forcefully(stream)
-        raise trio.BrokenResourceError("the mux connection stalled")
+        raise trio.BrokenResourceError("the shared connection stalled")
