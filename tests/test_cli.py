@@ -145,7 +145,7 @@ def test_client_with_an_unknown_network_exits_2() -> None:
         app, ["client", "--server", "h:1", "--id", "x", "--network", "kcp"]
     )
     assert result.exit_code == 2
-    assert "--network: expected tcp, ws, httpupgrade or grpc" in result.stderr
+    assert "--network: expected tcp, ws, httpupgrade, grpc or h2" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from vtrio.config.links import (
     client_config,
     config_links,
     demo_server_config,
+    h2_settings,
     parse_link,
     tcp_http_header,
 )
@@ -249,6 +250,8 @@ def _transport(stream: StreamSettings) -> str:
     if stream.network == "grpc":
         grpc = stream.grpc
         text += f"({service_path(grpc.service_name, multi=grpc.multi_mode)})"
+    elif stream.network == "h2":
+        text += f"({stream.h2.path})"
     elif stream.network != "tcp":
         text += f"({stream.ws.path})"
     elif stream.http_header is not None:
@@ -299,7 +302,9 @@ def client(
     alter_id: Annotated[
         int, typer.Option(help="alterId; > 0 uses the legacy header.")
     ] = 0,
-    network: Annotated[str, typer.Option(help="tcp, ws, httpupgrade or grpc.")] = "tcp",
+    network: Annotated[
+        str, typer.Option(help="tcp, ws, httpupgrade, grpc or h2.")
+    ] = "tcp",
     header_type: Annotated[
         str, typer.Option(help='tcp header: none, or "http" (HTTP obfuscation).')
     ] = "none",
@@ -342,7 +347,7 @@ def client(
             )
             if (layer := NETWORKS.get(network.lower())) is None:
                 raise ConfigError(
-                    "expected tcp, ws, httpupgrade or grpc", path="--network"
+                    "expected tcp, ws, httpupgrade, grpc or h2", path="--network"
                 )
             if header_type.lower() not in ("none", "http") or (
                 header_type.lower() == "http" and layer != "tcp"
@@ -350,7 +355,8 @@ def client(
                 raise ConfigError(
                     "expected none, or http with --network tcp", path="--header-type"
                 )
-            # With gRPC, --path is the service name (Xray's "/a/b" form too).
+            # With gRPC, --path is the service name (Xray's "/a/b" form too);
+            # with h2, --host lists the hosts.
             grpc = layer == "grpc"
             stream = StreamSettings(
                 network=layer,
@@ -358,10 +364,11 @@ def client(
                 tls=TLSSettings(
                     server_name=sni,
                     allow_insecure=insecure,
-                    alpn=("h2",) if grpc else (),
+                    alpn=("h2",) if layer in ("grpc", "h2") else (),
                 ),
                 ws=WebSocketSettings(path=path, host=host),
                 grpc=GrpcSettings(service_name=path if grpc and path != "/" else ""),
+                h2=h2_settings(host or "", path),
                 http_header=tcp_http_header(host or "", path, "--path")
                 if header_type.lower() == "http"
                 else None,

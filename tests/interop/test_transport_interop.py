@@ -83,11 +83,16 @@ TRANSPORTS = {
     "http+tls": ("tcp", "tls"),
     "grpc": ("grpc", "none"),
     "grpc+tls": ("grpc", "tls"),
+    "h2+tls": ("h2", "tls"),
 }
-# gRPC: VMess chains only (its tunnels are HTTP/2 streams, which the
-# transport-only tests' dial/accept_stream do not run).
+# gRPC and HTTP/2: VMess chains only (their tunnels are HTTP/2 streams, which
+# the transport-only tests' dial/accept_stream do not run). HTTP/2 only over
+# TLS: v2ray's client refuses it without, sing-box then speaks HTTP/1.1.
 GRPC = {"grpc", "grpc+tls"}
+HTTP2 = {*GRPC, "h2+tls"}
 GRPC_SERVICE = "vtrio.Tunnel"
+H2_PATH = "/h2/tunnel"
+H2_HOSTS = ["h2.example.com", "cdn.example.net"]
 # TCP with the "http" header (v2ray and Xray; sing-box has no such header).
 HTTP_HEADER = {"http", "http+tls"}
 HTTP_PATHS = ["/obfs", "/video/stream.mp4"]
@@ -95,8 +100,9 @@ HTTP_HOSTS = ["cdn.example.com", "media.example.net"]
 # v2ray 4.34 has no HTTPUpgrade (v2fly 5.10 and Xray have it) and no gRPC
 # (v2fly 4.36).
 V2RAY_TRANSPORTS = [
-    name for name in TRANSPORTS if "httpupgrade" not in name and name not in GRPC
+    name for name in TRANSPORTS if "httpupgrade" not in name and name not in HTTP2
 ]
+V2RAY_VMESS_TRANSPORTS = [*V2RAY_TRANSPORTS, "h2+tls"]
 SING_BOX_TRANSPORTS = [name for name in TRANSPORTS if name not in HTTP_HEADER]
 
 
@@ -137,6 +143,8 @@ def v2ray_stream(
         stream["httpupgradeSettings"] = {"path": WS_PATH}
     if network == "grpc":
         stream["grpcSettings"] = {"serviceName": GRPC_SERVICE}
+    if network == "h2":
+        stream["httpSettings"] = {"host": H2_HOSTS, "path": H2_PATH}
     if transport in HTTP_HEADER:
         stream["tcpSettings"] = http_header_json()
     if network == "ws":
@@ -264,6 +272,8 @@ def sing_box_transport(
         members["transport"] = {"type": "httpupgrade", "path": WS_PATH}
     if network == "grpc":
         members["transport"] = {"type": "grpc", "service_name": GRPC_SERVICE}
+    if network == "h2":
+        members["transport"] = {"type": "http", "host": H2_HOSTS, "path": H2_PATH}
     if network == "ws":
         members["transport"] = {"type": "ws", "path": WS_PATH}
         if early:
@@ -505,7 +515,9 @@ async def run_vmess_chain(
 def vmess_cases() -> list[Any]:
     cases = []
     for peer, early_too in (("v2ray", False), ("sing-box", True)):
-        for transport in V2RAY_TRANSPORTS if peer == "v2ray" else SING_BOX_TRANSPORTS:
+        for transport in (
+            V2RAY_VMESS_TRANSPORTS if peer == "v2ray" else SING_BOX_TRANSPORTS
+        ):
             earlies = [False, True] if early_too and "ws" in transport else [False]
             for early in earlies:
                 suffix = f"[{transport}{'-early' if early else ''}]"

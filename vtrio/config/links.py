@@ -65,7 +65,7 @@ def _stream(
     network = NETWORKS.get((net or "tcp").lower())
     if network is None:
         raise ConfigError(
-            f"transport {net!r} is not supported yet (tcp, ws, httpupgrade or grpc)",
+            f"transport {net!r} is not supported yet (tcp, ws, httpupgrade, grpc, h2)",
             path="link.net",
         )
     http_header = None
@@ -82,14 +82,15 @@ def _stream(
             f"stream security {tls!r} is not supported (tls or none)", path="link.tls"
         )
     ws = model.WebSocketSettings()
-    grpc = model.GrpcSettings()
+    grpc, h2 = model.GrpcSettings(), model.H2Settings()
     alpns = tuple(a for a in alpn.split(",") if a)
     if network == "grpc":
         # v2rayN: path is the serviceName, type the mode, host the authority.
         grpc = model.GrpcSettings(
             service_name=path, multi_mode=header.lower() == "multi", authority=host
         )
-        alpns = alpns or ("h2",)
+    elif network == "h2":
+        h2 = h2_settings(host, path)
     elif network != "tcp":
         ws_path, _, query = (path or "/").partition("?")
         max_early, header = 0, ""
@@ -103,6 +104,8 @@ def _stream(
             max_early_data=max_early,
             early_data_header_name=header,
         )
+    if network in ("grpc", "h2"):
+        alpns = alpns or ("h2",)
     return model.StreamSettings(
         network=network,
         security="tls" if security == "tls" else "none",
@@ -113,6 +116,7 @@ def _stream(
         ),
         ws=ws,
         grpc=grpc,
+        h2=h2,
         http_header=http_header,
     )
 
@@ -244,7 +248,7 @@ def make_link(link: Link) -> str:
         "host": (stream.ws.host or "") if stream.network != "tcp" else "",
         "path": ws_path if stream.network != "tcp" else "",
         **_http_header_fields(stream),
-        **_grpc_fields(stream),
+        **_http2_fields(stream),
         "tls": "tls" if stream.security == "tls" else "",
         "sni": stream.tls.server_name or "",
         "alpn": ",".join(stream.tls.alpn),
@@ -255,8 +259,19 @@ def make_link(link: Link) -> str:
     return SCHEME + encoded
 
 
-def _grpc_fields(stream: model.StreamSettings) -> dict[str, str]:
-    """v2rayN's fields for gRPC: the service name, the mode, the authority."""
+def h2_settings(host: str, path: str) -> model.H2Settings:
+    """h2 from a link's (or vtrio client's) host and path: hosts split at
+    commas, the path given its slash."""
+    hosts = tuple(h for h in host.split(",") if h) or model.H2Settings().hosts
+    path = path or "/"
+    return model.H2Settings(hosts=hosts, path=path if path[0] == "/" else "/" + path)
+
+
+def _http2_fields(stream: model.StreamSettings) -> dict[str, str]:
+    """v2rayN's fields for gRPC (the service name, the mode, the authority)
+    and h2 (the hosts and the path)."""
+    if stream.network == "h2":
+        return {"host": ",".join(stream.h2.hosts), "path": stream.h2.path}
     if stream.network != "grpc":
         return {}
     grpc = stream.grpc

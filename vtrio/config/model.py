@@ -178,12 +178,25 @@ class GrpcSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class H2Settings:
+    """``httpSettings``, v2ray's HTTP/2 transport: each tunnel one request
+    to ``path`` for one of ``hosts`` (a client picks one at random; a server
+    serves only those), its body and the response's carrying the bytes."""
+
+    hosts: tuple[str, ...] = ("www.example.com",)
+    path: str = "/"
+    method: str = "PUT"
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSettings:
-    network: Literal["tcp", "ws", "httpupgrade", "grpc"] = "tcp"
+    network: Literal["tcp", "ws", "httpupgrade", "grpc", "h2"] = "tcp"
     security: Literal["none", "tls"] = "none"
     tls: TLSSettings = field(default_factory=TLSSettings)
     ws: WebSocketSettings = field(default_factory=WebSocketSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    h2: H2Settings = field(default_factory=H2Settings)
     # The "http" TCP header (tcp network only); None is type "none".
     http_header: HttpHeaderSettings | None = None
     # Inbounds: every connection starts with a PROXY protocol header (v1/v2).

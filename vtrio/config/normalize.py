@@ -37,6 +37,7 @@ from vtrio.config.v2ray import (
     HttpRequestV2,
     HttpResponseV2,
     HttpUpgradeV2,
+    HttpV2,
     InboundV2,
     MuxV2,
     NtpV2,
@@ -131,7 +132,7 @@ FREEDOM_STRATEGIES = {
     ),
 }
 # The network names each dialect spells, to vtrio's.
-NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade", "grpc"]] = {
+NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade", "grpc", "h2"]] = {
     "tcp": "tcp",
     "raw": "tcp",
     "ws": "ws",
@@ -139,13 +140,13 @@ NETWORKS: dict[str, Literal["tcp", "ws", "httpupgrade", "grpc"]] = {
     "httpupgrade": "httpupgrade",
     "grpc": "grpc",
     "gun": "grpc",
+    "http": "h2",
+    "h2": "h2",
 }
 NOT_SUPPORTED_NETWORKS = {
     "kcp": "mKCP",
     "mkcp": "mKCP",
     "quic": "QUIC",
-    "http": "HTTP/2",
-    "h2": "HTTP/2",
     "xhttp": "XHTTP",
     "splithttp": "SplitHTTP",
     "hysteria": "Hysteria",
@@ -1255,6 +1256,7 @@ class Normalizer:
                 tcp_settings=stream.tcp_settings
                 or (None if stream.raw_settings else transport.tcp_settings),
                 ws_settings=stream.ws_settings or transport.ws_settings,
+                http_settings=stream.http_settings or transport.http_settings,
             )
         given, where = stream.network, f"{path}.network"
         if stream.method is not None:
@@ -1269,7 +1271,7 @@ class Normalizer:
         if network in NOT_SUPPORTED_NETWORKS:
             self.error(
                 f"{NOT_SUPPORTED_NETWORKS[network]} transport is not supported yet"
-                " (vtrio has tcp, ws, httpupgrade, grpc and tls)",
+                " (vtrio has tcp, ws, httpupgrade, grpc, http and tls)",
                 where,
             )
             return None
@@ -1338,17 +1340,21 @@ class Normalizer:
                 self.source,
                 path,
             )
-        grpc = model.GrpcSettings()
+        grpc, h2 = model.GrpcSettings(), model.H2Settings()
         if NETWORKS[network] == "grpc":
             grpc = self.grpc(stream.grpc_settings or stream.gun_settings, path)
-            if not tls.alpn:  # gRPC is HTTP/2: the TLS layer must agree on h2
-                tls = dataclasses.replace(tls, alpn=("h2",))
+        elif NETWORKS[network] == "h2":
+            h2 = self.h2(stream.http_settings, f"{path}.httpSettings")
+        if NETWORKS[network] in ("grpc", "h2") and not tls.alpn:
+            # HTTP/2 underneath: the TLS layer must agree on h2.
+            tls = dataclasses.replace(tls, alpn=("h2",))
         return model.StreamSettings(
             network=NETWORKS[network],
             security=cast("Literal['none', 'tls']", security),
             tls=tls,
             ws=self.upgrade(upgrade),
             grpc=grpc,
+            h2=h2,
             http_header=http_header or None,
             accept_proxy_protocol=accept_proxy,
             domain_socket=domain_socket,
@@ -1384,6 +1390,34 @@ class Normalizer:
             multi_mode=grpc.multi_mode,
             authority=grpc.authority,
             user_agent=grpc.user_agent,
+        )
+
+    def h2(self, http: HttpV2 | None, path: str) -> model.H2Settings:
+        """``httpSettings``: v2ray's defaults (host www.example.com, PUT to
+        /), the path given its slash as v2ray does."""
+        if http is None:
+            return model.H2Settings()
+        if http.read_idle_timeout or http.health_check_timeout:
+            LOGGER.warning(
+                "%s: %s: read_idle_timeout and health_check_timeout ignored"
+                " (vtrio sends no health-check pings)",
+                self.source,
+                path,
+            )
+        method = http.method or "PUT"
+        if not _HTTP_TOKEN.fullmatch(method):
+            self.error("expected an HTTP method (a token)", f"{path}.method")
+        hosts = tuple(_string_list(http.host)) or model.H2Settings().hosts
+        if any(_HTTP_UNSAFE.search(host) for host in hosts):
+            self.error("expected host names", f"{path}.host")
+        request_path = http.path or "/"
+        if _HTTP_UNSAFE.search(request_path):
+            self.error("expected a path without spaces", f"{path}.path")
+        return model.H2Settings(
+            hosts=hosts,
+            path=request_path if request_path.startswith("/") else "/" + request_path,
+            method=method,
+            headers=self.head_headers(http.headers, f"{path}.headers"),
         )
 
     def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:

@@ -458,6 +458,18 @@ class SockoptV2(msgspec.Struct, rename="camel", kw_only=True):
     tproxy: str = "off"
 
 
+class HttpV2(V2Base):
+    """``httpSettings``: v2ray's HTTP/2 transport; Xray's keepalive keys are
+    in snake case."""
+
+    host: StringListV2 | None = None
+    path: str = "/"
+    method: str = ""
+    headers: dict[str, StringListV2 | None] | None = None
+    read_idle_timeout: int = msgspec.field(default=0, name="read_idle_timeout")
+    health_check_timeout: int = msgspec.field(default=0, name="health_check_timeout")
+
+
 class StreamV2(V2Base):
     network: str = "tcp"
     method: str | None = None  # Xray's newer name for network; it wins
@@ -471,7 +483,7 @@ class StreamV2(V2Base):
     # Transports vtrio refuses by name; kept raw so the error can say so.
     kcp_settings: msgspec.Raw = ABSENT
     quic_settings: msgspec.Raw = ABSENT
-    http_settings: msgspec.Raw = ABSENT
+    http_settings: HttpV2 | None = None
     grpc_settings: GrpcV2 | None = None
     ds_settings: DomainSocketV2 | None = None
     xhttp_settings: msgspec.Raw = ABSENT
@@ -490,7 +502,7 @@ class TransportV2(V2Base):
     tcp_settings: TcpV2 | None = None
     ws_settings: WebSocketV2 | None = None
     kcp_settings: msgspec.Raw = ABSENT
-    http_settings: msgspec.Raw = ABSENT
+    http_settings: HttpV2 | None = None
     ds_settings: DomainSocketV2 | None = None
     quic_settings: msgspec.Raw = ABSENT
 

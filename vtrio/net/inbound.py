@@ -40,7 +40,7 @@ from vtrio.net.outbound import Destination, Session, parse_address
 from vtrio.net.relay import Traffic
 from vtrio.net.sniffing import sniffed_route, wants_sniffing
 from vtrio.net.socks import handle_socks
-from vtrio.net.transport.grpc import GrpcStream, serve_grpc
+from vtrio.net.transport.h2 import H2Tunnel, flavor_of, serve_h2
 from vtrio.net.transport.proxy_protocol import receive_proxy_header
 from vtrio.net.transport.tcp import (
     TCPListener,
@@ -167,11 +167,11 @@ class VMessHandler:
         if scope.cancelled_caught:
             context.log_rejection(source, self._inbound.tag, "handshake timed out")
             return
-        if settings.network != "grpc":
+        if settings.network not in ("grpc", "h2"):
             await self._serve(stream, raw, source, deadline)
             return
 
-        async def serve_call(call: GrpcStream) -> None:
+        async def serve_call(call: H2Tunnel) -> None:
             # Each call behind its own error boundary: one broken tunnel
             # leaves the connection's others running.
             await handle_connection(
@@ -181,7 +181,9 @@ class VMessHandler:
                 source=source,
             )
 
-        await serve_grpc(settings.grpc, stream, serve_call, context.handshake_timeout())
+        await serve_h2(
+            flavor_of(settings), stream, serve_call, context.handshake_timeout()
+        )
 
     async def _serve(
         self,
@@ -190,9 +192,9 @@ class VMessHandler:
         source: str,
         deadline: float | None = None,
     ) -> None:
-        """One VMess tunnel on ``stream`` (a connection's layers, or a gRPC
-        call), its header due by ``deadline`` (default: the handshake timeout
-        from now)."""
+        """One VMess tunnel on ``stream`` (a connection's layers, or one
+        HTTP/2 stream of it), its header due by ``deadline`` (default: the
+        handshake timeout from now)."""
         context = self._context
         tag = self._inbound.tag
         if deadline is None:

@@ -36,7 +36,7 @@ from vtrio.errors import DialError
 from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
 from vtrio.net.mux_client import MuxPool
-from vtrio.net.transport.grpc import GrpcClient
+from vtrio.net.transport.h2 import H2Client, flavor_of
 from vtrio.net.transport.transparent import set_mark
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
@@ -414,9 +414,9 @@ class VMessOutbound:
         self._mux = (
             MuxPool(self._dial_mux, mux_concurrency) if mux_concurrency else None
         )
-        self._grpc = (
-            GrpcClient(stream.grpc, self._dial_transport)
-            if stream.network == "grpc"
+        self._h2 = (
+            H2Client(flavor_of(stream), self._dial_transport)
+            if stream.network in ("grpc", "h2")
             else None
         )
         self._endpoints = [
@@ -429,8 +429,8 @@ class VMessOutbound:
         self._turn = itertools.count()
 
     async def _dial(self, endpoint: Endpoint) -> trio.abc.Stream:
-        if self._grpc is not None:
-            return await self._grpc.open(endpoint.host, endpoint.port)
+        if self._h2 is not None:
+            return await self._h2.open(endpoint.host, endpoint.port)
         return await self._dial_transport(endpoint.host, endpoint.port)
 
     async def _dial_transport(
@@ -474,11 +474,11 @@ class VMessOutbound:
 
     def run_in(self, nursery: trio.Nursery) -> None:
         """Where this outbound's shared connections run: Mux (until then each
-        tunnel gets a connection of its own) and gRPC."""
+        tunnel gets a connection of its own), gRPC and HTTP/2."""
         if self._mux is not None:
             self._mux.run_in(nursery)
-        if self._grpc is not None:
-            self._grpc.run_in(nursery)
+        if self._h2 is not None:
+            self._h2.run_in(nursery)
 
     async def _dial_mux(self) -> trio.abc.Stream:
         _, endpoint, stream = await self._connect()
@@ -598,8 +598,8 @@ class Dispatcher:
         self._router = routing.Router(config.routing)
 
     def run_in(self, nursery: trio.Nursery) -> None:
-        """Where outbounds run their own long-lived tasks (Mux and gRPC
-        connections)."""
+        """Where outbounds run their own long-lived tasks (Mux, gRPC and
+        HTTP/2 connections)."""
         for handler in self._handlers.values():
             if isinstance(handler, VMessOutbound):
                 handler.run_in(nursery)

@@ -1,5 +1,5 @@
 """Transports: the byte streams VMess rides on (raw TCP, TLS, WebSocket,
-HTTPUpgrade, gRPC, and TCP with the "http" header).
+HTTPUpgrade, gRPC, HTTP/2, and TCP with the "http" header).
 
 Theory of operation: listening is always plain TCP, so the accept loop never
 blocks on a slow peer; the server-side handshake of the configured layers
@@ -14,9 +14,9 @@ on the tcp network (as v2ray stacks it, inside TLS). Neither TLS nor
 WebSocket can half-close here, so on those layers ``send_eof`` only stops
 sending (see ``tls.py`` and ``websocket.py``); VMess ends each direction with
 its own end chunk. HTTPUpgrade half-closes as the stream under it does. For
-gRPC these functions stop at TLS: one HTTP/2 connection carries many tunnels,
-so ``grpc.py`` runs it (the inbound's ``serve_grpc``, an outbound's
-``GrpcClient``). Both
+gRPC and HTTP/2 these functions stop at TLS: one HTTP/2 connection carries
+many tunnels, so ``h2.py`` runs it (the inbound's ``serve_h2``, an
+outbound's ``H2Client``). Both
 upgrades carry ``forwarded_for`` (X-Forwarded-For) on the server side; other
 streams do not have the attribute.
 """
@@ -265,7 +265,9 @@ async def dial(
         if settings.security == "tls":
             # The upgrades speak HTTP/1.1: never let the server pick h2; gRPC
             # speaks nothing else.
-            alpn = {"tcp": (), "grpc": ("h2",)}.get(settings.network, ("http/1.1",))
+            alpn = {"tcp": (), "grpc": ("h2",), "h2": ("h2",)}.get(
+                settings.network, ("http/1.1",)
+            )
             layered = await dial_tls(settings.tls, base, host, port, default_alpn=alpn)
         if settings.network == "ws":
             layered = await dial_websocket(

@@ -1,29 +1,32 @@
-"""The gRPC transport (v2ray's, Xray's and sing-box's "gun"): each tunnel is
-one HTTP/2 stream, a bidirectional gRPC call whose messages carry its bytes.
+"""Tunnels as HTTP/2 streams: the gRPC transport (v2ray's, Xray's and
+sing-box's "gun") and the HTTP/2 one (v2ray's ``http``, also called h2).
 
 Theory of operation: a :class:`_Session` runs one HTTP/2 connection (over
 TLS with ALPN ``h2``, or cleartext with prior knowledge, as Xray's and
-sing-box's do without TLS). Its reader task feeds the sans-IO
-:class:`~vtrio.protocol.http2.H2Connection` and hands each stream's DATA to
-its :class:`GrpcStream`; frames from every stream are queued in the core in
-order; a call writes its own when no write is under way, a writer task the
-rest (a sender waits while the backlog is large; the reader never waits on
-the peer). A server session answers each
-call on an accepted path and runs the tunnel in its own task, behind the
+sing-box's gRPC and v2ray's h2c server speak it). Its reader task feeds the
+sans-IO :class:`~vtrio.protocol.http2.H2Connection` and hands each stream's
+DATA to its :class:`H2Tunnel`; frames from every stream are queued in the
+core in order; a tunnel writes its own when no write is under way, a writer
+task the rest (a sender waits while the backlog is large; the reader never
+waits on the peer). A :class:`Flavor` says what is around the bytes: gRPC
+calls carry them in Hunk messages and end with trailers, the HTTP/2
+transport's PUT requests carry them bare. A server session answers each
+request the flavor accepts and runs the tunnel in its own task, behind the
 same error boundary as a TCP connection; a client keeps one session per
-server and opens a stream per tunnel, a new connection when the peer refuses
-more streams, goes away or breaks. Half-close is END_STREAM (the client's)
-or the trailers (``grpc-status: 0``, the server's); closing early resets the
-stream.
+server and opens a stream per tunnel, a new connection when the peer
+refuses more streams, goes away or breaks. Half-close is END_STREAM (the
+client's) or the end of the response; closing early resets the stream.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
+import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import trio
 
@@ -45,10 +48,10 @@ from vtrio.protocol.http2 import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from vtrio.config.model import GrpcSettings
+    from vtrio.config.model import GrpcSettings, H2Settings, StreamSettings
     from vtrio.protocol.hpack import Header
 
-LOGGER = logging.getLogger("vtrio.net.transport.grpc")
+LOGGER = logging.getLogger("vtrio.net.transport.h2")
 
 RECEIVE_SIZE = 65536
 # A client connection with no tunnel left closes after this long.
@@ -61,15 +64,17 @@ CLOSE_GRACE = 1.0
 HIGH_WATER = 256 * 1024
 _GRPC_CONTENT = b"application/grpc"
 _USER_AGENT = "grpc-go/1.58.0"
+_NOT_FOUND: list[Header] = [(b":status", b"404")]
 
 
-class GrpcStream(trio.abc.HalfCloseableStream):
-    """One tunnel: a gRPC call on a shared HTTP/2 connection."""
+class H2Tunnel(trio.abc.HalfCloseableStream):
+    """One tunnel: a stream (a gRPC call, an HTTP/2 request) on a shared
+    HTTP/2 connection."""
 
     def __init__(self, session: _Session, stream_id: int) -> None:
         self._session = session
         self.stream_id = stream_id
-        self._decoder = HunkDecoder()
+        self._framing = session.flavor.framing()
         self._payloads: deque[bytes] = deque()
         self._unconsumed = 0  # flow-controlled bytes behind _payloads
         self._arrived = trio.Event()
@@ -82,8 +87,8 @@ class GrpcStream(trio.abc.HalfCloseableStream):
 
     def _on_data(self, data: bytes, flow_length: int, end: bool) -> None:
         try:
-            self._payloads.extend(self._decoder.receive_data(data))
-        except RemoteProtocolError as exc:  # a malformed message breaks this call only
+            self._payloads.extend(self._framing.receive_data(data))
+        except RemoteProtocolError as exc:  # a bad message breaks this tunnel only
             self._fail(str(exc))
             self._session.reset(self.stream_id, ErrorCode.PROTOCOL_ERROR)
             return
@@ -93,8 +98,8 @@ class GrpcStream(trio.abc.HalfCloseableStream):
             self._unconsumed = 0
         if end:
             self._remote_ended = True
-            if self._decoder.pending:
-                self._fail("the call ended inside a gRPC message")
+            if self._framing.pending:
+                self._fail("the stream ended inside a message")
         self._arrived.set()
 
     def _on_end(self) -> None:
@@ -112,7 +117,7 @@ class GrpcStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         while not self._payloads:
             if self._closed:
-                raise trio.ClosedResourceError("the gRPC stream is closed")
+                raise trio.ClosedResourceError("the HTTP/2 tunnel is closed")
             if self._broken is not None:
                 raise trio.BrokenResourceError(self._broken)
             if self._remote_ended:
@@ -133,13 +138,14 @@ class GrpcStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._local_ended or self._closed:
-            raise trio.ClosedResourceError("the gRPC stream was closed for sending")
+            raise trio.ClosedResourceError("the HTTP/2 tunnel was closed for sending")
         if not data:
             await trio.lowlevel.checkpoint()
             return
         # A bytearray could change while its frames wait: that one is copied.
         payload = data if isinstance(data, bytes) else bytes(data)
-        await self._session.send(self, hunk_head(len(payload)), payload)
+        head = self._session.flavor.message_head(len(payload))
+        await self._session.send(self, head, payload)
 
     def check_sendable(self) -> None:
         if self._broken is not None:
@@ -170,17 +176,23 @@ class GrpcStream(trio.abc.HalfCloseableStream):
 
 
 class _Session:
-    """One HTTP/2 connection and its gRPC calls."""
+    """One HTTP/2 connection and its tunnels."""
 
     def __init__(
-        self, transport: trio.abc.Stream, *, client: bool, first_call_within: float = 0
+        self,
+        transport: trio.abc.Stream,
+        flavor: Flavor,
+        *,
+        client: bool,
+        first_call_within: float = 0,
     ) -> None:
         """``first_call_within``: a server's bound on the wait for the first
         call (its handshake timeout), after which the idle time applies."""
         self._transport = transport
+        self.flavor = flavor
         self._h2 = H2Connection(client=client)
         self._client = client
-        self._calls: dict[int, GrpcStream] = {}
+        self._calls: dict[int, H2Tunnel] = {}
         self._write_lock = trio.Lock()
         self._queued = trio.Event()  # the core has frames for the writer
         self._drained = trio.Event()  # the writer took what was queued
@@ -238,7 +250,7 @@ class _Session:
             try:
                 await write_shared(self._transport, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._break(f"the gRPC connection broke: {exc}")
+                self._break(f"the HTTP/2 connection broke: {exc}")
 
     async def _write_loop(self) -> None:
         while self.broken is None:
@@ -252,7 +264,7 @@ class _Session:
                 await self._queued.wait()
         await trio.aclose_forcefully(self._transport)  # the reader stops too
 
-    async def send(self, call: GrpcStream, *pieces: bytes) -> None:
+    async def send(self, call: H2Tunnel, *pieces: bytes) -> None:
         """DATA for ``pieces``, as the windows allow."""
         views = [memoryview(piece) for piece in pieces if piece]
         while views:
@@ -278,9 +290,7 @@ class _Session:
         self._h2.consumed(stream_id, length)
 
     def end(self, stream_id: int) -> None:
-        self._h2.end_stream(
-            stream_id, None if self._client else [(b"grpc-status", b"0")]
-        )
+        self._h2.end_stream(stream_id, None if self._client else self.flavor.trailers)
 
     def wake_senders(self) -> None:
         """Calls waiting for a send window look again (it grew, or their
@@ -291,18 +301,14 @@ class _Session:
     def reset(self, stream_id: int, code: ErrorCode) -> None:
         self._h2.reset_stream(stream_id, code)
 
-    def forget(self, call: GrpcStream, *, finished: bool) -> None:
+    def forget(self, call: H2Tunnel, *, finished: bool) -> None:
         if self._calls.pop(call.stream_id, None) is not None and not finished:
             self._h2.reset_stream(call.stream_id, ErrorCode.CANCEL)
         self._mark_idle()
 
     # --- reading ---
 
-    async def run(
-        self,
-        on_call: Callable[[GrpcStream], None] | None,
-        paths: frozenset[str] = frozenset(),
-    ) -> None:
+    async def run(self, on_call: Callable[[H2Tunnel], None] | None) -> None:
         """Read frames until the connection ends, it breaks, or it stays
         without calls for the idle time; then every call breaks.
 
@@ -314,25 +320,23 @@ class _Session:
                 tasks.start_soon(self._write_loop)
                 try:
                     with self._idle_scope:
-                        await self._read_frames(on_call, paths)
+                        await self._read_frames(on_call)
                     if self._idle_scope.cancelled_caught:
                         self._h2.close()
-                        self._break("the gRPC connection was idle")
+                        self._break("the HTTP/2 connection was idle")
                 finally:
                     tasks.cancel_scope.cancel()
         finally:
-            self._break("the gRPC connection ended")
+            self._break("the HTTP/2 connection ended")
             await self._write_final()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._transport)
 
-    async def _read_frames(
-        self, on_call: Callable[[GrpcStream], None] | None, paths: frozenset[str]
-    ) -> None:
+    async def _read_frames(self, on_call: Callable[[H2Tunnel], None] | None) -> None:
         while True:
             data = await self._transport.receive_some(RECEIVE_SIZE)
             if not data:
-                self._break("the gRPC connection closed")
+                self._break("the HTTP/2 connection closed")
                 return
             try:
                 events = self._h2.receive_data(data)
@@ -341,7 +345,7 @@ class _Session:
                 self._break(str(exc))
                 raise
             for event in events:
-                self._dispatch(event, on_call, paths)
+                self._dispatch(event, on_call)
             self.kick()
 
     async def _write_final(self) -> None:
@@ -354,10 +358,7 @@ class _Session:
                     await self._transport.send_all(data)
 
     def _dispatch(
-        self,
-        event: object,
-        on_call: Callable[[GrpcStream], None] | None,
-        paths: frozenset[str],
+        self, event: object, on_call: Callable[[H2Tunnel], None] | None
     ) -> None:
         if isinstance(event, DataReceived):
             call = self._calls.get(event.stream_id)
@@ -370,11 +371,11 @@ class _Session:
             if call is not None:
                 self._on_headers(call, event)
             elif on_call is not None:
-                self._accept(event, on_call, paths)
+                self._accept(event, on_call)
         elif isinstance(event, StreamReset):
             call = self._calls.get(event.stream_id)
             if call is not None:
-                call._fail(f"the peer reset the gRPC call (code {event.code})")
+                call._fail(f"the peer reset the stream (code {event.code})")
         elif isinstance(event, WindowOpened):
             self.wake_senders()
         elif isinstance(event, GoAway):
@@ -382,13 +383,11 @@ class _Session:
                 if stream_id > event.last_stream_id:
                     call._fail("the peer went away before the call started")
 
-    def _on_headers(self, call: GrpcStream, event: HeadersReceived) -> None:
+    def _on_headers(self, call: H2Tunnel, event: HeadersReceived) -> None:
         fields = dict(event.headers)
         status = fields.get(b":status")
         if self._client and status is not None and status != b"200":
-            call._fail(
-                f"the gRPC server answered HTTP {status.decode(errors='replace')}"
-            )
+            call._fail(f"the server answered HTTP {status.decode(errors='replace')}")
         elif b"grpc-status" in fields and fields[b"grpc-status"] != b"0":
             message = fields.get(b"grpc-message", b"").decode(errors="replace")
             call._fail(f"gRPC status {fields[b'grpc-status'].decode()} {message}")
@@ -396,32 +395,22 @@ class _Session:
             call._on_end()
 
     def _accept(
-        self,
-        event: HeadersReceived,
-        on_call: Callable[[GrpcStream], None],
-        paths: frozenset[str],
+        self, event: HeadersReceived, on_call: Callable[[H2Tunnel], None]
     ) -> None:
         fields = dict(event.headers)
-        path = fields.get(b":path", b"").decode(errors="replace")
-        if (
-            fields.get(b":method") != b"POST"
-            or path not in paths
-            or not fields.get(b"content-type", b"").startswith(_GRPC_CONTENT)
-        ):
+        if not self.flavor.accepts(fields):
             LOGGER.debug(
-                "gRPC: refused a %r request for %r", fields.get(b":method"), path
+                "HTTP/2: refused a %r request for %r",
+                fields.get(b":method"),
+                fields.get(b":path"),
             )
-            self._h2.send_headers(
-                event.stream_id, [(b":status", b"404")], end_stream=True
-            )
+            self._h2.send_headers(event.stream_id, _NOT_FOUND, end_stream=True)
             return
-        call = GrpcStream(self, event.stream_id)
+        call = H2Tunnel(self, event.stream_id)
         self._calls[event.stream_id] = call
         self._idle = SERVER_IDLE
         self._mark_idle()
-        self._h2.send_headers(
-            event.stream_id, [(b":status", b"200"), (b"content-type", _GRPC_CONTENT)]
-        )
+        self._h2.send_headers(event.stream_id, self.flavor.response)
         if event.end_stream:
             call._on_end()
         on_call(call)
@@ -437,9 +426,9 @@ class _Session:
 
     # --- client calls ---
 
-    async def open_call(self, headers: list[Header]) -> GrpcStream:
+    async def open_call(self, headers: list[Header]) -> H2Tunnel:
         stream_id = self._h2.open_stream()
-        call = GrpcStream(self, stream_id)
+        call = H2Tunnel(self, stream_id)
         self._calls[stream_id] = call
         self._mark_idle()
         self._h2.send_headers(stream_id, headers)
@@ -447,69 +436,173 @@ class _Session:
         return call
 
 
-def request_headers(settings: GrpcSettings, authority: str) -> list[Header]:
-    """The HEADERS of a client's call, as grpc-go sends them."""
-    return [
-        (b":method", b"POST"),
-        (b":scheme", b"https"),
-        (
-            b":path",
-            service_path(settings.service_name, multi=settings.multi_mode).encode(),
-        ),
-        (b":authority", (settings.authority or authority).encode()),
+class Flavor(abc.ABC):
+    """What one kind of HTTP/2 tunnel puts around the bytes."""
+
+    # The server's answer to a request it accepts, and the end of its
+    # response: trailers, or (None) an empty END_STREAM DATA frame.
+    response: ClassVar[list[Header]]
+    trailers: ClassVar[list[Header] | None] = None
+
+    @abc.abstractmethod
+    def request(self, authority: str) -> list[Header]:
+        """The HEADERS of a client's request to ``authority``."""
+
+    @abc.abstractmethod
+    def accepts(self, fields: dict[bytes, bytes]) -> bool:
+        """Whether a server serves the request with these headers."""
+
+    def framing(self) -> Framing:
+        """What turns a stream's DATA into tunnel bytes."""
+        return _Bare()
+
+    def message_head(self, length: int) -> bytes:
+        """What goes before ``length`` bytes of tunnel data."""
+        return b""
+
+
+class Framing(Protocol):
+    @property
+    def pending(self) -> bool:
+        """Part of a message waits for the rest."""
+
+    def receive_data(self, data: bytes) -> list[bytes]: ...
+
+
+class _Bare:
+    pending = False
+
+    @staticmethod
+    def receive_data(data: bytes) -> list[bytes]:
+        return [data] if data else []
+
+
+class GrpcFlavor(Flavor):
+    """A gRPC call of the service's Tun (or TunMulti) method, the bytes in
+    Hunk messages (``gun.py``)."""
+
+    response: ClassVar[list[Header]] = [
+        (b":status", b"200"),
         (b"content-type", _GRPC_CONTENT),
-        (b"user-agent", (settings.user_agent or _USER_AGENT).encode()),
-        (b"te", b"trailers"),
+    ]
+    trailers: ClassVar[list[Header] | None] = [(b"grpc-status", b"0")]
+
+    def __init__(self, settings: GrpcSettings) -> None:
+        self._settings = settings
+        # A server answers both methods, as Xray's does.
+        self._paths = frozenset(
+            service_path(settings.service_name, multi=multi).encode()
+            for multi in (False, True)
+        )
+
+    def request(self, authority: str) -> list[Header]:
+        settings = self._settings
+        path = service_path(settings.service_name, multi=settings.multi_mode)
+        return [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":path", path.encode()),
+            (b":authority", (settings.authority or authority).encode()),
+            (b"content-type", _GRPC_CONTENT),
+            (b"user-agent", (settings.user_agent or _USER_AGENT).encode()),
+            (b"te", b"trailers"),
+        ]
+
+    def accepts(self, fields: dict[bytes, bytes]) -> bool:
+        return (
+            fields.get(b":method") == b"POST"
+            and fields.get(b":path") in self._paths
+            and fields.get(b"content-type", b"").startswith(_GRPC_CONTENT)
+        )
+
+    def framing(self) -> Framing:
+        return HunkDecoder()
+
+    def message_head(self, length: int) -> bytes:
+        return hunk_head(length)
+
+
+class HttpFlavor(Flavor):
+    """v2ray's HTTP/2 transport: a request (PUT unless set) to the path, its
+    body and the response's carrying the bytes bare."""
+
+    response: ClassVar[list[Header]] = [
+        (b":status", b"200"),
+        (b"cache-control", b"no-store"),
     ]
 
+    def __init__(self, settings: H2Settings) -> None:
+        self._settings = settings
+        self._hosts = {host.encode() for host in settings.hosts}
+        self._path = settings.path.encode()
 
-def accepted_paths(settings: GrpcSettings) -> frozenset[str]:
-    """The paths a server answers: both methods, as Xray's server does."""
-    return frozenset(
-        service_path(settings.service_name, multi=multi) for multi in (False, True)
-    )
+    def request(self, authority: str) -> list[Header]:
+        settings = self._settings
+        headers = [
+            (b":method", settings.method.encode()),
+            (b":scheme", b"https"),
+            (b":path", self._path),
+            (b":authority", random.choice(settings.hosts).encode()),
+        ]
+        headers += [
+            (name.lower().encode(), value.encode())
+            for name, values in settings.headers
+            for value in values[-1:]  # Go's Header.Set: the last one stays
+        ]
+        return [*headers, (b"accept-encoding", b"identity")]
+
+    def accepts(self, fields: dict[bytes, bytes]) -> bool:
+        # As v2ray: the host must be listed and the path start with ours; the
+        # method is not checked.
+        host = fields.get(b":authority") or fields.get(b"host", b"")
+        return host in self._hosts and fields.get(b":path", b"").startswith(self._path)
 
 
-async def serve_grpc(
-    settings: GrpcSettings,
+def flavor_of(settings: StreamSettings) -> Flavor:
+    """The HTTP/2 flavor of a stream whose network is grpc or h2."""
+    if settings.network == "grpc":
+        return GrpcFlavor(settings.grpc)
+    return HttpFlavor(settings.h2)
+
+
+async def serve_h2(
+    flavor: Flavor,
     transport: trio.abc.Stream,
-    handle_call: Callable[[GrpcStream], Awaitable[None]],
+    handle_call: Callable[[H2Tunnel], Awaitable[None]],
     first_call_within: float,
 ) -> None:
-    """Serve gRPC tunnels on one accepted connection until it ends; each call
-    runs ``handle_call`` in a task of its own, and is closed after it. A
-    connection that opens no call within ``first_call_within`` seconds
+    """Serve tunnels on one accepted connection until it ends; each runs
+    ``handle_call`` in a task of its own, and is closed after it. A
+    connection that opens no tunnel within ``first_call_within`` seconds
     closes."""
-    session = _Session(transport, client=False, first_call_within=first_call_within)
+    session = _Session(
+        transport, flavor, client=False, first_call_within=first_call_within
+    )
 
-    async def run_call(call: GrpcStream) -> None:
+    async def run_call(call: H2Tunnel) -> None:
         try:
             await handle_call(call)
         finally:
             await call.aclose()
 
     async with trio.open_nursery() as calls:
-        await session.run(
-            lambda call: calls.start_soon(run_call, call), accepted_paths(settings)
-        )
+        await session.run(lambda call: calls.start_soon(run_call, call))
         calls.cancel_scope.cancel()
 
 
-class GrpcClient:
-    """The gRPC connections of one outbound: one per server, shared by its
+class H2Client:
+    """The HTTP/2 connections of one outbound: one per server, shared by its
     tunnels.
 
     Args:
-        settings: the outbound's grpcSettings.
+        flavor: gRPC or the HTTP/2 transport (``flavor_of``).
         dial: opens the TCP (or TLS) connection to a server.
     """
 
     def __init__(
-        self,
-        settings: GrpcSettings,
-        dial: Callable[[str, int], Awaitable[trio.abc.Stream]],
+        self, flavor: Flavor, dial: Callable[[str, int], Awaitable[trio.abc.Stream]]
     ) -> None:
-        self._settings = settings
+        self._flavor = flavor
         self._dial = dial
         self._sessions: dict[tuple[str, int], _Session] = {}
         self._nursery: trio.Nursery | None = None
@@ -519,7 +612,7 @@ class GrpcClient:
         """Where the connections' reader tasks run (the server's)."""
         self._nursery = nursery
 
-    async def open(self, host: str, port: int) -> GrpcStream:
+    async def open(self, host: str, port: int) -> H2Tunnel:
         """A tunnel to the server at ``host:port``.
 
         Raises:
@@ -531,20 +624,20 @@ class GrpcClient:
             session = self._sessions.get(key)
             if session is None or not session.usable:
                 transport = await self._dial(host, port)
-                session = _Session(transport, client=True)
+                session = _Session(transport, self._flavor, client=True)
                 self._sessions[key] = session
                 self._nursery.start_soon(self._run, key, session)
             return await session.open_call(
-                request_headers(self._settings, address_name((host, port)))
+                self._flavor.request(address_name((host, port)))
             )
 
     async def _run(self, key: tuple[str, int], session: _Session) -> None:
         try:
             await session.run(None)
         except H2Error as exc:
-            LOGGER.info("gRPC connection to %s:%d: %s", *key, exc)
+            LOGGER.info("HTTP/2 connection to %s:%d: %s", *key, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            LOGGER.debug("gRPC connection to %s:%d: %s", *key, exc)
+            LOGGER.debug("HTTP/2 connection to %s:%d: %s", *key, exc)
         finally:
             if self._sessions.get(key) is session:
                 del self._sessions[key]
