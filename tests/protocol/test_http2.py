@@ -252,3 +252,15 @@ def test_data_pieces_are_framed_as_one_payload() -> None:
     assert [len(e.data) for e in received] == [16384, 5 + 20480 - 16384]
     assert b"".join(e.data for e in received) == head + body
     assert [e.end_stream for e in received] == [False, True]
+
+
+def test_a_peer_that_never_reads_its_pings_answers_is_stopped() -> None:
+    server = H2Connection(client=False)
+    server.receive_data(http2.PREFACE)
+    ping = frame(FrameType.PING, 0, 0, bytes(8))
+    server.receive_data(ping * (http2.MAX_UNSENT_ANSWERS - 1))  # its SETTINGS ACK
+    server.data_to_send()  # taken for sending: the count starts again
+    server.receive_data(ping * http2.MAX_UNSENT_ANSWERS)
+    with pytest.raises(H2Error) as caught:
+        server.receive_data(ping)
+    assert caught.value.code == ErrorCode.ENHANCE_YOUR_CALM

@@ -37,6 +37,11 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 RECEIVE_FRAME_SIZE = 256 * 1024
 MAX_HEADER_BLOCK = 65536
 MAX_CONCURRENT_STREAMS = 1024
+# Frames queued in answer to the peer (PING and SETTINGS acknowledgements,
+# resets of its streams) and not yet taken for sending: a peer that sends
+# such frames without reading the answers is stopped here (as Go's server
+# does, at the same count) instead of growing memory.
+MAX_UNSENT_ANSWERS = 10000
 
 
 class FrameType(enum.IntEnum):
@@ -71,6 +76,7 @@ class ErrorCode(enum.IntEnum):
     REFUSED_STREAM = 7
     CANCEL = 8
     COMPRESSION_ERROR = 9
+    ENHANCE_YOUR_CALM = 11
 
 
 END_STREAM = ACK = 0x1
@@ -146,6 +152,7 @@ class H2Connection:
         # Frames queued, as pieces (a DATA payload is not copied until sent).
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
+        self._unsent_answers = 0
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._highest_remote = 0  # the highest stream id the peer opened
@@ -188,6 +195,7 @@ class H2Connection:
         out = b"".join(self._out)
         self._out.clear()
         self._out_size = 0
+        self._unsent_answers = 0
         return out
 
     def _queue(self, piece: bytes | memoryview) -> None:
@@ -305,10 +313,21 @@ class H2Connection:
 
     def reset_stream(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         if self._streams.pop(stream_id, None) is not None:
-            self._reset_frame(stream_id, code)
+            self._frame(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
 
-    def _reset_frame(self, stream_id: int, code: ErrorCode) -> None:
-        self._frame(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
+    def _answer(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        """Queue a frame the peer's frame calls for, within MAX_UNSENT_ANSWERS."""
+        self._unsent_answers += 1
+        if self._unsent_answers > MAX_UNSENT_ANSWERS:
+            raise H2Error(
+                "the peer sends control frames without reading the answers",
+                ErrorCode.ENHANCE_YOUR_CALM,
+            )
+        self._frame(kind, flags, stream_id, payload)
+
+    def _refuse(self, stream_id: int, code: ErrorCode) -> None:
+        """Reset a stream of the peer's in answer to its frame."""
+        self._answer(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
 
     def _opens_new_stream(self, stream_id: int) -> bool:
         """``stream_id`` is one the peer has not used yet and may open
@@ -391,7 +410,7 @@ class H2Connection:
             if len(payload) != 8 or stream_id:
                 raise H2Error("bad PING", ErrorCode.FRAME_SIZE_ERROR)
             if not flags & ACK:
-                self._frame(FrameType.PING, ACK, 0, payload)
+                self._answer(FrameType.PING, ACK, 0, payload)
         elif kind == FrameType.GOAWAY:
             if len(payload) < 8 or stream_id:
                 raise H2Error("bad GOAWAY", ErrorCode.FRAME_SIZE_ERROR)
@@ -433,7 +452,7 @@ class H2Connection:
             if stream is not None:  # DATA after its END_STREAM
                 del self._streams[stream_id]
                 events.append(StreamReset(stream_id, ErrorCode.STREAM_CLOSED))
-            self._reset_frame(stream_id, ErrorCode.STREAM_CLOSED)
+            self._refuse(stream_id, ErrorCode.STREAM_CLOSED)
             return
         stream.receive_window -= len(payload)
         if stream.receive_window < 0:
@@ -482,11 +501,11 @@ class H2Connection:
             if not self._opens_new_stream(stream_id):
                 # A stream we reset, or one the peer may not open: refuse it
                 # without ending the connection (the table is up to date).
-                self._reset_frame(stream_id, ErrorCode.STREAM_CLOSED)
+                self._refuse(stream_id, ErrorCode.STREAM_CLOSED)
                 return
             self._highest_remote = stream_id
             if len(self._streams) >= MAX_CONCURRENT_STREAMS:
-                self._reset_frame(stream_id, ErrorCode.REFUSED_STREAM)
+                self._refuse(stream_id, ErrorCode.REFUSED_STREAM)
                 return
             stream = self._streams[stream_id] = _Stream(
                 self._peer_window, STREAM_WINDOW
@@ -531,7 +550,7 @@ class H2Connection:
             elif key == Setting.ENABLE_PUSH and value > 1:
                 raise H2Error("bad SETTINGS_ENABLE_PUSH")
             # The others limit what we send: headers stay small, streams few.
-        self._frame(FrameType.SETTINGS, ACK, 0, b"")
+        self._answer(FrameType.SETTINGS, ACK, 0, b"")
 
     def _on_window_update(
         self, stream_id: int, payload: bytes, events: list[Event]

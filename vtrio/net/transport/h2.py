@@ -35,6 +35,7 @@ from vtrio.net.transport.shared import write_shared
 from vtrio.net.transport.tcp import address_name
 from vtrio.protocol.gun import HunkDecoder, hunk_head, service_path
 from vtrio.protocol.http2 import (
+    MAX_CONCURRENT_STREAMS,
     DataReceived,
     ErrorCode,
     GoAway,
@@ -405,6 +406,12 @@ class _Session:
                 fields.get(b":path"),
             )
             self._h2.send_headers(event.stream_id, _NOT_FOUND, end_stream=True)
+            return
+        if len(self._calls) >= MAX_CONCURRENT_STREAMS:
+            # The core counts open streams; this counts the tunnels still
+            # running, which a peer that resets its streams at once (the
+            # "rapid reset" flood) would otherwise multiply.
+            self._h2.reset_stream(event.stream_id, ErrorCode.REFUSED_STREAM)
             return
         call = H2Tunnel(self, event.stream_id)
         self._calls[event.stream_id] = call
