@@ -3,11 +3,15 @@ and the frames a broken peer sends."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from vtrio.protocol import http2
+from vtrio.errors import RemoteProtocolError
+from vtrio.protocol import hpack, http2
 from vtrio.protocol.http2 import (
     DataReceived,
     ErrorCode,
@@ -264,3 +268,33 @@ def test_a_peer_that_never_reads_its_pings_answers_is_stopped() -> None:
     with pytest.raises(H2Error) as caught:
         server.receive_data(ping)
     assert caught.value.code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 12),
+            st.integers(0, 255),
+            st.integers(0, 9),
+            st.binary(max_size=64),
+        ),
+        max_size=20,
+    )
+)
+def test_arbitrary_frames_give_events_or_an_h2_error_only(
+    frames: list[tuple[int, int, int, bytes]],
+) -> None:
+    server = H2Connection(client=False)
+    wire = http2.PREFACE + b"".join(
+        frame(kind, flags, stream_id, payload)
+        for kind, flags, stream_id, payload in frames
+    )
+    with contextlib.suppress(H2Error):
+        server.receive_data(wire)
+        server.data_to_send()
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_header_blocks_decode_or_fail_cleanly(block: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        hpack.Decoder().decode(block)
