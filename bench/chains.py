@@ -19,7 +19,7 @@ CPU per tunnel decides).
     python bench/chains.py [--rounds 3] [--size 128] [--securities aes-128-gcm,none]
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
                            [--idle-tunnels 1000] [--pin] [--vtrio-workers 2]
-                           [--in-flight 4] [--connection-seconds 3]
+                           [--in-flight 4] [--connection-seconds 3] [--network grpc]
                            [--tree before=/tmp/before --tree after=.]
 """
 
@@ -40,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import trio
 
@@ -285,6 +285,26 @@ class Proxy:
         return total
 
 
+GRPC_SERVICE = "bench"
+
+
+def with_network(
+    config: dict[str, Any], kind: str, network: str, *, server: bool
+) -> dict[str, Any]:
+    """``config`` with ``network`` (grpc) on its VMess hop: a server's first
+    inbound, a client's first outbound."""
+    config = json.loads(json.dumps(config))
+    hop = config["inbounds" if server else "outbounds"][0]
+    if kind == "sing-box":
+        hop["transport"] = {"type": network, "service_name": GRPC_SERVICE}
+    else:
+        hop["streamSettings"] = {
+            "network": network,
+            "grpcSettings": {"serviceName": GRPC_SERVICE},
+        }
+    return config
+
+
 def start_proxy(
     kind: str,
     config: dict[str, object],
@@ -347,6 +367,8 @@ class Chain:
     fixed_target: int = 0
     # The vtrio source tree both vtrio proxies run from (None: the installed one).
     tree: Path | None = None
+    # The transport between the two proxies: tcp, or grpc (cleartext).
+    network: str = "tcp"
 
     def start(self, workdir: Path, pin: bool) -> None:
         port, entry = free_port(), free_port()
@@ -358,6 +380,13 @@ class Chain:
             if self.client == "sing-box"
             else v2_client(entry, port, self.security, self.fixed_target)
         )
+        if self.network != "tcp":
+            server_config = with_network(
+                server_config, self.server, self.network, server=True
+            )
+            client_config = with_network(
+                client_config, self.client, self.network, server=False
+            )
         workers = self.vtrio_workers
         self.proxies = [
             start_proxy(
@@ -621,12 +650,15 @@ async def run(args: argparse.Namespace) -> None:
                     security,
                     vtrio_workers=args.vtrio_workers,
                     fixed_target=target if args.entry == "dokodemo" else 0,
+                    network=args.network,
                 )
                 for security in args.securities
                 for name in args.chains
                 if (CHAINS[name][0], security) not in UNSUPPORTED
                 and (CHAINS[name][1], security) not in UNSUPPORTED
                 and (name != "sing-box" or sing_box_path())
+                # v2ray 4.34 has no gRPC.
+                and (args.network == "tcp" or "v2ray" not in CHAINS[name])
             ] + [
                 Chain(
                     f"vtrio@{label}",
@@ -636,6 +668,7 @@ async def run(args: argparse.Namespace) -> None:
                     vtrio_workers=args.vtrio_workers,
                     fixed_target=target if args.entry == "dokodemo" else 0,
                     tree=tree,
+                    network=args.network,
                 )
                 for security in args.securities
                 for label, tree in args.trees
@@ -671,6 +704,10 @@ async def run(args: argparse.Namespace) -> None:
 def report(
     results: dict[tuple[str, str], dict[str, list[float]]], args: argparse.Namespace
 ) -> None:
+    # Ratios are to v2ray's chain; without one (v2ray 4.34 has no gRPC), to
+    # sing-box's.
+    names = {name for name, _ in results}
+    baseline = "v2ray" if "v2ray" in names else "sing-box"
     columns = [
         "down",
         "up",
@@ -689,14 +726,15 @@ def report(
         f"\nmedians of {args.rounds} interleaved round(s),"
         f" {args.size} MB per transfer, {args.in_flight} tunnels in flight,"
         f" vtrio workers: {args.vtrio_workers}, client entry: {args.entry}; "
-        "MB/s, CPU-s per GB (both proxies), RSS in KiB; (x) = ratio to v2ray's chain\n"
+        f"network: {args.network}; MB/s, CPU-s per GB (both proxies), RSS in KiB;"
+        f" (x) = ratio to {baseline}'s chain\n"
     )
     header = f"{'chain':<16}{'security':<19}" + "".join(f"{c:>16}" for c in columns)
     print(header)
     for (name, security), row in sorted(
         results.items(), key=lambda item: (item[0][1], item[0][0])
     ):
-        base = results.get(("v2ray", security), {})
+        base = results.get((baseline, security), {})
         cells = []
         for column in columns:
             values = row.get(column)
@@ -707,17 +745,17 @@ def report(
             ratio = ""
             base_value = statistics.median(base[column]) if base.get(column) else 0
             # 0: e.g. RSS that did not grow; a count of lost tunnels has no ratio.
-            if base_value and name != "v2ray" and column != "lost":
+            if base_value and name != baseline and column != "lost":
                 ratio = f" ({value / base_value:.2f}x)"
             cells.append(f"{value:.1f}{ratio}".rjust(16))
         print(f"{name:<16}{security:<19}" + "".join(cells))
     # Rounds are interleaved, so a round's ratio cancels the machine's drift.
-    print("\nnew connections per second, ratio to v2ray's chain in each round:")
+    print(f"\nnew connections per second, ratio to {baseline}'s chain in each round:")
     for (name, security), row in sorted(results.items()):
-        v2ray_rates = results.get(("v2ray", security), {}).get("conn/s")
-        if name == "v2ray" or not v2ray_rates or not row.get("conn/s"):
+        base_rates = results.get((baseline, security), {}).get("conn/s")
+        if name == baseline or not base_rates or not row.get("conn/s"):
             continue
-        ratios = [a / b for a, b in zip(row["conn/s"], v2ray_rates, strict=False)]
+        ratios = [a / b for a, b in zip(row["conn/s"], base_rates, strict=False)]
         # Quartiles: a round where one chain stalls on a lost tunnel is far out.
         low, middle, high = (
             statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
@@ -770,6 +808,13 @@ def main() -> None:
         default="socks",
         help="the client's entry: SOCKS5, or a dokodemo-door to the target"
         " (no SOCKS handshake)",
+    )
+    parser.add_argument(
+        "--network",
+        choices=("tcp", "grpc"),
+        default="tcp",
+        help="the transport between the two proxies (grpc: cleartext, without"
+        " the v2ray chains: v2ray 4.34 has no gRPC)",
     )
     parser.add_argument(
         "--pin", action="store_true", help="taskset: client on core 0, server on 1"

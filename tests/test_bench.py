@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +15,7 @@ from bench.chains import (
     connections,
     echo_tunnels,
     serve_target,
+    sing_box_path,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +74,37 @@ async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None
             chain.stop()
         nursery.cancel_scope.cancel()
     assert len(finished) == 4
+
+
+@pytest.mark.parametrize("client", ["vtrio", "sing-box"])
+async def test_a_grpc_chain_carries_tunnels_over_grpc(
+    tmp_path: Path, client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if client == "sing-box" and sing_box_path() is None:
+        pytest.skip("sing-box is not installed")
+    async with trio.open_nursery() as nursery:
+        target = await nursery.start(serve_target)
+        chain = Chain(client, client, "vtrio", "aes-128-gcm", network="grpc")
+        chain.start(tmp_path, pin=False)
+        try:
+            finished, _ = await echo_tunnels(chain, target, 2, count=4)
+        finally:
+            chain.stop()
+        nursery.cancel_scope.cancel()
+    assert len(finished) == 4
+    # The server is vtrio: its config names the transport it serves.
+    assert served_streams(tmp_path) == [
+        {"network": "grpc", "grpcSettings": {"serviceName": "bench"}}
+    ]
+
+
+def served_streams(directory: Path) -> list[object]:
+    """The streamSettings of the VMess inbounds in the vtrio configs there."""
+    inbounds = [
+        json.loads(path.read_text())["inbounds"][0]
+        for path in directory.glob("vtrio-*.json")
+    ]
+    return [i.get("streamSettings") for i in inbounds if i["protocol"] == "vmess"]
 
 
 async def test_a_tunnel_left_hanging_is_lost_and_its_worker_goes_on() -> None:

@@ -6,8 +6,10 @@ Theory of operation (STYLE.md section 4):
     ├── watch_signals                   SIGINT/SIGTERM -> stop listeners, grace
     ├── serve_ports x inbounds          started -> bound (host, port) pairs
     ├── DetourPorts.run x detours       dynamic-port listeners (spec section 8)
-    └── connections                     handler nursery; outlives the listeners
-          └── handle_connection         one error boundary per connection
+    ├── connections                     handler nursery; outlives the listeners
+    │     └── handle_connection         one error boundary per connection
+    └── shared                          outbound connections many tunnels use
+          └── Mux / HTTP/2 sessions     (closed with the root, after the tunnels)
 
 A shutdown closes the listeners first, then gives open tunnels ``grace``
 seconds before cancelling them. SIGHUP is logged and ignored: vtrio does not
@@ -85,7 +87,10 @@ async def run(
         if config.ntp is not None:
             await root.start(keep_synced, config.ntp)
         connections = await root.start(_hold_connections)
-        context.dispatcher.run_in(connections)
+        # Connections the outbounds share (Mux, gRPC, HTTP/2) are not tunnels:
+        # they end with the root, so an idle one does not hold up a shutdown.
+        shared = await root.start(_hold_connections)
+        context.dispatcher.run_in(shared)
         async with trio.open_nursery() as listeners:
             detours: dict[str, DetourPorts] = {}
             for inbound in config.inbounds:
