@@ -27,9 +27,10 @@ from tests.interop.test_mux_interop import (
     payload_of,
     read_to_end,
     serve_counting_forwarder,
+    udp_exchange,
     vtrio_server_config,
 )
-from tests.support.echo import serve_tcp_echo
+from tests.support.echo import serve_tcp_echo, serve_udp_echo
 from tests.support.socks5 import open_connect, receive_exactly
 from vtrio import server
 from vtrio.config import model
@@ -103,6 +104,31 @@ async def test_concurrent_tunnels_share_one_connection(
             await concurrent_flows_then_one(bound["socks-in"][0][1], echo_port, sizes)
             nursery.cancel_scope.cancel()
     assert len(accepted) == 1  # the later tunnel too
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+async def test_udp_tunnels_ride_the_connection_too(network: str) -> None:
+    accepted: list[trio.CancelScope] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            echo_ports = [
+                await nursery.start(serve_udp_echo, LOOPBACK) for _ in range(2)
+            ]
+            bound = await nursery.start(server.run, server_config(network, "none"))
+            forwarder = await nursery.start(
+                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+            )
+            config = client_config(forwarder, network, "none")
+            socks = dataclasses.replace(
+                config.inbounds[0], settings=model.SocksInboundSettings(udp=True)
+            )
+            bound = await nursery.start(
+                server.run, dataclasses.replace(config, inbounds=(socks,))
+            )
+            sent, received = await udp_exchange(bound["socks-in"][0][1], echo_ports, 6)
+            nursery.cancel_scope.cancel()
+    assert {digest: (LOOPBACK, port) for digest, port in sent.items()} == received
+    assert len(accepted) == 1
 
 
 @pytest.mark.parametrize("network", NETWORKS)
