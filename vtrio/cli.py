@@ -199,6 +199,7 @@ def _summary(config: Config) -> list[str]:
             detail += f" via {outbound.stream.dialer_proxy}"
         extras = [
             f"mux {outbound.mux_concurrency} per connection"
+            + ("" if outbound.mux_udp else " (TCP only)")
             if outbound.mux_concurrency
             else "",
             f"mark {outbound.stream.mark}" if outbound.stream.mark else "",

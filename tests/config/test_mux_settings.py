@@ -55,4 +55,17 @@ def test_mux_outside_vmess_and_xudp_switches_are_warned_about(
     assert xudp.outbounds[0].mux_concurrency == 8
     messages = [record.getMessage() for record in caplog.records]
     assert any("Mux applies to vmess outbounds only" in m for m in messages)
-    assert any("UDP does not go over Mux" in m for m in messages)
+    assert any("UDP goes over Mux as v2ray sends it" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("mux", "udp"),
+    [
+        ({"enabled": True}, True),  # as v2ray's client
+        ({"enabled": True, "xudpConcurrency": -1}, False),  # Xray: UDP off Mux
+        ({"enabled": True, "xudpConcurrency": 0}, True),
+    ],
+)
+def test_udp_joins_mux_unless_xray_keeps_it_off(mux: object, udp: bool) -> None:
+    config = loads(json.dumps(client(mux)), source="t.json")
+    assert config.outbounds[0].mux_udp is udp

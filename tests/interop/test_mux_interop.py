@@ -351,6 +351,55 @@ async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
     assert len(accepted) == connections
 
 
+@pytest.mark.parametrize("server_name", ["vtrio", "v2ray"])
+async def test_vtrio_mux_client_carries_udp_as_sub_sessions(
+    tmp_path: Path, server_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Datagrams to two destinations and a TCP flow share one VMess
+    connection: v2ray's Mux UDP, a sub-session per destination."""
+    accepted: list[trio.CancelScope] = []
+
+    async def through_client(
+        server_port: int,
+    ) -> tuple[dict[bytes, int], dict[bytes, tuple[str, int]]]:
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            udp_ports = [await nursery.start(serve_udp_echo, LOOPBACK) for _ in "ab"]
+            forwarder = await nursery.start(
+                serve_counting_forwarder, server_port, accepted
+            )
+            config = mux_client_config(forwarder, 8)
+            socks = dataclasses.replace(
+                config.inbounds[0], settings=model.SocksInboundSettings(udp=True)
+            )
+            bound = await nursery.start(
+                server.run, dataclasses.replace(config, inbounds=(socks,))
+            )
+            socks_port = bound["socks-in"][0][1]
+            digest = await echo_flow(socks_port, echo_port, 0, 3000)
+            assert digest == hashlib.sha256(payload_of(0, 3000)).digest()
+            sent, received = await udp_exchange(socks_port, udp_ports, 6)
+            nursery.cancel_scope.cancel()
+        return sent, received
+
+    with trio.fail_after(30), caplog.at_level(logging.DEBUG, "vtrio.net.mux"):
+        if server_name == "vtrio":
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(server.run, vtrio_server_config())
+                sent, received = await through_client(bound["vmess-in"][0][1])
+                nursery.cancel_scope.cancel()
+        else:
+            peer = require_peer("v2ray", "4.34")
+            (server_port,) = free_ports(1)
+            config = server_config(peer, [Route(server_port, Account(str(USER)))])
+            async with open_peer(peer, "server", config, tmp_path, [server_port]):
+                sent, received = await through_client(server_port)
+    assert {digest: (LOOPBACK, port) for digest, port in sent.items()} == received
+    assert len(accepted) == 1
+    if server_name == "vtrio":  # its Mux server logs the sub-sessions it opens
+        assert len(opened_sessions(caplog, "UDP")) == 2
+
+
 async def read_to_end(stream: trio.abc.ReceiveStream) -> None:
     while await stream.receive_some(100):
         pass

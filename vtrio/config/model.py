@@ -372,8 +372,11 @@ class Outbound:
     # sendThrough: the local address connections leave from ("" = the
     # system's choice); a network means a random address in it (Xray).
     send_through: IPNetwork | None = None
-    # mux: TCP tunnels carried by one VMess connection (0: Mux is off).
+    # mux: tunnels carried by one VMess connection (0: Mux is off).
     mux_concurrency: int = 0
+    # With Mux on: UDP tunnels go as Mux UDP sub-sessions too (Xray's
+    # xudpConcurrency -1 keeps them on connections of their own).
+    mux_udp: bool = True
 
 
 # --- policy, routing, log ---------------------------------------------------

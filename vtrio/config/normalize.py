@@ -972,7 +972,7 @@ class Normalizer:
                 path,
                 protocol,
             )
-        mux_concurrency = self.mux(raw, protocol, f"{path}.mux")
+        mux_concurrency, mux_udp = self.mux(raw, protocol, f"{path}.mux")
         settings_path = f"{path}.settings"
         settings: model.OutboundSettings | None
         if protocol == "vmess":
@@ -1018,36 +1018,40 @@ class Normalizer:
             stream=stream,
             send_through=send_through,
             mux_concurrency=mux_concurrency,
+            mux_udp=mux_udp,
         )
 
-    def mux(self, raw: OutboundV2, protocol: str, path: str) -> int:
-        """TCP tunnels per Mux connection (0: off), from an outbound's ``mux``:
-        a concurrency of 0 means v2ray's default of 8, below 0 Mux is off."""
+    def mux(self, raw: OutboundV2, protocol: str, path: str) -> tuple[int, bool]:
+        """Tunnels per Mux connection (0: off) and whether UDP joins them,
+        from an outbound's ``mux``: a concurrency of 0 means v2ray's default
+        of 8, below 0 Mux is off; Xray's ``xudpConcurrency`` below 0 keeps
+        UDP off Mux."""
         mux = self.decode(raw.mux, MuxV2, path) if raw.mux else None
         if mux is None or not mux.enabled or mux.concurrency < 0:
-            return 0
+            return 0, False
         if protocol != "vmess":
             LOGGER.warning(
                 "%s: %s: Mux applies to vmess outbounds only; ignored",
                 self.source,
                 path,
             )
-            return 0
+            return 0, False
         if mux.concurrency > MAX_MUX_CONCURRENCY:
             self.error(
                 f"expected a concurrency from 1 to {MAX_MUX_CONCURRENCY}",
                 f"{path}.concurrency",
             )
-            return 0
-        if mux.xudp_concurrency is not None or mux.xudp_proxy_udp443 is not None:
+            return 0, False
+        udp = mux.xudp_concurrency is None or mux.xudp_concurrency >= 0
+        if udp and (mux.xudp_concurrency or mux.xudp_proxy_udp443 is not None):
             LOGGER.warning(
-                "%s: %s: UDP does not go over Mux in vtrio (each UDP tunnel keeps"
-                " its own VMess connection); xudpConcurrency and xudpProxyUDP443"
+                "%s: %s: UDP goes over Mux as v2ray sends it (a sub-session per"
+                " destination), not as XUDP; xudpConcurrency and xudpProxyUDP443"
                 " are ignored",
                 self.source,
                 path,
             )
-        return mux.concurrency or DEFAULT_MUX_CONCURRENCY
+        return mux.concurrency or DEFAULT_MUX_CONCURRENCY, udp
 
     def proxied(
         self, raw: OutboundV2, stream: model.StreamSettings, path: str

@@ -14,7 +14,8 @@ seconds; when it breaks, every sub-session on it breaks too.
 Mux.Cool has no half-close (``serve_mux``'s docstring): a sub-session that
 sends End is dropped by the server, so :meth:`MuxStream.send_eof` ends the
 sub-session both ways, after what has already arrived is read. UDP does not
-go over Mux here: it keeps its own VMess tunnels.
+go over Mux as v2ray's own client sends it: a sub-session per destination
+(network UDP), a datagram per frame; not as Xray's XUDP.
 """
 
 from __future__ import annotations
@@ -59,15 +60,22 @@ LAST_SESSION_ID = 0xFFFF
 
 
 class MuxStream(trio.abc.HalfCloseableStream):
-    """One TCP sub-session of a Mux connection, as a Trio stream."""
+    """One sub-session of a Mux connection: a Trio stream for TCP; for UDP
+    each ``send_all`` is one datagram and ``receive_datagram`` reads them."""
 
     def __init__(
-        self, connection: _MuxConnection, session_id: int, address: Address, port: int
+        self,
+        connection: _MuxConnection,
+        session_id: int,
+        address: Address,
+        port: int,
+        network: Network = Network.TCP,
     ) -> None:
         self._connection = connection
         self.session_id = session_id
         self._address = address
         self._port = port
+        self.network = network
         self._opened = False  # the New frame went out
         self._ended = False  # we sent End (or the connection is gone)
         self._send, self._inbox = trio.open_memory_channel[bytes](SESSION_INBOX)
@@ -80,26 +88,29 @@ class MuxStream(trio.abc.HalfCloseableStream):
         if self._broken is not None:
             raise trio.BrokenResourceError(self._broken)
         payload = bytes(data)
+        datagram = self.network is Network.UDP
         frames = []
         if not self._opened:
             self._opened = True
-            first, payload = (
-                payload[:MAX_STREAM_FRAME_DATA],
-                payload[MAX_STREAM_FRAME_DATA:],
-            )
+            # A datagram is never split: it goes whole in the New frame.
+            first_size = len(payload) if datagram else MAX_STREAM_FRAME_DATA
+            first, payload = payload[:first_size], payload[first_size:]
             frames.append(
                 encode_frame(
                     Frame(
                         self.session_id,
                         Status.NEW,
                         first or None,
-                        network=Network.TCP,
+                        network=self.network,
                         address=self._address,
                         port=self._port,
                     )
                 )
             )
-        frames += stream_frames(self.session_id, payload)
+        if datagram and payload:
+            frames.append(encode_frame(Frame(self.session_id, Status.KEEP, payload)))
+        elif not datagram:
+            frames += stream_frames(self.session_id, payload)
         if frames:
             await self._connection.send(*frames)
         else:
@@ -114,21 +125,35 @@ class MuxStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._pending:
-            try:
-                self._pending = await self._inbox.receive()
-            except trio.EndOfChannel:
-                if self._broken is not None:
-                    raise trio.BrokenResourceError(self._broken) from None
+            data = await self.receive_datagram()
+            if data is None:
                 return b""
-            except trio.ClosedResourceError:  # aclose while reading
-                raise trio.ClosedResourceError(
-                    "the mux sub-session is closed"
-                ) from None
+            self._pending = data
         else:
             await trio.lowlevel.checkpoint()
         limit = len(self._pending) if max_bytes is None else max_bytes
         out, self._pending = self._pending[:limit], self._pending[limit:]
         return out
+
+    async def receive_datagram(self) -> bytes | None:
+        """The data of the server's next frame (for UDP, one datagram);
+        None once the sub-session ended."""
+        try:
+            return await self._inbox.receive()
+        except trio.EndOfChannel:
+            if self._broken is not None:
+                raise trio.BrokenResourceError(self._broken) from None
+            return None
+        except trio.ClosedResourceError:  # aclose while reading
+            raise trio.ClosedResourceError("the mux sub-session is closed") from None
+
+    async def send(self, payload: bytes) -> None:
+        """Send one datagram (a UDP sub-session)."""
+        await self.send_all(payload)
+
+    async def receive(self) -> bytes | None:
+        """The next datagram (a UDP sub-session), None at its end."""
+        return await self.receive_datagram()
 
     async def aclose(self) -> None:
         await self._end(error=False)
@@ -197,9 +222,9 @@ class _MuxConnection:
             or self._next_id > LAST_SESSION_ID
         )
 
-    def open(self, address: Address, port: int) -> MuxStream:
+    def open(self, address: Address, port: int, network: Network) -> MuxStream:
         session_id, self._next_id = self._next_id, self._next_id + 1
-        stream = MuxStream(self, session_id, address, port)
+        stream = MuxStream(self, session_id, address, port, network)
         self._sessions[session_id] = stream
         self._idle.deadline = math.inf
         return stream
@@ -291,7 +316,9 @@ class MuxPool:
     def running(self) -> bool:
         return self._nursery is not None
 
-    async def open(self, address: Address, port: int) -> MuxStream:
+    async def open(
+        self, address: Address, port: int, network: Network = Network.TCP
+    ) -> MuxStream:
         """A sub-session to ``address:port`` on a connection with room.
 
         Raises:
@@ -304,10 +331,10 @@ class MuxPool:
             self._connections = [c for c in self._connections if not c.closed]
             for connection in reversed(self._connections):
                 if not connection.full():
-                    return connection.open(address, port)
+                    return connection.open(address, port, network)
             stream = await self._dial()
             connection = _MuxConnection(stream, self._concurrency)
             self._connections.append(connection)
             self._nursery.start_soon(connection.run)
             LOGGER.debug("mux: %d connection(s) open", len(self._connections))
-            return connection.open(address, port)
+            return connection.open(address, port, network)

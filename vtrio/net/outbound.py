@@ -42,6 +42,7 @@ from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol.address import Address
 from vtrio.protocol.commands import SwitchAccount
 from vtrio.protocol.instruction import Command, Request
+from vtrio.protocol.mux import Network
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -346,13 +347,24 @@ class Blackhole:
 # --- vmess --------------------------------------------------------------------
 
 
+class DatagramTunnel(Protocol):
+    """Datagrams to one destination: a VMess UDP tunnel or a Mux UDP
+    sub-session."""
+
+    async def send(self, payload: bytes) -> None: ...
+
+    async def receive(self) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class _VMessPackets:
-    """UDP through VMess: one command-2 tunnel per destination, replies merged."""
+    """UDP through VMess: one UDP tunnel per destination, replies merged."""
 
     def __init__(self, outbound: VMessOutbound, nursery: trio.Nursery) -> None:
         self._outbound = outbound
         self._nursery = nursery
-        self._tunnels: dict[tuple[Address, int], VMessDatagramChannel] = {}
+        self._tunnels: dict[tuple[Address, int], DatagramTunnel] = {}
         self._send, self._receive = trio.open_memory_channel[
             tuple[bytes, "Address", int]
         ](PACKET_BACKLOG)
@@ -370,9 +382,7 @@ class _VMessPackets:
             return
         await tunnel.send(payload)
 
-    async def _pump(
-        self, tunnel: VMessDatagramChannel, address: Address, port: int
-    ) -> None:
+    async def _pump(self, tunnel: DatagramTunnel, address: Address, port: int) -> None:
         try:
             while (payload := await tunnel.receive()) is not None:
                 await self._send.send((payload, address, port))
@@ -405,8 +415,10 @@ class VMessOutbound:
         stream: StreamSettings,
         send_through: IPNetwork | None = None,
         mux_concurrency: int = 0,
+        mux_udp: bool = True,
     ) -> None:
-        """``mux_concurrency``: TCP tunnels per Mux connection (0: no Mux)."""
+        """``mux_concurrency``: tunnels per Mux connection (0: no Mux);
+        ``mux_udp``: UDP tunnels join them."""
         self.tag = tag
         self._stream_settings = stream
         self._send_through = send_through
@@ -414,6 +426,7 @@ class VMessOutbound:
         self._mux = (
             MuxPool(self._dial_mux, mux_concurrency) if mux_concurrency else None
         )
+        self._mux_udp = mux_udp
         self._h2 = (
             H2Client(flavor_of(stream), self._dial_transport)
             if stream.network in ("grpc", "h2")
@@ -501,14 +514,17 @@ class VMessOutbound:
         tunnel.on_response = learn
         return tunnel
 
-    async def open_datagram_tunnel(
-        self, destination: Destination
-    ) -> VMessDatagramChannel:
-        """A command-2 tunnel to one UDP destination.
+    async def open_datagram_tunnel(self, destination: Destination) -> DatagramTunnel:
+        """A command-2 tunnel to one UDP destination (with Mux enabled, a UDP
+        sub-session, as v2ray's client opens one).
 
         Raises:
             DialError: no server could be reached in time.
         """
+        if self._mux is not None and self._mux.running and self._mux_udp:
+            return await self._mux.open(
+                destination.address, destination.port, Network.UDP
+            )
         with trio.move_on_after(CONNECT_TIMEOUT):
             _, endpoint, stream = await self._connect()
             return VMessDatagramChannel.client(
@@ -544,6 +560,7 @@ def build_outbound(outbound: Outbound) -> OutboundHandler:
         outbound.stream,
         outbound.send_through,
         outbound.mux_concurrency,
+        outbound.mux_udp,
     )
 
 
