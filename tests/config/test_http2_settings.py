@@ -66,14 +66,28 @@ def test_gun_is_grpc_and_an_alpn_given_stays() -> None:
     assert stream.tls.alpn == ("h2", "http/1.1")
 
 
-def test_grpc_tuning_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    tuning = {"serviceName": "s", "idle_timeout": 60, "permit_without_stream": True}
+def test_grpc_keepalive_as_xray_applies_it_and_window_tuning_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tuning = {
+        "serviceName": "s",
+        "idle_timeout": 5,  # Xray's floor is 10 s
+        "permit_without_stream": True,
+        "initial_windows_size": 65536,
+    }
     with caplog.at_level(logging.WARNING, "vtrio.config"):
-        stream_of(server({"network": "grpc", "grpcSettings": tuning}))
-    assert any(
-        "idle_timeout, permit_without_stream ignored" in r.getMessage()
-        for r in caplog.records
-    )
+        stream = stream_of(server({"network": "grpc", "grpcSettings": tuning}))
+    assert stream.grpc.keepalive == model.H2Keepalive(10, 20, without_tunnels=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("initial_windows_size ignored" in m for m in messages)
+    assert not any("idle_timeout" in m for m in messages)
+
+
+def test_h2_read_idle_timeout_is_its_keepalive() -> None:
+    settings = {"read_idle_timeout": 30, "health_check_timeout": 5}
+    stream = stream_of(server({"network": "h2", "httpSettings": settings}))
+    assert stream.h2.keepalive == model.H2Keepalive(30, 5, without_tunnels=True)
+    assert stream_of(server({"network": "h2"})).h2.keepalive is None
 
 
 def test_http_settings_with_v2ray_defaults_and_spellings() -> None:

@@ -9,9 +9,8 @@ one. Every payload is checksummed at the far end.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
+import functools
 import ipaddress
 import os
 
@@ -22,16 +21,14 @@ from tests.integration.test_transport import client_tls, server_tls
 from tests.interop.test_mux_interop import (
     USER,
     concurrent_flows_then_one,
-    echo_flow,
+    cut_connection_then_tunnel,
     mux_client_config,
-    payload_of,
-    read_to_end,
     serve_counting_forwarder,
     udp_exchange,
     vtrio_server_config,
 )
 from tests.support.echo import serve_tcp_echo, serve_udp_echo
-from tests.support.socks5 import open_connect, receive_exactly
+from tests.support.socks5 import receive_exactly
 from vtrio import server
 from vtrio.config import model
 from vtrio.net.transport import dial
@@ -131,33 +128,16 @@ async def test_udp_tunnels_ride_the_connection_too(network: str) -> None:
     assert len(accepted) == 1
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
 @pytest.mark.parametrize("network", NETWORKS)
 async def test_a_cut_connection_breaks_its_tunnels_and_the_next_opens_another(
-    network: str,
+    network: str, reset: bool
 ) -> None:
-    accepted: list[trio.CancelScope] = []
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, server_config(network, "none"))
-            forwarder = await nursery.start(
-                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
-            )
-            bound = await nursery.start(
-                server.run, client_config(forwarder, network, "none")
-            )
-            socks_port = bound["socks-in"][0][1]
-            stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
-            async with stream:
-                await stream.send_all(b"before")
-                assert await receive_exactly(stream, 6) == b"before"
-                accepted[0].cancel()
-                with trio.fail_after(2), contextlib.suppress(trio.BrokenResourceError):
-                    await read_to_end(stream)
-            digest = await echo_flow(socks_port, echo_port, 1, 5000)
-            nursery.cancel_scope.cancel()
-    assert digest == hashlib.sha256(payload_of(1, 5000)).digest()
-    assert len(accepted) == 2
+    """Closed or reset under its tunnels, a shared connection ends alone: the
+    client goes on, and the next tunnel opens another."""
+    client = functools.partial(client_config, network=network, security="none")
+    server_side = server_config(network, "none")
+    assert await cut_connection_then_tunnel(server_side, client, reset=reset) == 2
 
 
 @pytest.mark.parametrize("network", NETWORKS)

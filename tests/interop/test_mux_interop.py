@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
+import socket
+import struct
 import uuid
 from typing import TYPE_CHECKING
 
@@ -41,6 +44,7 @@ from vtrio import server
 from vtrio.config import model
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.interop
@@ -250,13 +254,16 @@ async def serve_counting_forwarder(
     target_port: int,
     accepted: list[trio.CancelScope],
     *,
+    sockets: list[trio.SocketStream] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Forwards each connection to ``target_port``, keeping a scope per
     connection: how many VMess connections a client made, and a way to cut
-    one."""
+    one (``sockets`` gets the client sides, to cut one with a reset)."""
 
     async def forward(client: trio.SocketStream) -> None:
+        if sockets is not None:
+            sockets.append(client)
         with trio.CancelScope() as scope:
             accepted.append(scope)
             await _forward(client)
@@ -405,31 +412,62 @@ async def read_to_end(stream: trio.abc.ReceiveStream) -> None:
         pass
 
 
-async def test_a_broken_mux_connection_breaks_its_tunnels_and_the_next_opens_another() -> (
-    None
-):
+async def cut_connection_then_tunnel(
+    server_config: model.Config,
+    client_config: Callable[[int], model.Config],
+    *,
+    reset: bool,
+) -> int:
+    """A tunnel through a vtrio client whose connection to the server is cut
+    under it (closed, or with a TCP reset); then another tunnel, checksummed.
+
+    Returns:
+        How many connections the client opened to the server.
+    """
     accepted: list[trio.CancelScope] = []
+    sockets: list[trio.SocketStream] = []
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
-            bound = await nursery.start(server.run, vtrio_server_config())
+            bound = await nursery.start(server.run, server_config)
             forwarder = await nursery.start(
-                serve_counting_forwarder, bound["vmess-in"][0][1], accepted
+                functools.partial(
+                    serve_counting_forwarder,
+                    bound["vmess-in"][0][1],
+                    accepted,
+                    sockets=sockets,
+                )
             )
-            bound = await nursery.start(server.run, mux_client_config(forwarder, 8))
+            bound = await nursery.start(server.run, client_config(forwarder))
             socks_port = bound["socks-in"][0][1]
             stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
             async with stream:
                 await stream.send_all(b"before")
                 assert await receive_exactly(stream, 6) == b"before"
-                accepted[0].cancel()  # the VMess connection is cut
+                if reset:  # linger on, 0 s: the close sends a TCP reset
+                    linger = struct.pack("ii", 1, 0)
+                    sockets[0].socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, linger
+                    )
+                accepted[0].cancel()
                 # The tunnel ends at once (closed or reset), it does not hang.
                 with trio.fail_after(2), contextlib.suppress(trio.BrokenResourceError):
                     await read_to_end(stream)
             digest = await echo_flow(socks_port, echo_port, 1, 5000)
             nursery.cancel_scope.cancel()
     assert digest == hashlib.sha256(payload_of(1, 5000)).digest()
-    assert len(accepted) == 2
+    return len(accepted)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+async def test_a_broken_mux_connection_breaks_its_tunnels_and_the_next_opens_another(
+    reset: bool,
+) -> None:
+    client = functools.partial(mux_client_config, concurrency=8)
+    assert (
+        await cut_connection_then_tunnel(vtrio_server_config(), client, reset=reset)
+        == 2
+    )
 
 
 async def serve_banner(*, task_status: trio.TaskStatus[int]) -> None:

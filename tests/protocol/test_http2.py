@@ -298,3 +298,10 @@ def test_arbitrary_frames_give_events_or_an_h2_error_only(
 def test_arbitrary_header_blocks_decode_or_fail_cleanly(block: bytes) -> None:
     with contextlib.suppress(RemoteProtocolError):
         hpack.Decoder().decode(block)
+
+
+def test_our_pings_are_answered_as_events() -> None:
+    client, server = connected()
+    client.ping(b"keepaliv")
+    assert exchange(client, server) == []
+    assert exchange(server, client) == [http2.PingAnswered(b"keepaliv")]

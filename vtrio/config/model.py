@@ -165,6 +165,17 @@ class HttpHeaderSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class H2Keepalive:
+    """PINGs on an HTTP/2 connection that has read nothing for ``idle``
+    seconds; one unanswered for ``timeout`` seconds ends the connection.
+    ``without_tunnels``: also while it carries none."""
+
+    idle: float
+    timeout: float = 20.0
+    without_tunnels: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GrpcSettings:
     """``grpcSettings``: the gRPC service whose ``Tun`` (or, in Xray's multi
     mode, ``TunMulti``) method carries the tunnels."""
@@ -175,6 +186,8 @@ class GrpcSettings:
     # address, and grpc-go's agent.
     authority: str = ""
     user_agent: str = ""
+    # idle_timeout, health_check_timeout, permit_without_stream (Xray).
+    keepalive: H2Keepalive | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +200,8 @@ class H2Settings:
     path: str = "/"
     method: str = "PUT"
     headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # read_idle_timeout, health_check_timeout (Xray).
+    keepalive: H2Keepalive | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,11 @@ NOT_SUPPORTED_NETWORKS = {
 }
 SECURITIES = {s.value: s for s in model.Security}
 EXPERIMENTS = ("AuthenticatedLength", "NoTerminationSignal")
+# Xray's gRPC keepalive: the shortest idle_timeout, the default
+# health_check_timeout; and the HTTP/2 transport's health_check_timeout.
+GRPC_MIN_IDLE = 10.0
+GRPC_HEALTH_CHECK = 20.0
+H2_HEALTH_CHECK = 15.0
 # An outbound's mux.concurrency: v2ray's default, and the most Xray accepts.
 DEFAULT_MUX_CONCURRENCY = 8
 MAX_MUX_CONCURRENCY = 1024
@@ -1368,32 +1373,31 @@ class Normalizer:
         )
 
     def grpc(self, grpc: GrpcV2 | None, path: str) -> model.GrpcSettings:
-        """``grpcSettings``; the keepalive and window tuning get a warning."""
+        """``grpcSettings``; Xray's keepalive as its gRPC applies it (an
+        ``idle_timeout`` of at least 10 s, a ``health_check_timeout`` of 20 s
+        unless given)."""
         if grpc is None:
             return model.GrpcSettings()
-        tuning = [
-            name
-            for name, value in (
-                ("idle_timeout", grpc.idle_timeout),
-                ("health_check_timeout", grpc.health_check_timeout),
-                ("permit_without_stream", grpc.permit_without_stream),
-                ("initial_windows_size", grpc.initial_windows_size),
-            )
-            if value
-        ]
-        if tuning:
+        if grpc.initial_windows_size:
             LOGGER.warning(
-                "%s: %s.grpcSettings: %s ignored (vtrio sends no health-check"
-                " pings and sizes its own windows)",
+                "%s: %s.grpcSettings: initial_windows_size ignored (vtrio sizes"
+                " its own windows)",
                 self.source,
                 path,
-                ", ".join(tuning),
+            )
+        keepalive = None
+        if grpc.idle_timeout > 0:
+            keepalive = model.H2Keepalive(
+                idle=max(GRPC_MIN_IDLE, grpc.idle_timeout),
+                timeout=grpc.health_check_timeout or GRPC_HEALTH_CHECK,
+                without_tunnels=grpc.permit_without_stream,
             )
         return model.GrpcSettings(
             service_name=grpc.service_name,
             multi_mode=grpc.multi_mode,
             authority=grpc.authority,
             user_agent=grpc.user_agent,
+            keepalive=keepalive,
         )
 
     def h2(self, http: HttpV2 | None, path: str) -> model.H2Settings:
@@ -1401,13 +1405,6 @@ class Normalizer:
         /), the path given its slash as v2ray does."""
         if http is None:
             return model.H2Settings()
-        if http.read_idle_timeout or http.health_check_timeout:
-            LOGGER.warning(
-                "%s: %s: read_idle_timeout and health_check_timeout ignored"
-                " (vtrio sends no health-check pings)",
-                self.source,
-                path,
-            )
         method = http.method or "PUT"
         if not _HTTP_TOKEN.fullmatch(method):
             self.error("expected an HTTP method (a token)", f"{path}.method")
@@ -1422,6 +1419,13 @@ class Normalizer:
             path=request_path if request_path.startswith("/") else "/" + request_path,
             method=method,
             headers=self.head_headers(http.headers, f"{path}.headers"),
+            keepalive=model.H2Keepalive(
+                idle=http.read_idle_timeout,
+                timeout=http.health_check_timeout or H2_HEALTH_CHECK,
+                without_tunnels=True,  # Go's ReadIdleTimeout: any connection
+            )
+            if http.read_idle_timeout > 0
+            else None,
         )
 
     def domain_socket(self, ds: DomainSocketV2 | None, path: str) -> str:

@@ -256,7 +256,12 @@ class _MuxConnection:
             with self._idle:
                 await self._request_sent.wait()
                 await self._read_frames()
-        except* (VtrioError, OSError, trio.BrokenResourceError) as group:
+        except* (
+            VtrioError,
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as group:
             reason = f"mux connection broke: {group.exceptions[0]}"
         finally:
             self._break(reason)

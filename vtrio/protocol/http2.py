@@ -2,12 +2,13 @@
 
 Theory of operation: :class:`H2Connection` turns received bytes into events
 (:class:`HeadersReceived`, :class:`DataReceived`, :class:`StreamReset`,
-:class:`WindowOpened`, :class:`GoAway`) and queues the frames its methods
-produce for :meth:`H2Connection.data_to_send`. It answers SETTINGS and PING
-itself. Flow control runs both ways: a sender asks :meth:`send_window` how
-much it may send; a reader reports what it consumed with :meth:`consumed`,
-and window updates go out once half a window is used, so a reader that stops
-reading stops the peer (no unbounded buffering). Priorities are read and
+:class:`WindowOpened`, :class:`GoAway`, :class:`PingAnswered`) and queues the
+frames its methods produce for :meth:`H2Connection.data_to_send`. It answers
+SETTINGS and PING itself; :meth:`ping` sends one (keepalives). Flow control
+runs both ways: a sender asks :meth:`send_window` how much it may send; a
+reader reports what it consumed with :meth:`consumed`, and window updates go
+out once half a window is used, so a reader that stops reading stops the
+peer (no unbounded buffering). Priorities are read and
 ignored; server push is refused in our SETTINGS. A violation raises
 :class:`H2Error` with the code the caller's GOAWAY should carry
 (:meth:`close`).
@@ -130,7 +131,16 @@ class GoAway:
     code: int
 
 
-Event = HeadersReceived | DataReceived | StreamReset | WindowOpened | GoAway
+@dataclass(frozen=True, slots=True)
+class PingAnswered:
+    """The peer acknowledged our PING carrying ``payload``."""
+
+    payload: bytes
+
+
+Event = (
+    HeadersReceived | DataReceived | StreamReset | WindowOpened | GoAway | PingAnswered
+)
 
 
 @dataclass(slots=True)
@@ -311,6 +321,11 @@ class H2Connection:
             stream.receive_window += stream.unacknowledged
             stream.unacknowledged = 0
 
+    def ping(self, payload: bytes) -> None:
+        """A PING (8 bytes of ``payload``) the peer must answer."""
+        assert len(payload) == 8
+        self._frame(FrameType.PING, 0, 0, payload)
+
     def reset_stream(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         if self._streams.pop(stream_id, None) is not None:
             self._frame(FrameType.RST_STREAM, 0, stream_id, struct.pack("!I", code))
@@ -409,7 +424,9 @@ class H2Connection:
         elif kind == FrameType.PING:
             if len(payload) != 8 or stream_id:
                 raise H2Error("bad PING", ErrorCode.FRAME_SIZE_ERROR)
-            if not flags & ACK:
+            if flags & ACK:
+                events.append(PingAnswered(payload))
+            else:
                 self._answer(FrameType.PING, ACK, 0, payload)
         elif kind == FrameType.GOAWAY:
             if len(payload) < 8 or stream_id:

@@ -24,6 +24,7 @@ import abc
 import contextlib
 import logging
 import math
+import os
 import random
 from collections import deque
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -42,6 +43,7 @@ from vtrio.protocol.http2 import (
     H2Connection,
     H2Error,
     HeadersReceived,
+    PingAnswered,
     StreamReset,
     WindowOpened,
 )
@@ -49,7 +51,12 @@ from vtrio.protocol.http2 import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from vtrio.config.model import GrpcSettings, H2Settings, StreamSettings
+    from vtrio.config.model import (
+        GrpcSettings,
+        H2Keepalive,
+        H2Settings,
+        StreamSettings,
+    )
     from vtrio.protocol.hpack import Header
 
 LOGGER = logging.getLogger("vtrio.net.transport.h2")
@@ -200,6 +207,9 @@ class _Session:
         self._window = trio.Event()
         self.broken: str | None = None
         self._idle_scope = trio.CancelScope()
+        self._last_read = trio.current_time()
+        self._ping = b""  # the keepalive PING waiting for its answer
+        self._ping_answered = trio.Event()
         self._idle = CLIENT_IDLE if client else first_call_within or SERVER_IDLE
         self._mark_idle()
 
@@ -319,6 +329,8 @@ class _Session:
         try:
             async with trio.open_nursery() as tasks:
                 tasks.start_soon(self._write_loop)
+                if self.flavor.keepalive is not None:
+                    tasks.start_soon(self._keep_alive, self.flavor.keepalive)
                 try:
                     with self._idle_scope:
                         await self._read_frames(on_call)
@@ -336,6 +348,7 @@ class _Session:
     async def _read_frames(self, on_call: Callable[[H2Tunnel], None] | None) -> None:
         while True:
             data = await self._transport.receive_some(RECEIVE_SIZE)
+            self._last_read = trio.current_time()
             if not data:
                 self._break("the HTTP/2 connection closed")
                 return
@@ -348,6 +361,29 @@ class _Session:
             for event in events:
                 self._dispatch(event, on_call)
             self.kick()
+
+    async def _keep_alive(self, keepalive: H2Keepalive) -> None:
+        """PING when nothing was read for ``keepalive.idle`` seconds (while
+        tunnels run, unless ``without_tunnels``); a PING unanswered within
+        ``keepalive.timeout`` means the peer or the path is gone."""
+        while self.broken is None:
+            quiet_until = self._last_read + keepalive.idle
+            if trio.current_time() < quiet_until:
+                await trio.sleep_until(quiet_until)
+                continue
+            if not self._calls and not keepalive.without_tunnels:
+                await trio.sleep(keepalive.idle)
+                continue
+            self._ping, self._ping_answered = os.urandom(8), trio.Event()
+            self._h2.ping(self._ping)
+            self.kick()
+            with trio.move_on_after(keepalive.timeout):
+                await self._ping_answered.wait()
+            if not self._ping_answered.is_set():
+                reason = "the HTTP/2 connection did not answer a keepalive PING"
+                LOGGER.info("%s in %.0f s", reason, keepalive.timeout)
+                self._break(reason)
+                await trio.aclose_forcefully(self._transport)  # the reader stops
 
     async def _write_final(self) -> None:
         data = self._h2.data_to_send()
@@ -379,6 +415,9 @@ class _Session:
                 call._fail(f"the peer reset the stream (code {event.code})")
         elif isinstance(event, WindowOpened):
             self.wake_senders()
+        elif isinstance(event, PingAnswered):
+            if event.payload == self._ping:
+                self._ping_answered.set()
         elif isinstance(event, GoAway):
             for stream_id, call in list(self._calls.items()):
                 if stream_id > event.last_stream_id:
@@ -450,6 +489,7 @@ class Flavor(abc.ABC):
     # response: trailers, or (None) an empty END_STREAM DATA frame.
     response: ClassVar[list[Header]]
     trailers: ClassVar[list[Header] | None] = None
+    keepalive: H2Keepalive | None = None
 
     @abc.abstractmethod
     def request(self, authority: str) -> list[Header]:
@@ -496,6 +536,7 @@ class GrpcFlavor(Flavor):
 
     def __init__(self, settings: GrpcSettings) -> None:
         self._settings = settings
+        self.keepalive = settings.keepalive
         # A server answers both methods, as Xray's does.
         self._paths = frozenset(
             service_path(settings.service_name, multi=multi).encode()
@@ -540,6 +581,7 @@ class HttpFlavor(Flavor):
 
     def __init__(self, settings: H2Settings) -> None:
         self._settings = settings
+        self.keepalive = settings.keepalive
         self._hosts = {host.encode() for host in settings.hosts}
         self._path = settings.path.encode()
 
@@ -639,12 +681,16 @@ class H2Client:
             )
 
     async def _run(self, key: tuple[str, int], session: _Session) -> None:
+        """One connection's tasks; whatever ends it stays here (it runs in a
+        nursery the server's other connections share)."""
         try:
             await session.run(None)
-        except H2Error as exc:
-            LOGGER.info("HTTP/2 connection to %s:%d: %s", *key, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            LOGGER.debug("HTTP/2 connection to %s:%d: %s", *key, exc)
+        except* H2Error as group:
+            LOGGER.info("HTTP/2 connection to %s:%d: %s", *key, group.exceptions[0])
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            LOGGER.debug("HTTP/2 connection to %s:%d: %s", *key, group.exceptions[0])
+        except* Exception:
+            LOGGER.exception("HTTP/2 connection to %s:%d: unexpected error", *key)
         finally:
             if self._sessions.get(key) is session:
                 del self._sessions[key]
