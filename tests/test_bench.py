@@ -19,7 +19,7 @@ from bench.chains import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.slow
@@ -63,17 +63,26 @@ async def test_the_rate_counts_only_the_window_after_the_warm_up(chain: Chain) -
     assert lost == 0
 
 
-async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None:
+async def echoes_through(make_chain: Callable[[int], Chain], tmp_path: Path) -> int:
+    """Echo tunnels through the chain ``make_chain`` builds for the target's
+    port: how many of 4 came back."""
     async with trio.open_nursery() as nursery:
         target = await nursery.start(serve_target)
-        chain = Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", fixed_target=target)
+        chain = make_chain(target)
         chain.start(tmp_path, pin=False)
         try:
             finished, _ = await echo_tunnels(chain, target, 2, count=4)
         finally:
             chain.stop()
         nursery.cancel_scope.cancel()
-    assert len(finished) == 4
+    return len(finished)
+
+
+async def test_a_dokodemo_entry_reaches_its_fixed_target(tmp_path: Path) -> None:
+    def dokodemo_chain(target: int) -> Chain:
+        return Chain("vtrio", "vtrio", "vtrio", "aes-128-gcm", fixed_target=target)
+
+    assert await echoes_through(dokodemo_chain, tmp_path) == 4
 
 
 @pytest.mark.parametrize("client", ["vtrio", "sing-box"])
@@ -82,16 +91,8 @@ async def test_a_grpc_chain_carries_tunnels_over_grpc(
 ) -> None:
     if client == "sing-box" and sing_box_path() is None:
         pytest.skip("sing-box is not installed")
-    async with trio.open_nursery() as nursery:
-        target = await nursery.start(serve_target)
-        chain = Chain(client, client, "vtrio", "aes-128-gcm", network="grpc")
-        chain.start(tmp_path, pin=False)
-        try:
-            finished, _ = await echo_tunnels(chain, target, 2, count=4)
-        finally:
-            chain.stop()
-        nursery.cancel_scope.cancel()
-    assert len(finished) == 4
+    chain = Chain(client, client, "vtrio", "aes-128-gcm", network="grpc")
+    assert await echoes_through(lambda _target: chain, tmp_path) == 4
     # The server is vtrio: its config names the transport it serves.
     assert served_streams(tmp_path) == [
         {"network": "grpc", "grpcSettings": {"serviceName": "bench"}}

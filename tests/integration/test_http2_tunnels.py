@@ -80,6 +80,22 @@ def running_client(settings: model.StreamSettings, nursery: trio.Nursery) -> H2C
     return client
 
 
+async def echo_over(
+    tunnel: trio.abc.HalfCloseableStream, echo_port: int, data: bytes
+) -> bytes:
+    """What the echo server sends back for ``data`` sent through a VMess
+    tunnel on ``tunnel`` (closed after)."""
+    vmess = VMessStream.client(
+        tunnel,
+        model.VMessUser(USER),
+        Request(Command.TCP, ipaddress.IPv4Address(LOOPBACK), echo_port),
+    )
+    await vmess.send_all(data)
+    echoed = await receive_exactly(vmess, len(data))
+    await vmess.aclose()
+    return echoed
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("security", ["none", "tls"])
 async def test_concurrent_tunnels_share_one_connection(
@@ -155,14 +171,7 @@ async def test_a_bad_tunnel_leaves_the_others_on_its_connection_running(
             await bad.send_all(os.urandom(200))  # no VMess header: refused
             good = await client.open(LOOPBACK, port)
             assert bad.stream_id != good.stream_id  # the same connection
-            vmess = VMessStream.client(
-                good,
-                model.VMessUser(USER),
-                Request(Command.TCP, ipaddress.IPv4Address(LOOPBACK), echo_port),
-            )
-            await vmess.send_all(b"still here")
-            assert await receive_exactly(vmess, 10) == b"still here"
-            await vmess.aclose()
+            assert await echo_over(good, echo_port, b"still here") == b"still here"
             await bad.aclose()
             nursery.cancel_scope.cancel()
 
@@ -203,14 +212,7 @@ async def test_an_h2_server_serves_paths_below_its_own_like_v2ray() -> None:
             bound = await nursery.start(server.run, server_config("h2", "none"))
             port = bound["vmess-in"][0][1]
             call = await running_client(settings, nursery).open(LOOPBACK, port)
-            vmess = VMessStream.client(
-                call,
-                model.VMessUser(USER),
-                Request(Command.TCP, ipaddress.IPv4Address(LOOPBACK), echo_port),
-            )
-            await vmess.send_all(b"below")
-            assert await receive_exactly(vmess, 5) == b"below"
-            await vmess.aclose()
+            assert await echo_over(call, echo_port, b"below") == b"below"
             nursery.cancel_scope.cancel()
 
 

@@ -44,7 +44,7 @@ from vtrio import server
 from vtrio.config import model
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.interop
@@ -323,6 +323,22 @@ def mux_client_config(server_port: int, concurrency: int) -> model.Config:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_server(server_name: str, tmp_path: Path) -> AsyncIterator[int]:
+    """vtrio's or v2ray 4.34's VMess server for USER; yields its port."""
+    if server_name == "vtrio":
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.run, vtrio_server_config())
+            yield bound["vmess-in"][0][1]
+            nursery.cancel_scope.cancel()
+    else:
+        peer = require_peer("v2ray", "4.34")
+        (server_port,) = free_ports(1)
+        config = server_config(peer, [Route(server_port, Account(str(USER)))])
+        async with open_peer(peer, "server", config, tmp_path, [server_port]):
+            yield server_port
+
+
 @pytest.mark.parametrize("server_name", ["vtrio", "v2ray"])
 @pytest.mark.parametrize(("concurrency", "connections"), [(8, 1), (3, 3)])
 async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
@@ -344,17 +360,8 @@ async def test_vtrio_mux_client_carries_concurrent_flows_in_few_connections(
             nursery.cancel_scope.cancel()
 
     with trio.fail_after(30):
-        if server_name == "vtrio":
-            async with trio.open_nursery() as nursery:
-                bound = await nursery.start(server.run, vtrio_server_config())
-                await through_client(bound["vmess-in"][0][1])
-                nursery.cancel_scope.cancel()
-        else:
-            peer = require_peer("v2ray", "4.34")
-            (server_port,) = free_ports(1)
-            config = server_config(peer, [Route(server_port, Account(str(USER)))])
-            async with open_peer(peer, "server", config, tmp_path, [server_port]):
-                await through_client(server_port)
+        async with running_server(server_name, tmp_path) as server_port:
+            await through_client(server_port)
     assert len(accepted) == connections
 
 
@@ -390,17 +397,8 @@ async def test_vtrio_mux_client_carries_udp_as_sub_sessions(
         return sent, received
 
     with trio.fail_after(30), caplog.at_level(logging.DEBUG, "vtrio.net.mux"):
-        if server_name == "vtrio":
-            async with trio.open_nursery() as nursery:
-                bound = await nursery.start(server.run, vtrio_server_config())
-                sent, received = await through_client(bound["vmess-in"][0][1])
-                nursery.cancel_scope.cancel()
-        else:
-            peer = require_peer("v2ray", "4.34")
-            (server_port,) = free_ports(1)
-            config = server_config(peer, [Route(server_port, Account(str(USER)))])
-            async with open_peer(peer, "server", config, tmp_path, [server_port]):
-                sent, received = await through_client(server_port)
+        async with running_server(server_name, tmp_path) as server_port:
+            sent, received = await through_client(server_port)
     assert {digest: (LOOPBACK, port) for digest, port in sent.items()} == received
     assert len(accepted) == 1
     if server_name == "vtrio":  # its Mux server logs the sub-sessions it opens
