@@ -273,7 +273,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
         ("serverNameToVerify", "example.com"),
         ("echConfigList", "AEX+DQ"),
         ("echForceQuery", "full"),
-        ("rejectUnknownSni", True),
         ("verifyClientCertificate", True),
         ("echServerKeys", "AEX+DQ"),
     ],
@@ -286,6 +285,26 @@ def test_tls_checks_vtrio_lacks_are_refused_not_dropped(
     ((path, message),) = errors(text)
     assert path == f"$.outbounds[0].streamSettings.tlsSettings.{field}"
     assert "not supported yet" in message
+
+
+def test_reject_unknown_sni_reaches_the_inbound() -> None:
+    stream = {
+        "security": "tls",
+        "tlsSettings": {
+            "rejectUnknownSni": True,
+            "certificates": [{"certificateFile": "c.pem", "keyFile": "k.pem"}],
+        },
+    }
+    inbound = {
+        "port": 443,
+        "protocol": "vmess",
+        "settings": {"clients": [{"id": "b831381d-6324-4d53-ad4f-8cda48b30811"}]},
+        "streamSettings": stream,
+    }
+    config = loads(document(inbounds=[inbound]), environ={})
+    tls = config.inbounds[0].stream.tls
+    assert tls is not None
+    assert tls.reject_unknown_sni
 
 
 def test_tls_settings_that_change_nothing_checked_load(

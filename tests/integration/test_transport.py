@@ -252,9 +252,11 @@ async def test_tls_verification_failures(tls: dict[str, object], reason: str) ->
     assert "TLS handshake failed" in str(errors[0])
 
 
-async def tls_echo(client: TLSSettings, payload: bytes) -> bytes:
-    """``payload`` echoed by a TLS server on the test certificate, through a
-    client with these settings.
+async def tls_echo(
+    client: TLSSettings, payload: bytes, server: TLSSettings | None = None
+) -> bytes:
+    """``payload`` echoed by a TLS server (``server``, or one on the test
+    certificate), through a client with these settings.
 
     Raises:
         DialError: the client refused the server.
@@ -265,7 +267,10 @@ async def tls_echo(client: TLSSettings, payload: bytes) -> bytes:
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             port = await start_server(
-                nursery, stream_settings("tcp", "tls", server_tls()), echo, errors
+                nursery,
+                stream_settings("tcp", "tls", server or server_tls()),
+                echo,
+                errors,
             )
             settings = stream_settings("tcp", "tls", client)
             try:

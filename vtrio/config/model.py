@@ -87,6 +87,9 @@ class TLSSettings:
     # Xray's pinnedPeerCertSha256, decoded: the server's own certificate must
     # hash to one of these, and then it is trusted without other checks.
     pinned_cert_sha256: tuple[bytes, ...] = ()
+    # Xray's rejectUnknownSni: a server refuses a client whose SNI none of
+    # its certificates is for (or that sends none).
+    reject_unknown_sni: bool = False
 
 
 @dataclass(frozen=True, slots=True)

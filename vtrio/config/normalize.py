@@ -108,7 +108,6 @@ SNIFFED_PROTOCOLS = {
 # leave the peer less checked or less hidden than the config asks.
 # Field -> what it is about, when its JSON name does not say.
 UNSUPPORTED_TLS = {
-    "reject_unknown_sni": "",
     "verify_client_certificate": " (client certificates)",
     "pinned_peer_certificate_public_key_sha256": "",
     "verify_peer_cert_by_name": "",
@@ -1605,6 +1604,7 @@ class Normalizer:
             cipher_suites=tls.cipher_suites or None,
             pinned_chain_sha256=pins,
             pinned_cert_sha256=cert_pins,
+            reject_unknown_sni=tls.reject_unknown_sni,
         )
 
     def digests(

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from vtrio.errors import ConfigError, DialError, RemoteProtocolError
+from vtrio.protocol.x509 import CertificateNames, certificate_for, certificate_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -80,6 +81,7 @@ _TLS13_SUITES = {
     "TLS_AES_256_GCM_SHA384",
     "TLS_CHACHA20_POLY1305_SHA256",
 }
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 # ssl.ENCODING_DER, which the ssl module does not re-export.
 _DER = 2
 # OpenSSL reasons a server sees when the client did not speak TLS at all.
@@ -197,6 +199,11 @@ def _openssl_ciphers(go_names: str) -> str:
 def server_context(settings: TLSSettings) -> ssl.SSLContext:
     """The server context of an inbound, built on first use and then shared.
 
+    One context per ``encipherment`` certificate (OpenSSL keeps one key pair
+    of each kind per context: a second would replace the first); with more
+    than one, or with ``reject_unknown_sni``, the client's SNI picks one
+    (:func:`certificate_for`) in the handshake.
+
     Args:
         settings: the inbound's TLS settings; needs one ``encipherment`` certificate.
 
@@ -206,23 +213,65 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
     Raises:
         ConfigError: no usable certificate, an unreadable file, a bad version.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    loaded = False
+    contexts: list[ssl.SSLContext] = []
+    names: list[CertificateNames] = []
     for index, certificate in enumerate(settings.certificates):
         where = f"tlsSettings.certificates[{index}]"
         if certificate.usage == "issue":
             # v2ray signs leaf certificates on the fly with an "issue" CA; not built.
             raise ConfigError("usage 'issue' is not supported", path=f"{where}.usage")
         if certificate.usage == "encipherment":
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             _load_key_pair(context, certificate, where)
-            loaded = True
-    if not loaded:
+            _apply_common(context, settings, settings.alpn)
+            contexts.append(context)
+            names.append(_leaf_names(certificate, where))
+    if not contexts:
         raise ConfigError(
             "a TLS inbound needs a certificate with usage 'encipherment'",
             path="tlsSettings.certificates",
         )
-    _apply_common(context, settings, settings.alpn)
-    return context
+    if len(contexts) > 1 or settings.reject_unknown_sni:
+        contexts[0].sni_callback = functools.partial(
+            _serve_named, contexts, names, settings.reject_unknown_sni
+        )
+    return contexts[0]
+
+
+def _serve_named(
+    contexts: list[ssl.SSLContext],
+    names: list[CertificateNames],
+    reject_unknown: bool,
+    connection: ssl.SSLObject | ssl.SSLSocket,
+    server_name: str | None,
+    _context: ssl.SSLContext,
+) -> int | None:
+    """The SNI callback: switch to the certificate for ``server_name``, or
+    end the handshake with unrecognized_name."""
+    chosen = certificate_for(server_name, names, reject_unknown=reject_unknown)
+    if chosen is None:
+        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+    if chosen:
+        connection.context = contexts[chosen]
+    return None
+
+
+def _leaf_names(certificate: Certificate, where: str) -> CertificateNames:
+    """The names of the first certificate of a loaded chain."""
+    pem = certificate.certificate_pem
+    if pem is None:
+        assert certificate.certificate_file is not None  # loaded from it just now
+        with open(
+            certificate.certificate_file, encoding="ascii", errors="replace"
+        ) as file:
+            pem = file.read()
+    try:
+        body = pem.split(_PEM_BEGIN, 1)[1].split("-----END", 1)[0]
+        return certificate_names(base64.b64decode(body))
+    except (IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read the certificate's names: {exc}", path=where
+        ) from exc
 
 
 @functools.cache

@@ -1,0 +1,89 @@
+"""A TLS server with several certificates serves the one the client's SNI
+names, and with Xray's ``rejectUnknownSni`` refuses names none is for.
+
+Which certificate came back is told by the client's pin of it (Xray's
+``pinnedPeerCertSha256``): a client pinned to the other one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+
+import pytest
+
+from tests.integration.test_transport import tls_echo
+from tests.support.certs import make_pki
+from vtrio.config.model import Certificate, TLSSettings
+from vtrio.errors import DialError
+
+A_NAMES = ("a.example", "127.0.0.1")
+B_NAMES = ("b.example", "*.b.example")
+
+
+def served(names: tuple[str, ...]) -> Certificate:
+    pki = make_pki(names)
+    return Certificate(certificate_pem=pki.cert_pem, key_pem=pki.key_pem)
+
+
+def pinned_to(names: tuple[str, ...], server_name: str) -> TLSSettings:
+    """A client that asks for ``server_name`` and trusts only the leaf made
+    for ``names``."""
+    leaf = ssl.PEM_cert_to_DER_cert(make_pki(names).cert_pem)
+    return TLSSettings(
+        server_name=server_name,
+        pinned_cert_sha256=(hashlib.sha256(leaf).digest(),),
+        disable_system_root=True,
+    )
+
+
+def two_certificates(*, reject_unknown_sni: bool = False) -> TLSSettings:
+    return TLSSettings(
+        certificates=(served(A_NAMES), served(B_NAMES)),
+        reject_unknown_sni=reject_unknown_sni,
+    )
+
+
+@pytest.mark.parametrize(
+    ("server_name", "names"),
+    [
+        ("a.example", A_NAMES),
+        ("b.example", B_NAMES),
+        ("x.b.example", B_NAMES),  # the wildcard
+        ("elsewhere.example", A_NAMES),  # no match: the first
+        ("127.0.0.1", A_NAMES),  # an address sends no SNI: the first
+    ],
+)
+async def test_the_sni_picks_the_certificate(
+    server_name: str, names: tuple[str, ...]
+) -> None:
+    client = pinned_to(names, server_name)
+    assert await tls_echo(client, b"sni", two_certificates()) == b"sni"
+    other = B_NAMES if names == A_NAMES else A_NAMES
+    with pytest.raises(DialError, match="pinned"):
+        await tls_echo(pinned_to(other, server_name), b"sni", two_certificates())
+
+
+@pytest.mark.parametrize("server_name", ["a.example", "x.b.example"])
+async def test_reject_unknown_sni_serves_the_names_it_has(server_name: str) -> None:
+    names = A_NAMES if server_name == "a.example" else B_NAMES
+    server = two_certificates(reject_unknown_sni=True)
+    assert await tls_echo(pinned_to(names, server_name), b"ok", server) == b"ok"
+
+
+@pytest.mark.parametrize(
+    "server_name", ["elsewhere.example", "b.example.org", "127.0.0.1"]
+)
+async def test_reject_unknown_sni_refuses_other_names_and_none(
+    server_name: str,
+) -> None:
+    server = two_certificates(reject_unknown_sni=True)
+    with pytest.raises(DialError, match=r"TLS handshake .* failed"):
+        await tls_echo(pinned_to(A_NAMES, server_name), b"no", server)
+
+
+async def test_reject_unknown_sni_applies_to_a_single_certificate() -> None:
+    server = TLSSettings(certificates=(served(A_NAMES),), reject_unknown_sni=True)
+    assert await tls_echo(pinned_to(A_NAMES, "a.example"), b"ok", server) == b"ok"
+    with pytest.raises(DialError, match=r"TLS handshake .* failed"):
+        await tls_echo(pinned_to(A_NAMES, "elsewhere.example"), b"no", server)
