@@ -89,10 +89,10 @@ def sniff_tls(data: bytes) -> Verdict:
         return None
     if len(data) < 5 + length:
         return MORE
-    return _client_hello_name(memoryview(data)[5 : 5 + length])
+    return client_hello_name(memoryview(data)[5 : 5 + length])
 
 
-def _client_hello_name(body: memoryview) -> Sniffed | None:
+def client_hello_name(body: memoryview) -> Sniffed | None:
     """The server name of a ClientHello (handshake header onwards), if any."""
     if len(body) < 39 or body[0] != TLS_CLIENT_HELLO:
         return None
