@@ -566,7 +566,6 @@ def test_sniffing_off_bare_and_in_v2ray_3s_domain_override(
     ("sniffing", "warning"),
     [
         ({"destOverride": ["tls", "fakedns"]}, "no FakeDNS"),
-        ({"destOverride": ["quic", "tls"]}, "TCP only"),
         ({"destOverride": ["tls"], "metadataOnly": True}, "nothing is sniffed"),
     ],
 )
@@ -581,6 +580,12 @@ def test_sniffing_parts_vtrio_lacks_are_named_in_warnings(
     assert "$.inbounds[0].sniffing" in message
     metadata_only = sniffing.get("metadataOnly", False)
     assert inbound.sniffing == (None if metadata_only else model.Sniffing(("tls",)))
+
+
+def test_quic_is_a_dest_override_like_the_others() -> None:
+    inbound_json = vmess_in(sniffing={"enabled": True, "destOverride": ["quic", "tls"]})
+    (inbound,) = loads(document(inbounds=[inbound_json]), environ={}).inbounds
+    assert inbound.sniffing == model.Sniffing(("quic", "tls"))
 
 
 def test_sniffing_errors_name_their_paths() -> None:

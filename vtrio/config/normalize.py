@@ -779,15 +779,12 @@ class Normalizer:
                     f"unknown protocol {name!r} (expected http, tls, quic or fakedns)",
                     f"{path}.destOverride[{index}]",
                 )
-            elif kind in ("quic", "fakedns"):
+            elif kind == "fakedns":
                 LOGGER.warning(
-                    "%s: %s.destOverride[%d]: %s",
+                    "%s: %s.destOverride[%d]: vtrio has no FakeDNS; ignored",
                     self.source,
                     path,
                     index,
-                    "vtrio sniffs TCP only, not QUIC"
-                    if kind == "quic"
-                    else "vtrio has no FakeDNS; ignored",
                 )
             elif kind not in overrides:
                 overrides.append(kind)

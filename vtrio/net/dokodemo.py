@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from vtrio.errors import DialError
-from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.outbound import Destination, Session
 from vtrio.net.transport.tcp import address_name
 from vtrio.net.transport.transparent import (
     receive_diverted,
@@ -28,6 +28,7 @@ from vtrio.net.transport.transparent import (
     set_transparent,
     spoofing_socket,
 )
+from vtrio.protocol.address import parse_address
 
 if TYPE_CHECKING:
     from vtrio.config.model import DokodemoInboundSettings, Inbound
@@ -132,7 +133,10 @@ class _Door:
             _, oldest_scope = self._flows.pop(next(iter(self._flows)))
             oldest_scope.cancel()
         session = Session(
-            self._inbound.tag, address_name(source), level=self._settings.level
+            self._inbound.tag,
+            address_name(source),
+            level=self._settings.level,
+            sniffing=self._inbound.sniffing,
         )
         destination = Destination(parse_address(target[0]), target[1], "udp")
         try:

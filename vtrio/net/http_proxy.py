@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import trio
 
 from vtrio.errors import RemoteProtocolError
-from vtrio.net.outbound import Destination, parse_address
+from vtrio.net.outbound import Destination
 from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.tunnel import run_tunnel
-from vtrio.protocol.address import split_host_port
+from vtrio.protocol.address import parse_address, split_host_port
 
 if TYPE_CHECKING:
     from vtrio.config.model import HttpInboundSettings, Inbound

@@ -36,7 +36,7 @@ from vtrio.net import transport
 from vtrio.net.clock import unix_now
 from vtrio.net.http_proxy import handle_http
 from vtrio.net.mux import serve_mux
-from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.outbound import Destination, Session
 from vtrio.net.relay import Traffic
 from vtrio.net.sniffing import sniffed_route, wants_sniffing
 from vtrio.net.socks import handle_socks
@@ -53,6 +53,7 @@ from vtrio.net.transport.transparent import original_destination
 from vtrio.net.tunnel import run_tunnel
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
 from vtrio.protocol import packetaddr
+from vtrio.protocol.address import parse_address
 from vtrio.protocol.connection import ServerConnection
 from vtrio.protocol.events import Rejected
 from vtrio.protocol.instruction import Command
@@ -313,10 +314,15 @@ async def _serve_udp(
     channel = VMessDatagramChannel.from_stream(vmess)
     traffic = Traffic()
     idle = context.policy(session.level).conn_idle
-    handler = await context.dispatcher.route(session, destination)
+    routed_to: list[str] = []  # the outbound's tag, once routed (after sniffing)
     try:
         async with trio.open_nursery() as nursery:
-            outbound = await context.dispatcher.open_udp(destination, session, nursery)
+            outbound = await context.dispatcher.open_udp(
+                destination,
+                session,
+                nursery,
+                lambda handler: routed_to.append(handler.tag),
+            )
             framing = (
                 _AddressPerDatagram()
                 if request.address == packetaddr.MAGIC_DOMAIN
@@ -329,7 +335,7 @@ async def _serve_udp(
                     await outbound.aclose()
             nursery.cancel_scope.cancel()
     finally:
-        context.log_access(session, destination, handler.tag, traffic)
+        context.log_access(session, destination, "".join(routed_to[-1:]), traffic)
 
 
 class _FixedDestination:

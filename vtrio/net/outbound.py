@@ -14,6 +14,7 @@ one VMess connection per destination it is asked to reach.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -36,16 +37,17 @@ from vtrio.errors import DialError
 from vtrio.net import transport
 from vtrio.net.dynamic_port import DynamicServers, Endpoint
 from vtrio.net.mux_client import MuxPool
+from vtrio.net.sniffing import SniffedPackets, wants_sniffing
 from vtrio.net.transport.h2 import H2Client, flavor_of
 from vtrio.net.transport.transparent import set_mark
 from vtrio.net.vmess_stream import VMessDatagramChannel, VMessStream
-from vtrio.protocol.address import Address
+from vtrio.protocol.address import Address, parse_address
 from vtrio.protocol.commands import SwitchAccount
 from vtrio.protocol.instruction import Command, Request
 from vtrio.protocol.mux import Network
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from vtrio.config.model import (
         Balancer,
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     )
 
 LOGGER = logging.getLogger("vtrio.net.outbound")
+# The domains a UDP flow keeps resolved (a flow may name one per datagram).
+RESOLVED_PER_FLOW = 256
 
 # How long an outbound may take to connect (v2ray's dialer uses 16 s).
 CONNECT_TIMEOUT = 16.0
@@ -100,14 +104,6 @@ class Session:
     protocol: str = ""
     # The "host:port" the connection came in on, when a rule asks for it.
     local: str = ""
-
-
-def parse_address(text: str) -> Address:
-    """An IP address object for IP literals, else the domain text."""
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return text
 
 
 class PacketConnection(Protocol):
@@ -213,13 +209,21 @@ class _UDPSocket:
         self._family = family_strategy
         # An IPv4 sendThrough binds its mapped form: then only IPv4 is reached.
         self._local = "::" if local is None else str(_mapped(local))
+        # Each domain is resolved once per flow, not once per datagram.
+        self._resolved: dict[tuple[str, int], tuple[str, int]] = {}
 
     async def bind(self) -> None:
         await self._sock.bind((self._local, 0))
 
     async def send_to(self, payload: bytes, address: Address, port: int) -> None:
         if isinstance(address, str):
-            host, port = await _resolve(address, port, self._family)
+            resolved = self._resolved.get((address, port))
+            if resolved is None:
+                resolved = await _resolve(address, port, self._family)
+                if len(self._resolved) >= RESOLVED_PER_FLOW:
+                    self._resolved.clear()
+                self._resolved[address, port] = resolved
+            host, port = resolved
             target: Address = ipaddress.ip_address(host.split("%")[0])
         else:
             target = address
@@ -691,8 +695,30 @@ class Dispatcher:
         raise DialError(f"{destination}: connect timed out")
 
     async def open_udp(
-        self, destination: Destination, session: Session, nursery: trio.Nursery
+        self,
+        destination: Destination,
+        session: Session,
+        nursery: trio.Nursery,
+        routed: Callable[[OutboundHandler], None] | None = None,
     ) -> PacketConnection:
-        """A packet connection for UDP whose first datagram goes to ``destination``."""
-        handler = await self.route(session, destination)
-        return await handler.open_udp(destination, nursery)
+        """A packet connection for UDP whose first datagram goes to
+        ``destination``. On an inbound that sniffs, the flow is routed once
+        its first datagrams are sniffed; ``routed`` hears which outbound."""
+
+        async def open_routed(
+            dial: Destination, route: Destination, protocol: str
+        ) -> PacketConnection:
+            if protocol:
+                routed_session = dataclasses.replace(session, protocol=protocol)
+            else:
+                routed_session = session
+            handler = await self.route(routed_session, route)
+            if routed is not None:
+                routed(handler)
+            return await handler.open_udp(dial, nursery)
+
+        if session.sniffing is not None and wants_sniffing(
+            destination, session.sniffing
+        ):
+            return SniffedPackets(open_routed, destination, session.sniffing, nursery)
+        return await open_routed(destination, destination, "")

@@ -7,30 +7,42 @@ for the server to speak first (SMTP, SSH) costs at most that wait, as in
 v2ray. The found name replaces the destination's address when the inbound's
 ``destOverride`` asks for its protocol, unless the name or the original IP
 is excluded; with ``routeOnly`` only routing sees it.
+
+A UDP flow (:class:`SniffedPackets`) is routed once its first datagrams have
+been sniffed (a QUIC ClientHello, as Xray reads it): they are held until the
+sniffer has decided, or the wait has passed, and then go on in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 import trio
 
 from vtrio import routing
-from vtrio.net.outbound import Destination, parse_address
-from vtrio.protocol.sniff import MORE, Sniffed, overrides, sniff
+from vtrio.errors import DialError
+from vtrio.protocol.address import parse_address
+from vtrio.protocol.quic import sniff_quic
+from vtrio.protocol.sniff import MORE, Sniffed, Sniffer, overrides, sniff
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from vtrio.config.model import Sniffing
+    from vtrio.net.outbound import Destination, PacketConnection
     from vtrio.net.transport.buffered import BufferedStream
+    from vtrio.protocol.address import Address
 
 LOGGER = logging.getLogger("vtrio.net.sniffing")
 
 # v2ray waits up to 200 ms in all for the first bytes, and reads up to 32 KiB.
 SNIFF_WAIT = 0.2
 SNIFF_LIMIT = 32768
+UDP_SNIFFERS: tuple[Sniffer, ...] = (sniff_quic,)
+# Datagrams a flow may send before it is routed without a verdict.
+SNIFF_DATAGRAMS = 8
 
 
 async def sniff_bytes(
@@ -92,12 +104,10 @@ async def sniffed_destinations(
 
 
 def wants_sniffing(destination: Destination, sniffing: Sniffing) -> bool:
-    """TCP, to an address ``ipsExcluded`` does not name."""
+    """To an address ``ipsExcluded`` does not name."""
     _, excluded_ips = _exclusions(sniffing)
     address = destination.address
-    return destination.network == "tcp" and (
-        isinstance(address, str) or address not in excluded_ips
-    )
+    return isinstance(address, str) or address not in excluded_ips
 
 
 def sniffed_route(
@@ -115,7 +125,129 @@ def sniffed_route(
         or name in excluded_names
     ):
         return destination, destination, found.protocol
-    sniffed = Destination(parse_address(name), destination.port, "tcp")
+    sniffed = dataclasses.replace(destination, address=parse_address(name))
     LOGGER.debug("sniffed %s name %s for %s", found.protocol, name, destination)
     dial = destination if sniffing.route_only else sniffed
     return dial, sniffed, found.protocol
+
+
+class SniffedPackets:
+    """A UDP flow whose first datagrams are sniffed before it is routed.
+
+    ``open_routed(dial, route, protocol)`` routes by ``route`` (the sniffed
+    protocol given for the routing rules) and opens the outbound's packet
+    connection towards ``dial``. Datagrams to the flow's destination go to
+    ``dial`` from then on; with an override and no other destination, the
+    replies are reported as from the destination the client sent to.
+    """
+
+    def __init__(
+        self,
+        open_routed: Callable[
+            [Destination, Destination, str], Awaitable[PacketConnection]
+        ],
+        destination: Destination,
+        sniffing: Sniffing,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._open_routed = open_routed
+        self._destination = destination
+        self._sniffing = sniffing
+        self._nursery = nursery
+        self._held: list[tuple[bytes, Address, int]] = []
+        self._seen = bytearray()  # what went to the destination, for the sniffers
+        self._routed = trio.Event()
+        self._deciding = False
+        self._timer = trio.CancelScope()
+        self._inner: PacketConnection | None = None
+        self._failure: Exception | None = None
+        self._dial = destination
+        self._elsewhere = False  # a datagram went to another destination
+        self._closed = False
+
+    async def send_to(self, payload: bytes, address: Address, port: int) -> None:
+        if not self._deciding:
+            if not self._held:
+                self._nursery.start_soon(self._route_when_waited)
+            self._held.append((payload, address, port))
+            if self._to_destination(address, port):
+                self._seen += payload
+            verdict = sniff(bytes(self._seen), UDP_SNIFFERS) if self._seen else MORE
+            if (
+                verdict == MORE
+                and len(self._held) < SNIFF_DATAGRAMS
+                and len(self._seen) < SNIFF_LIMIT
+            ):
+                await trio.lowlevel.checkpoint()
+                return
+            await self._route(verdict if isinstance(verdict, Sniffed) else None)
+            return
+        await self._routed.wait()
+        await self._forward(payload, address, port)
+
+    async def receive_from(self) -> tuple[bytes, Address, int]:
+        await self._routed.wait()
+        if self._inner is None:
+            assert self._failure is not None
+            raise self._failure
+        payload, address, port = await self._inner.receive_from()
+        if self._dial is not self._destination and not self._elsewhere:
+            return payload, self._destination.address, self._destination.port
+        return payload, address, port
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._timer.cancel()
+        if self._inner is not None:
+            await self._inner.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _to_destination(self, address: Address, port: int) -> bool:
+        to_it = (address, port) == (self._destination.address, self._destination.port)
+        self._elsewhere = self._elsewhere or not to_it
+        return to_it
+
+    async def _route_when_waited(self) -> None:
+        """Route with what has come when the wait is over and no sniffer has
+        decided (a client sent part of a ClientHello, or waits for an answer)."""
+        with self._timer:
+            await trio.sleep(SNIFF_WAIT)
+        if not self._deciding and not self._closed:
+            try:
+                await self._route(None)
+            except (DialError, OSError) as exc:
+                LOGGER.info("UDP to %s: %s", self._destination, exc)
+
+    async def _route(self, found: Sniffed | None) -> None:
+        """Open the outbound the sniffed name routes to, and send the held
+        datagrams on."""
+        self._deciding = True
+        self._timer.cancel()
+        dial, route, protocol = sniffed_route(found, self._destination, self._sniffing)
+        try:
+            self._inner = await self._open_routed(dial, route, protocol)
+        except (DialError, OSError) as exc:
+            self._failure = exc
+            raise
+        finally:
+            if self._inner is None:
+                self._routed.set()
+        self._dial = dial
+        held, self._held = self._held, []
+        try:
+            for payload, address, port in held:
+                try:
+                    await self._forward(payload, address, port)
+                except (DialError, OSError) as exc:
+                    LOGGER.debug("UDP to %s:%d failed: %s", address, port, exc)
+        finally:
+            self._routed.set()
+
+    async def _forward(self, payload: bytes, address: Address, port: int) -> None:
+        if self._inner is None:
+            assert self._failure is not None
+            raise self._failure
+        if self._to_destination(address, port):
+            address, port = self._dial.address, self._dial.port
+        await self._inner.send_to(payload, address, port)

@@ -27,10 +27,11 @@ import trio
 from vtrio.config.model import HttpInboundSettings
 from vtrio.errors import DialError, RemoteProtocolError
 from vtrio.net.http_proxy import handle_http
-from vtrio.net.outbound import Destination, Session, parse_address
+from vtrio.net.outbound import Destination, Session
 from vtrio.net.transport.buffered import BufferedStream
 from vtrio.net.transport.tcp import TCPStream
 from vtrio.net.tunnel import run_tunnel
+from vtrio.protocol.address import parse_address
 
 if TYPE_CHECKING:
     from vtrio.config.model import Inbound, SocksInboundSettings

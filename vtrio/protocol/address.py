@@ -25,6 +25,14 @@ MAX_DOMAIN_LENGTH = 255
 _DOMAIN_CHARACTERS = re.compile(rb"[0-9A-Za-z._-]+")
 
 
+def parse_address(text: str) -> Address:
+    """An IP address object for IP literals, else the domain text."""
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text
+
+
 def pack_address(address: Address) -> bytes:
     """ATyp and address bytes for an instruction or a Mux frame.
 
