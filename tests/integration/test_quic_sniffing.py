@@ -85,7 +85,7 @@ async def echoed(
     came back within the silence after the last."""
     for datagram in datagrams:
         await udp.send_to(host, port, datagram)
-    back = []
+    back: list[tuple[str, int, bytes]] = []
     with trio.move_on_after(SILENCE) as waiting:
         while len(back) < len(datagrams):
             back.append(await udp.receive_from())
