@@ -19,6 +19,7 @@ CPU per tunnel decides).
     python bench/chains.py [--rounds 3] [--size 128] [--securities aes-128-gcm,none]
                            [--chains vtrio,v2ray,sing-box,vtrio>v2ray,v2ray>vtrio]
                            [--idle-tunnels 1000] [--pin] [--vtrio-workers 2]
+                           [--vtrio-client-workers 2]
                            [--in-flight 4] [--connection-seconds 3] [--network grpc]
                            [--tree before=/tmp/before --tree after=.]
 """
@@ -362,6 +363,8 @@ class Chain:
     entry_port: int = 0
     proxies: list[Proxy] = field(default_factory=list)
     vtrio_workers: int = 1
+    # The vtrio client's own count when set (the client is the busier side).
+    vtrio_client_workers: int | None = None
     # The client's entry forwards every connection here (a dokodemo-door)
     # instead of asking for a destination (SOCKS) when set.
     fixed_target: int = 0
@@ -387,14 +390,14 @@ class Chain:
             client_config = with_network(
                 client_config, self.client, self.network, server=False
             )
-        workers = self.vtrio_workers
+        client_workers = self.vtrio_client_workers or self.vtrio_workers
         self.proxies = [
             start_proxy(
                 self.server,
                 server_config,
                 workdir,
                 1 if pin else None,
-                workers,
+                self.vtrio_workers,
                 self.tree,
             ),
             start_proxy(
@@ -402,7 +405,7 @@ class Chain:
                 client_config,
                 workdir,
                 0 if pin else None,
-                workers,
+                client_workers,
                 self.tree,
             ),
         ]
@@ -649,6 +652,7 @@ async def run(args: argparse.Namespace) -> None:
                     *CHAINS[name],
                     security,
                     vtrio_workers=args.vtrio_workers,
+                    vtrio_client_workers=args.vtrio_client_workers,
                     fixed_target=target if args.entry == "dokodemo" else 0,
                     network=args.network,
                 )
@@ -666,6 +670,7 @@ async def run(args: argparse.Namespace) -> None:
                     "vtrio",
                     security,
                     vtrio_workers=args.vtrio_workers,
+                    vtrio_client_workers=args.vtrio_client_workers,
                     fixed_target=target if args.entry == "dokodemo" else 0,
                     tree=tree,
                     network=args.network,
@@ -725,7 +730,13 @@ def report(
     print(
         f"\nmedians of {args.rounds} interleaved round(s),"
         f" {args.size} MB per transfer, {args.in_flight} tunnels in flight,"
-        f" vtrio workers: {args.vtrio_workers}, client entry: {args.entry}; "
+        f" vtrio workers: {args.vtrio_workers}"
+        + (
+            f" (client {args.vtrio_client_workers})"
+            if args.vtrio_client_workers
+            else ""
+        )
+        + f", client entry: {args.entry}; "
         f"network: {args.network}; MB/s, CPU-s per GB (both proxies), RSS in KiB;"
         f" (x) = ratio to {baseline}'s chain\n"
     )
@@ -824,6 +835,12 @@ def main() -> None:
         type=int,
         default=1,
         help="run each vtrio proxy as `vtrio serve --workers N`",
+    )
+    parser.add_argument(
+        "--vtrio-client-workers",
+        type=int,
+        default=None,
+        help="the vtrio clients' --workers (default: --vtrio-workers)",
     )
     parser.add_argument(
         "--tree",

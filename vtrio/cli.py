@@ -332,6 +332,9 @@ def client(
         typer.Option(help="NTP server HOST[:PORT] to correct this clock by."),
     ] = None,
     log_level: LogLevel = None,
+    workers: Annotated[
+        int, typer.Option(help="Event-loop processes sharing the SOCKS port.")
+    ] = 1,
 ) -> None:
     """A local SOCKS5 entry (CONNECT and UDP) tunnelling to a VMess server."""
     try:
@@ -390,7 +393,7 @@ def client(
         f"vtrio client: SOCKS5 on {listen} -> vmess {parsed.address}:{parsed.port}"
         f" ({parsed.user.security.value}, {_transport(parsed.stream)})"
     ]
-    _run(config, 1, banner)
+    _run(config, workers, banner)
 
 
 @app.command()

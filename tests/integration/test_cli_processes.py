@@ -251,6 +251,54 @@ async def test_workers_share_the_ports_and_stop_together(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_client_with_workers_shares_its_socks_port(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`vtrio client --workers 2`: two processes on the SOCKS port, both
+    tunnelling."""
+    server_port, socks_port = await closed_port(), await closed_port()
+    config_file = tmp_path / "server.json"
+    config_file.write_text(json.dumps(vmess_server_json(server_port)))
+    python = sys.executable
+    client_command = [python, "-m", "vtrio", "client", "--server"]
+    client_command += [f"{LOOPBACK}:{server_port}", "--id", USER, "--workers", "2"]
+    client_command += ["--listen", f"{LOOPBACK}:{socks_port}"]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            echo_port = await nursery.start(serve_tcp_echo, LOOPBACK)
+            processes = [
+                await trio.lowlevel.open_process(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                for command in (
+                    [python, "-m", "vtrio", "serve", str(config_file)],
+                    client_command,
+                )
+            ]
+            try:
+                await wait_for_port(server_port)
+                await wait_for_port(socks_port)
+                for _ in range(100):
+                    if len(listening_pids(socks_port)) == 2:
+                        break
+                    await trio.sleep(0.05)
+                assert len(listening_pids(socks_port)) == 2
+                for number in range(20):
+                    stream = await open_connect(
+                        LOOPBACK, socks_port, LOOPBACK, echo_port
+                    )
+                    async with stream:
+                        message = f"message {number}".encode()
+                        await stream.send_all(message)
+                        assert await stream.receive_some(100) == message
+            finally:
+                for process in processes:
+                    process.send_signal(signal.SIGTERM)
+                codes = [await process.wait() for process in processes]
+            assert codes == [0, 0]
+            nursery.cancel_scope.cancel()
+
+
 def listening_pids(port: int) -> set[int]:
     """Processes with a listening socket on ``port`` (from /proc, Linux)."""
     inodes = set()
