@@ -268,9 +268,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
     ("field", "value"),
     [
         ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
-        ("verifyPeerCertByName", "example.com"),
-        ("verifyPeerCertInNames", ["example.com"]),
-        ("serverNameToVerify", "example.com"),
         ("echConfigList", "AEX+DQ"),
         ("echForceQuery", "full"),
         ("verifyClientCertificate", True),
@@ -285,6 +282,21 @@ def test_tls_checks_vtrio_lacks_are_refused_not_dropped(
     ((path, message),) = errors(text)
     assert path == f"$.outbounds[0].streamSettings.tlsSettings.{field}"
     assert "not supported yet" in message
+
+
+def test_the_names_to_verify_in_xrays_spellings_are_one_list() -> None:
+    tls = {
+        "serverName": "front.example",
+        "verifyPeerCertByName": "a.example, b.example,,",
+        "verifyPeerCertInNames": ["b.example", "c.example"],
+        "serverNameToVerify": "d.example",
+    }
+    stream = {"security": "tls", "tlsSettings": tls}
+    config = loads(document(outbounds=[vmess_out(streamSettings=stream)]), environ={})
+    settings = config.outbounds[0].stream.tls
+    assert settings is not None
+    assert settings.server_name == "front.example"
+    assert settings.verify_names == ("a.example", "b.example", "c.example", "d.example")
 
 
 def test_reject_unknown_sni_reaches_the_inbound() -> None:

@@ -1,5 +1,6 @@
 """A TLS server with several certificates serves the one the client's SNI
-names, and with Xray's ``rejectUnknownSni`` refuses names none is for.
+names, and with Xray's ``rejectUnknownSni`` refuses names none is for; a
+client with Xray's ``verifyPeerCertByName`` checks other names than its SNI.
 
 Which certificate came back is told by the client's pin of it (Xray's
 ``pinnedPeerCertSha256``): a client pinned to the other one is refused.
@@ -87,3 +88,58 @@ async def test_reject_unknown_sni_applies_to_a_single_certificate() -> None:
     assert await tls_echo(pinned_to(A_NAMES, "a.example"), b"ok", server) == b"ok"
     with pytest.raises(DialError, match=r"TLS handshake .* failed"):
         await tls_echo(pinned_to(A_NAMES, "elsewhere.example"), b"no", server)
+
+
+def trusting_ca_of(
+    names: tuple[str, ...], server_name: str, verify_names: tuple[str, ...]
+) -> TLSSettings:
+    """A client that sends ``server_name``, trusts the CA of the leaf made
+    for ``names`` and checks the server's certificate against ``verify_names``."""
+    ca = Certificate(certificate_pem=make_pki(names).ca_pem, usage="verify")
+    return TLSSettings(
+        server_name=server_name,
+        certificates=(ca,),
+        disable_system_root=True,
+        verify_names=verify_names,
+    )
+
+
+@pytest.mark.parametrize(
+    "verify_names",
+    [("b.example",), ("nope.example", "x.b.example"), ("X.B.Example",)],
+)
+async def test_verify_peer_cert_by_name_checks_other_names_than_the_sni(
+    verify_names: tuple[str, ...],
+) -> None:
+    # Xray's verifyPeerCertByName: the SNI says one name, the certificate is
+    # checked against others (here the first certificate serves: no SNI match).
+    server = TLSSettings(certificates=(served(B_NAMES),))
+    client = trusting_ca_of(B_NAMES, "front.example", verify_names)
+    assert await tls_echo(client, b"named", server) == b"named"
+
+
+@pytest.mark.parametrize(
+    ("verify_names", "trusted"),
+    [
+        (("front.example",), B_NAMES),  # the SNI is not what is checked
+        (("y.x.b.example",), B_NAMES),  # a wildcard is one label only
+        (("b.example",), A_NAMES),  # the chain is still verified
+    ],
+)
+async def test_verify_peer_cert_by_name_refuses_a_certificate_for_none_of_them(
+    verify_names: tuple[str, ...], trusted: tuple[str, ...]
+) -> None:
+    server = TLSSettings(certificates=(served(B_NAMES),))
+    client = trusting_ca_of(trusted, "front.example", verify_names)
+    with pytest.raises(
+        DialError, match=r"verifyPeerCertByName|certificate verify failed"
+    ):
+        await tls_echo(client, b"no", server)
+
+
+async def test_verify_peer_cert_by_name_takes_an_ip_address() -> None:
+    server = TLSSettings(certificates=(served(A_NAMES),))
+    client = trusting_ca_of(
+        A_NAMES, server_name="front.example", verify_names=("127.0.0.1",)
+    )
+    assert await tls_echo(client, b"ip", server) == b"ip"

@@ -17,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.certs import make_pki
-from vtrio.protocol.x509 import CertificateNames, certificate_for, certificate_names
+from vtrio.protocol.x509 import (
+    CertificateNames,
+    certificate_for,
+    certificate_names,
+    is_for,
+)
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -86,12 +91,16 @@ def test_names_are_the_ones_the_certificate_was_built_with(
     # Go (and so Xray) keeps the last common name of the subject.
     assert names.common_name == (common_names[-1] if common_names else None)
     assert names.dns_names == tuple(dns_names)
+    assert names.ip_addresses == (
+        (ipaddress.ip_address("192.0.2.1"),) if others else ()
+    )
 
 
 def test_the_test_pki_leaf_and_ca() -> None:
-    pki = make_pki(("a.example", "localhost", "127.0.0.1"))
+    pki = make_pki(("a.example", "localhost", "127.0.0.1", "::1"))
     leaf = certificate_names(ssl.PEM_cert_to_DER_cert(pki.cert_pem))
-    assert leaf == CertificateNames("a.example", ("a.example", "localhost"))
+    addresses = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+    assert leaf == CertificateNames("a.example", ("a.example", "localhost"), addresses)
     ca = certificate_names(ssl.PEM_cert_to_DER_cert(pki.ca_pem))
     assert ca == CertificateNames("vtrio test CA", ())
 
@@ -181,3 +190,28 @@ def test_one_certificate_serves_every_name_unless_unknown_ones_are_rejected() ->
 def test_an_empty_sni_matches_a_certificate_without_common_name_as_in_go() -> None:
     assert certificate_for(None, [A, BARE], reject_unknown=True) == 1
     assert certificate_for(None, [A], reject_unknown=True) is None
+
+
+WILD = CertificateNames(
+    "ignored.example",
+    ("*.b.example", "a.example."),
+    (ipaddress.ip_address("192.0.2.7"),),
+)
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("a.example", True),
+        ("A.Example.", True),
+        ("x.b.example", True),
+        ("b.example", False),  # the wildcard needs its label
+        ("y.x.b.example", False),  # and stands for one label only
+        ("ignored.example", False),  # the common name is not looked at
+        ("192.0.2.7", True),
+        ("192.0.2.8", False),
+        ("[::1]", False),
+    ],
+)
+def test_a_certificate_is_for_a_host_as_go_checks_it(host: str, valid: bool) -> None:
+    assert is_for(WILD, host) is valid

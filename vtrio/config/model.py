@@ -90,6 +90,9 @@ class TLSSettings:
     # Xray's rejectUnknownSni: a server refuses a client whose SNI none of
     # its certificates is for (or that sends none).
     reject_unknown_sni: bool = False
+    # Xray's verifyPeerCertByName: a client checks the server's certificate
+    # against these names instead of the server name it sends.
+    verify_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

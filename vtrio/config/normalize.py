@@ -110,9 +110,6 @@ SNIFFED_PROTOCOLS = {
 UNSUPPORTED_TLS = {
     "verify_client_certificate": " (client certificates)",
     "pinned_peer_certificate_public_key_sha256": "",
-    "verify_peer_cert_by_name": "",
-    "verify_peer_cert_in_names": "",
-    "server_name_to_verify": "",
     "ech_server_keys": " (ECH)",
     "ech_config_list": " (ECH)",
     "ech_force_query": " (ECH)",
@@ -1602,6 +1599,17 @@ class Normalizer:
             pinned_chain_sha256=pins,
             pinned_cert_sha256=cert_pins,
             reject_unknown_sni=tls.reject_unknown_sni,
+            verify_names=tuple(
+                dict.fromkeys(
+                    name.strip()
+                    for name in (
+                        *tls.verify_peer_cert_by_name.split(","),
+                        *(tls.verify_peer_cert_in_names or []),
+                        tls.server_name_to_verify,
+                    )
+                    if name.strip()
+                )
+            ),
         )
 
     def digests(

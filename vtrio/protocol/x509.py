@@ -12,7 +12,10 @@ skipped whole. Anything that is not well-formed DER of that shape raises
 
 from __future__ import annotations
 
+import ipaddress
 from typing import NamedTuple
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SEQUENCE = 0x30
 _SET = 0x31
@@ -22,6 +25,7 @@ _BOOLEAN = 0x01
 _VERSION = 0xA0  # [0] EXPLICIT
 _EXTENSIONS = 0xA3  # [3] EXPLICIT
 _DNS_NAME = 0x82  # GeneralName [2] IMPLICIT IA5String
+_IP_ADDRESS = 0x87  # GeneralName [7] IMPLICIT OCTET STRING
 _COMMON_NAME = bytes((0x55, 0x04, 0x03))  # 2.5.4.3
 _SUBJECT_ALT_NAME = bytes((0x55, 0x1D, 0x11))  # 2.5.29.17
 # TBSCertificate fields before the subject: serialNumber, signature, issuer, validity.
@@ -31,6 +35,7 @@ _FIELDS_BEFORE_SUBJECT = 4
 class CertificateNames(NamedTuple):
     common_name: str | None
     dns_names: tuple[str, ...]
+    ip_addresses: tuple[IPAddress, ...] = ()
 
 
 def _elements(data: bytes | memoryview) -> list[tuple[int, memoryview]]:
@@ -100,6 +105,7 @@ def certificate_names(der: bytes) -> CertificateNames:
             if len(parts) == 2 and _is_oid(parts[0], _COMMON_NAME):
                 common_name = _text(parts[1][1])
     dns_names: list[str] = []
+    ip_addresses: list[IPAddress] = []
     for tag, contents in fields[_FIELDS_BEFORE_SUBJECT + 1 :]:
         if tag != _EXTENSIONS:
             continue
@@ -111,13 +117,12 @@ def certificate_names(der: bytes) -> CertificateNames:
                 parts = [parts[0], parts[2]]
             if len(parts) != 2 or parts[1][0] != _OCTET_STRING:
                 raise ValueError("a subjectAltName extension holds an octet string")
-            general_names = _only(parts[1][1], _SEQUENCE)
-            dns_names.extend(
-                _text(name)
-                for name_tag, name in _elements(general_names)
-                if name_tag == _DNS_NAME
-            )
-    return CertificateNames(common_name, tuple(dns_names))
+            for name_tag, name in _elements(_only(parts[1][1], _SEQUENCE)):
+                if name_tag == _DNS_NAME:
+                    dns_names.append(_text(name))
+                elif name_tag == _IP_ADDRESS and len(name) in (4, 16):
+                    ip_addresses.append(ipaddress.ip_address(bytes(name)))
+    return CertificateNames(common_name, tuple(dns_names), tuple(ip_addresses))
 
 
 def certificate_for(
@@ -144,3 +149,25 @@ def certificate_for(
         if names & wanted:
             return index
     return None if reject_unknown else 0
+
+
+def is_for(certificate: CertificateNames, host: str) -> bool:
+    """Whether the certificate is valid for ``host`` as Go checks it: an IP
+    against its IP addresses, a name against its DNS names (a ``*`` standing
+    for the whole first label only), case-insensitive; the common name is
+    not looked at."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return address in certificate.ip_addresses
+    labels = host.lower().rstrip(".").split(".")
+    for pattern in certificate.dns_names:
+        wanted = pattern.lower().rstrip(".").split(".")
+        if len(wanted) == len(labels) and all(
+            want == label or (index == 0 and want == "*" and label)
+            for index, (want, label) in enumerate(zip(wanted, labels, strict=True))
+        ):
+            return True
+    return False

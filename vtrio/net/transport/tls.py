@@ -39,7 +39,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from vtrio.errors import ConfigError, DialError, RemoteProtocolError
-from vtrio.protocol.x509 import CertificateNames, certificate_for, certificate_names
+from vtrio.protocol.x509 import (
+    CertificateNames,
+    certificate_for,
+    certificate_names,
+    is_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -304,6 +309,10 @@ def client_context(
     if settings.allow_insecure or settings.pinned_cert_sha256:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    elif settings.verify_names:
+        # The chain is still verified; the names are checked after the
+        # handshake (OpenSSL checks only the name the client sends).
+        context.check_hostname = False
     _apply_common(context, settings, settings.alpn or default_alpn)
     return context
 
@@ -418,12 +427,27 @@ async def dial_tls(
             f"TLS handshake with {host}:{port} (server name {server_name!r}) "
             f"failed: {_reason(exc)}"
         ) from exc
+    problem = ""
     if settings.pinned_chain_sha256 or settings.pinned_cert_sha256:
         problem = _unpinned(settings, _peer_chain(ssl_stream))
-        if problem:
-            await trio.aclose_forcefully(ssl_stream)
-            raise DialError(f"TLS server {host}:{port}: {problem}")
+    elif settings.verify_names:
+        problem = _not_named(settings.verify_names, _peer_chain(ssl_stream))
+    if problem:
+        await trio.aclose_forcefully(ssl_stream)
+        raise DialError(f"TLS server {host}:{port}: {problem}")
     return TLSStream(ssl_stream)
+
+
+def _not_named(names: tuple[str, ...], chain: list[bytes]) -> str:
+    """What is wrong with the server's certificate against the names it must
+    be valid for ("" if it is valid for one)."""
+    try:
+        leaf = certificate_names(chain[0]) if chain else None
+    except ValueError:
+        leaf = None
+    if leaf is not None and any(is_for(leaf, name) for name in names):
+        return ""
+    return f"its certificate is for none of {', '.join(names)} (verifyPeerCertByName)"
 
 
 def _unpinned(settings: TLSSettings, chain: list[bytes]) -> str:
