@@ -12,8 +12,15 @@ import hashlib
 import ssl
 
 import pytest
+import trio
 
-from tests.integration.test_transport import tls_echo
+from tests.integration.test_transport import (
+    echo,
+    start_server,
+    stream_settings,
+    tls_echo,
+)
+from tests.protocol.test_sniff import hand_built_hello
 from tests.support.certs import make_pki
 from vtrio.config.model import Certificate, TLSSettings
 from vtrio.errors import DialError
@@ -143,3 +150,31 @@ async def test_verify_peer_cert_by_name_takes_an_ip_address() -> None:
         A_NAMES, server_name="front.example", verify_names=("127.0.0.1",)
     )
     assert await tls_echo(client, b"ip", server) == b"ip"
+
+
+async def test_a_server_name_that_is_not_ascii_fails_quietly(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The ssl module reports such a name as an unraisable error (a traceback
+    on stderr) before the SNI callback runs: a prober could fill the
+    terminal with them. The handshake fails, the server goes on, nothing is
+    printed."""
+    errors: list[BaseException] = []
+    hello = hand_built_hello([(0, "bücher.example".encode())])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            settings = stream_settings("tcp", "tls", two_certificates())
+            port = await start_server(nursery, settings, echo, errors)
+            for _ in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await stream.send_all(hello)
+                    with trio.move_on_after(5):
+                        while await stream.receive_some():
+                            pass
+            client = pinned_to(A_NAMES, "a.example")
+            assert await tls_echo(client, b"still", two_certificates()) == b"still"
+            nursery.cancel_scope.cancel()
+    assert len(errors) == 3
+    assert all("TLS handshake failed" in str(error) for error in errors)
+    assert capfd.readouterr().err == ""

@@ -30,8 +30,10 @@ import base64
 import functools
 import hashlib
 import hmac
+import logging
 import os
 import ssl
+import sys
 import tempfile
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,7 @@ _TLS13_SUITES = {
     "TLS_AES_256_GCM_SHA384",
     "TLS_CHACHA20_POLY1305_SHA256",
 }
+LOGGER = logging.getLogger("vtrio.net.transport.tls")
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 # ssl.ENCODING_DER, which the ssl module does not re-export.
 _DER = 2
@@ -240,7 +243,23 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
         contexts[0].sni_callback = functools.partial(
             _serve_named, contexts, names, settings.reject_unknown_sni
         )
+        if sys.unraisablehook is not _quiet_bad_server_names:
+            sys.unraisablehook = _quiet_bad_server_names
     return contexts[0]
+
+
+def _quiet_bad_server_names(unraisable: Any) -> None:
+    """The ssl module decodes a client's SNI before an SNI callback sees it,
+    and reports bytes that are not ASCII as an unraisable error (a traceback
+    on stderr) while the handshake fails; a prober could fill the terminal
+    with them. That one case is logged at debug; anything else goes on to
+    the default hook."""
+    if unraisable.exc_type is UnicodeDecodeError and isinstance(
+        unraisable.object, bytes
+    ):
+        LOGGER.debug("a TLS client sent a server name that is not ASCII")
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _serve_named(
