@@ -270,7 +270,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
         ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
         ("echConfigList", "AEX+DQ"),
         ("echForceQuery", "full"),
-        ("verifyClientCertificate", True),
         ("echServerKeys", "AEX+DQ"),
     ],
 )
@@ -299,12 +298,16 @@ def test_the_names_to_verify_in_xrays_spellings_are_one_list() -> None:
     assert settings.verify_names == ("a.example", "b.example", "c.example", "d.example")
 
 
-def test_reject_unknown_sni_reaches_the_inbound() -> None:
+def test_reject_unknown_sni_and_client_certificates_reach_the_inbound() -> None:
     stream = {
         "security": "tls",
         "tlsSettings": {
             "rejectUnknownSni": True,
-            "certificates": [{"certificateFile": "c.pem", "keyFile": "k.pem"}],
+            "verifyClientCertificate": True,
+            "certificates": [
+                {"certificateFile": "c.pem", "keyFile": "k.pem"},
+                {"certificateFile": "ca.pem", "usage": "verifyclient"},
+            ],
         },
     }
     inbound = {
@@ -317,6 +320,8 @@ def test_reject_unknown_sni_reaches_the_inbound() -> None:
     tls = config.inbounds[0].stream.tls
     assert tls is not None
     assert tls.reject_unknown_sni
+    assert tls.verify_client_certificate
+    assert [c.usage for c in tls.certificates] == ["encipherment", "verifyclient"]
 
 
 def test_tls_settings_that_change_nothing_checked_load(

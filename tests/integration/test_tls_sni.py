@@ -8,6 +8,7 @@ Which certificate came back is told by the client's pin of it (Xray's
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ssl
 
@@ -24,6 +25,7 @@ from tests.protocol.test_sniff import hand_built_hello
 from tests.support.certs import make_pki
 from vtrio.config.model import Certificate, TLSSettings
 from vtrio.errors import DialError
+from vtrio.net.transport import dial
 
 A_NAMES = ("a.example", "127.0.0.1")
 B_NAMES = ("b.example", "*.b.example")
@@ -178,3 +180,64 @@ async def test_a_server_name_that_is_not_ascii_fails_quietly(
     assert len(errors) == 3
     assert all("TLS handshake failed" in str(error) for error in errors)
     assert capfd.readouterr().err == ""
+
+
+CLIENT_NAMES = ("client.example",)
+
+
+def requiring_client_certificates(*cas: str) -> TLSSettings:
+    """A server on the A certificate that asks clients for one signed by
+    ``cas`` (PEM), v2fly's ``verifyClientCertificate``."""
+    authorities = tuple(
+        Certificate(certificate_pem=ca, usage="verifyclient") for ca in cas
+    )
+    return TLSSettings(
+        certificates=(served(A_NAMES), *authorities), verify_client_certificate=True
+    )
+
+
+def showing(pki_names: tuple[str, ...] | None) -> TLSSettings:
+    """A client of the A server that shows the client certificate made for
+    ``pki_names`` (None: shows none)."""
+    client = pinned_to(A_NAMES, "a.example")
+    if pki_names is None:
+        return client
+    pki = make_pki(pki_names, client=True)
+    own = Certificate(certificate_pem=pki.cert_pem, key_pem=pki.key_pem)
+    return dataclasses.replace(client, certificates=(own,))
+
+
+async def test_a_client_certificate_signed_by_a_verifyclient_ca_is_let_in() -> None:
+    server = requiring_client_certificates(make_pki(CLIENT_NAMES, client=True).ca_pem)
+    assert await tls_echo(showing(CLIENT_NAMES), b"mutual", server) == b"mutual"
+
+
+@pytest.mark.parametrize(
+    ("shown", "reason"),
+    [(None, "PEER_DID_NOT_RETURN_A_CERTIFICATE"), (("other.example",), "verify")],
+    ids=["none", "another-ca"],
+)
+async def test_a_client_without_a_certificate_from_those_cas_is_refused(
+    shown: tuple[str, ...] | None, reason: str
+) -> None:
+    server = requiring_client_certificates(make_pki(CLIENT_NAMES, client=True).ca_pem)
+    errors: list[BaseException] = []
+    received = b"?"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            settings = stream_settings("tcp", "tls", server)
+            port = await start_server(nursery, settings, echo, errors)
+            client = stream_settings("tcp", "tls", showing(shown))
+            try:
+                # In TLS 1.3 the client is done with the handshake first: the
+                # refusal shows on its first read.
+                async with await dial(client, "127.0.0.1", port) as stream:
+                    await stream.send_all(b"no")
+                    received = bytes(await stream.receive_some())
+            except (DialError, trio.BrokenResourceError):
+                received = b""
+            nursery.cancel_scope.cancel()
+    assert received == b""
+    (error,) = errors
+    assert "TLS handshake failed" in str(error)
+    assert reason in str(error)

@@ -52,8 +52,9 @@ def _pem(certificate: x509.Certificate) -> str:
 
 
 @functools.cache
-def make_pki(names: tuple[str, ...] = SERVER_NAMES) -> PKI:
-    """Make a CA and a server certificate valid for ``names`` (DNS names or IPs)."""
+def make_pki(names: tuple[str, ...] = SERVER_NAMES, *, client: bool = False) -> PKI:
+    """Make a CA and a server certificate valid for ``names`` (DNS names or
+    IPs); with ``client``, a client certificate instead (TLS client auth)."""
     now = datetime.datetime.now(datetime.UTC)
     validity = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=7))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -105,7 +106,13 @@ def make_pki(names: tuple[str, ...] = SERVER_NAMES) -> PKI:
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.ExtendedKeyUsage(
+                [
+                    x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+                    if client
+                    else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+                ]
+            ),
             critical=False,
         )
         .add_extension(

@@ -67,7 +67,8 @@ class Certificate:
     key_file: str | None = None
     certificate_pem: str | None = None
     key_pem: str | None = None
-    usage: Literal["encipherment", "verify", "issue"] = "encipherment"
+    # verifyclient (v2fly): a CA that client certificates must chain to.
+    usage: Literal["encipherment", "verify", "verifyclient", "issue"] = "encipherment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class TLSSettings:
     # Xray's verifyPeerCertByName: a client checks the server's certificate
     # against these names instead of the server name it sends.
     verify_names: tuple[str, ...] = ()
+    # v2fly's verifyClientCertificate: a server asks every client for a
+    # certificate signed by one of its "verifyclient" CAs.
+    verify_client_certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

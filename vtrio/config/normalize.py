@@ -108,7 +108,6 @@ SNIFFED_PROTOCOLS = {
 # leave the peer less checked or less hidden than the config asks.
 # Field -> what it is about, when its JSON name does not say.
 UNSUPPORTED_TLS = {
-    "verify_client_certificate": " (client certificates)",
     "pinned_peer_certificate_public_key_sha256": "",
     "ech_server_keys": " (ECH)",
     "ech_config_list": " (ECH)",
@@ -1545,8 +1544,11 @@ class Normalizer:
         certificates = []
         for index, cert in enumerate(tls.certificates or []):
             where = f"{path}.certificates[{index}]"
-            if cert.usage not in ("encipherment", "verify", "issue"):
-                self.error("expected encipherment, verify or issue", f"{where}.usage")
+            if cert.usage not in ("encipherment", "verify", "verifyclient", "issue"):
+                self.error(
+                    "expected encipherment, verify, verifyclient or issue",
+                    f"{where}.usage",
+                )
                 continue
             pem = "\n".join(cert.certificate) if cert.certificate else None
             key = "\n".join(cert.key) if cert.key else None
@@ -1563,7 +1565,8 @@ class Normalizer:
                     certificate_pem=pem,
                     key_pem=key,
                     usage=cast(
-                        "Literal['encipherment', 'verify', 'issue']", cert.usage
+                        "Literal['encipherment', 'verify', 'verifyclient', 'issue']",
+                        cert.usage,
                     ),
                 )
             )
@@ -1599,6 +1602,7 @@ class Normalizer:
             pinned_chain_sha256=pins,
             pinned_cert_sha256=cert_pins,
             reject_unknown_sni=tls.reject_unknown_sni,
+            verify_client_certificate=tls.verify_client_certificate,
             verify_names=tuple(
                 dict.fromkeys(
                     name.strip()

@@ -232,6 +232,8 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             _load_key_pair(context, certificate, where)
             _apply_common(context, settings, settings.alpn)
+            if settings.verify_client_certificate:
+                _require_client_certificates(context, settings)
             contexts.append(context)
             names.append(_leaf_names(certificate, where))
     if not contexts:
@@ -260,6 +262,18 @@ def _quiet_bad_server_names(unraisable: Any) -> None:
         LOGGER.debug("a TLS client sent a server name that is not ASCII")
         return
     sys.__unraisablehook__(unraisable)
+
+
+def _require_client_certificates(
+    context: ssl.SSLContext, settings: TLSSettings
+) -> None:
+    """Every client must show a certificate that chains to one of the
+    ``verifyclient`` CAs (none given: every client is refused, as in v2fly)."""
+    context.verify_mode = ssl.CERT_REQUIRED
+    for index, certificate in enumerate(settings.certificates):
+        if certificate.usage == "verifyclient":
+            where = f"tlsSettings.certificates[{index}]"
+            _load_trust_root(context, certificate, where)
 
 
 def _serve_named(
