@@ -227,28 +227,33 @@ async def test_workers_share_the_ports_and_stop_together(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             try:
-                await wait_for_port(socks_port)
-                # The workers bind one after the other: give the second a moment.
-                for _ in range(100):
-                    owners = listening_pids(socks_port)
-                    if len(owners) == 2:
-                        break
-                    await trio.sleep(0.05)
-                assert len(owners) == 2
+                owners = await two_workers_tunnel(socks_port, echo_port)
                 assert process.pid not in owners
-                for number in range(20):
-                    stream = await open_connect(
-                        LOOPBACK, socks_port, LOOPBACK, echo_port
-                    )
-                    async with stream:
-                        message = f"message {number}".encode()
-                        await stream.send_all(message)
-                        assert await stream.receive_some(100) == message
             finally:
                 process.send_signal(signal.SIGTERM)
                 code = await process.wait()
             assert code == 0
             nursery.cancel_scope.cancel()
+
+
+async def two_workers_tunnel(socks_port: int, echo_port: int) -> set[int]:
+    """Wait for two processes to listen on the SOCKS port, send 20 echoes
+    through it; the listening processes."""
+    await wait_for_port(socks_port)
+    # The workers bind one after the other: give the second a moment.
+    for _ in range(100):
+        owners = listening_pids(socks_port)
+        if len(owners) == 2:
+            break
+        await trio.sleep(0.05)
+    assert len(owners) == 2
+    for number in range(20):
+        stream = await open_connect(LOOPBACK, socks_port, LOOPBACK, echo_port)
+        async with stream:
+            message = f"message {number}".encode()
+            await stream.send_all(message)
+            assert await stream.receive_some(100) == message
+    return owners
 
 
 async def test_a_client_with_workers_shares_its_socks_port(
@@ -277,20 +282,7 @@ async def test_a_client_with_workers_shares_its_socks_port(
             ]
             try:
                 await wait_for_port(server_port)
-                await wait_for_port(socks_port)
-                for _ in range(100):
-                    if len(listening_pids(socks_port)) == 2:
-                        break
-                    await trio.sleep(0.05)
-                assert len(listening_pids(socks_port)) == 2
-                for number in range(20):
-                    stream = await open_connect(
-                        LOOPBACK, socks_port, LOOPBACK, echo_port
-                    )
-                    async with stream:
-                        message = f"message {number}".encode()
-                        await stream.send_all(message)
-                        assert await stream.receive_some(100) == message
+                await two_workers_tunnel(socks_port, echo_port)
             finally:
                 for process in processes:
                     process.send_signal(signal.SIGTERM)
