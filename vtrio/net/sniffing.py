@@ -221,27 +221,29 @@ class SniffedPackets:
 
     async def _route(self, found: Sniffed | None) -> None:
         """Open the outbound the sniffed name routes to, and send the held
-        datagrams on."""
+        datagrams on; whatever happens, waiting senders and readers go on."""
         self._deciding = True
         self._timer.cancel()
         dial, route, protocol = sniffed_route(found, self._destination, self._sniffing)
         try:
-            self._inner = await self._open_routed(dial, route, protocol)
-        except (DialError, OSError) as exc:
-            self._failure = exc
-            raise
-        finally:
-            if self._inner is None:
-                self._routed.set()
-        self._dial = dial
-        held, self._held = self._held, []
-        try:
+            try:
+                inner = await self._open_routed(dial, route, protocol)
+            except (DialError, OSError) as exc:
+                self._failure = exc
+                raise
+            if self._closed:  # closed while it was being opened
+                await inner.aclose()
+                return
+            self._inner, self._dial = inner, dial
+            held, self._held = self._held, []
             for payload, address, port in held:
                 try:
                     await self._forward(payload, address, port)
                 except (DialError, OSError) as exc:
                     LOGGER.debug("UDP to %s:%d failed: %s", address, port, exc)
         finally:
+            if self._inner is None and self._failure is None:
+                self._failure = DialError(f"{self._destination}: the flow was closed")
             self._routed.set()
 
     async def _forward(self, payload: bytes, address: Address, port: int) -> None:
