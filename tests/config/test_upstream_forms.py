@@ -267,7 +267,6 @@ def test_comma_strings_where_lists_are_meant() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("pinnedPeerCertificatePublicKeySha256", ["aGFzaA=="]),
         ("echConfigList", "AEX+DQ"),
         ("echForceQuery", "full"),
         ("echServerKeys", "AEX+DQ"),
@@ -281,6 +280,23 @@ def test_tls_checks_vtrio_lacks_are_refused_not_dropped(
     ((path, message),) = errors(text)
     assert path == f"$.outbounds[0].streamSettings.tlsSettings.{field}"
     assert "not supported yet" in message
+
+
+def test_public_key_pins_are_decoded_and_bad_ones_named() -> None:
+    pin = base64.b64encode(bytes(range(32))).decode()
+    tls = {"serverName": "h", "pinnedPeerCertificatePublicKeySha256": [pin]}
+    stream = {"security": "tls", "tlsSettings": tls}
+    config = loads(document(outbounds=[vmess_out(streamSettings=stream)]), environ={})
+    settings = config.outbounds[0].stream.tls
+    assert settings is not None
+    assert settings.pinned_key_sha256 == (bytes(range(32)),)
+    tls["pinnedPeerCertificatePublicKeySha256"] = [pin, "aGFzaA=="]
+    ((path, message),) = errors(document(outbounds=[vmess_out(streamSettings=stream)]))
+    field = (
+        "$.outbounds[0].streamSettings.tlsSettings.pinnedPeerCertificatePublicKeySha256"
+    )
+    assert path == f"{field}[1]"
+    assert "SHA-256 of a public key" in message
 
 
 def test_the_names_to_verify_in_xrays_spellings_are_one_list() -> None:

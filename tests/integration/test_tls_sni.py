@@ -26,6 +26,7 @@ from tests.support.certs import make_pki
 from vtrio.config.model import Certificate, TLSSettings
 from vtrio.errors import DialError
 from vtrio.net.transport import dial
+from vtrio.protocol.x509 import public_key_info
 
 A_NAMES = ("a.example", "127.0.0.1")
 B_NAMES = ("b.example", "*.b.example")
@@ -241,3 +242,41 @@ async def test_a_client_without_a_certificate_from_those_cas_is_refused(
     (error,) = errors
     assert "TLS handshake failed" in str(error)
     assert reason in str(error)
+
+
+def key_pin(pem: str) -> bytes:
+    """The SHA-256 of a certificate's SubjectPublicKeyInfo (Xray's
+    pinnedPeerCertificatePublicKeySha256, decoded)."""
+    return hashlib.sha256(public_key_info(ssl.PEM_cert_to_DER_cert(pem))).digest()
+
+
+@pytest.mark.parametrize("pinned", ["leaf", "ca"])
+async def test_a_pinned_public_key_in_the_verified_chain_is_accepted(
+    pinned: str,
+) -> None:
+    pki = make_pki(A_NAMES)
+    server = TLSSettings(certificates=(served(A_NAMES),))
+    pin = key_pin(pki.cert_pem if pinned == "leaf" else pki.ca_pem)
+    client = dataclasses.replace(
+        trusting_ca_of(A_NAMES, "a.example", ()), pinned_key_sha256=(pin,)
+    )
+    assert await tls_echo(client, b"pinned", server) == b"pinned"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "reason"),
+    [(A_NAMES, "pinned public key"), (B_NAMES, "certificate verify failed")],
+    ids=["other-key", "untrusted-chain"],
+)
+async def test_a_chain_without_a_pinned_key_or_unverified_is_refused(
+    trusted: tuple[str, ...], reason: str
+) -> None:
+    server = TLSSettings(certificates=(served(A_NAMES),))
+    pin = key_pin(make_pki(B_NAMES).cert_pem)
+    if trusted == B_NAMES:  # the server's own key, but a chain nobody trusts
+        pin = key_pin(make_pki(A_NAMES).cert_pem)
+    client = dataclasses.replace(
+        trusting_ca_of(trusted, "a.example", ()), pinned_key_sha256=(pin,)
+    )
+    with pytest.raises(DialError, match=reason):
+        await tls_echo(client, b"no", server)

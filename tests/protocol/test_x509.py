@@ -22,6 +22,7 @@ from vtrio.protocol.x509 import (
     certificate_for,
     certificate_names,
     is_for,
+    public_key_info,
 )
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -124,6 +125,7 @@ def system_certificates() -> list[bytes]:
 
 @pytest.mark.filterwarnings("ignore:Parsed a serial number:UserWarning")
 def test_real_world_certificates_read_as_cryptography_reads_them() -> None:
+    """Names and public keys of the system's CA bundle (whatever its size)."""
     for der in system_certificates():
         certificate = crypto_x509.load_der_x509_certificate(der)
         common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -135,7 +137,12 @@ def test_real_world_certificates_read_as_cryptography_reads_them() -> None:
             dns_names = tuple(san.value.get_values_for_type(crypto_x509.DNSName))
         except crypto_x509.ExtensionNotFound:
             dns_names = ()
-        assert certificate_names(der) == CertificateNames(expected, dns_names)
+        assert certificate_names(der)[:2] == (expected, dns_names)
+        spki = certificate.public_key().public_bytes(
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+        assert public_key_info(der) == spki
 
 
 @given(st.binary(max_size=300))

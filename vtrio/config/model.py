@@ -94,6 +94,9 @@ class TLSSettings:
     # Xray's verifyPeerCertByName: a client checks the server's certificate
     # against these names instead of the server name it sends.
     verify_names: tuple[str, ...] = ()
+    # Xray's pinnedPeerCertificatePublicKeySha256, decoded: after the usual
+    # checks, a certificate of the verified chain must have one of these keys.
+    pinned_key_sha256: tuple[bytes, ...] = ()
     # v2fly's verifyClientCertificate: a server asks every client for a
     # certificate signed by one of its "verifyclient" CAs.
     verify_client_certificate: bool = False

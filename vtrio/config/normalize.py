@@ -108,7 +108,6 @@ SNIFFED_PROTOCOLS = {
 # leave the peer less checked or less hidden than the config asks.
 # Field -> what it is about, when its JSON name does not say.
 UNSUPPORTED_TLS = {
-    "pinned_peer_certificate_public_key_sha256": "",
     "ech_server_keys": " (ECH)",
     "ech_config_list": " (ECH)",
     "ech_force_query": " (ECH)",
@@ -1588,7 +1587,14 @@ class Normalizer:
             lambda _: f"{path}.pinnedPeerCertSha256",
             "hex SHA-256s, comma-separated",
         )
-        if pins is None or cert_pins is None:
+        key_field = f"{path}.pinnedPeerCertificatePublicKeySha256"
+        key_pins = self.digests(
+            tls.pinned_peer_certificate_public_key_sha256 or [],
+            _from_base64,
+            lambda index: f"{key_field}[{index}]",
+            "the Base64 of a SHA-256 of a public key",
+        )
+        if pins is None or cert_pins is None or key_pins is None:
             return None
         return model.TLSSettings(
             server_name=tls.server_name,
@@ -1601,6 +1607,7 @@ class Normalizer:
             cipher_suites=tls.cipher_suites or None,
             pinned_chain_sha256=pins,
             pinned_cert_sha256=cert_pins,
+            pinned_key_sha256=key_pins,
             reject_unknown_sni=tls.reject_unknown_sni,
             verify_client_certificate=tls.verify_client_certificate,
             verify_names=tuple(

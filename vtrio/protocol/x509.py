@@ -78,6 +78,17 @@ def _text(contents: memoryview) -> str:
     return bytes(contents).decode("utf-8", "replace")
 
 
+def _tbs_fields(der: bytes) -> list[tuple[int, memoryview]]:
+    """The TBSCertificate's fields from the serial number on."""
+    certificate = _elements(_only(der, _SEQUENCE))
+    if not certificate or certificate[0][0] != _SEQUENCE:
+        raise ValueError("a certificate starts with its TBSCertificate")
+    fields = _elements(certificate[0][1])
+    if fields and fields[0][0] == _VERSION:
+        fields = fields[1:]
+    return fields
+
+
 def certificate_names(der: bytes) -> CertificateNames:
     """The subject's common name (the last, as Go reads it) and the
     subjectAltName's DNS names of the certificate ``der``.
@@ -85,12 +96,7 @@ def certificate_names(der: bytes) -> CertificateNames:
     Raises:
         ValueError: ``der`` is not a certificate of that shape.
     """
-    certificate = _elements(_only(der, _SEQUENCE))
-    if not certificate or certificate[0][0] != _SEQUENCE:
-        raise ValueError("a certificate starts with its TBSCertificate")
-    fields = _elements(certificate[0][1])
-    if fields and fields[0][0] == _VERSION:
-        fields = fields[1:]
+    fields = _tbs_fields(der)
     if len(fields) <= _FIELDS_BEFORE_SUBJECT:
         raise ValueError("the TBSCertificate ends before its subject")
     subject_tag, subject = fields[_FIELDS_BEFORE_SUBJECT]
@@ -149,6 +155,30 @@ def certificate_for(
         if names & wanted:
             return index
     return None if reject_unknown else 0
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    size = (length.bit_length() + 7) // 8
+    return bytes((0x80 | size,)) + length.to_bytes(size, "big")
+
+
+def public_key_info(der: bytes) -> bytes:
+    """The certificate's SubjectPublicKeyInfo, tag and length included (what
+    a public-key pin hashes).
+
+    Raises:
+        ValueError: ``der`` is not a certificate of that shape.
+    """
+    fields = _tbs_fields(der)
+    if len(fields) <= _FIELDS_BEFORE_SUBJECT + 1:
+        raise ValueError("the TBSCertificate ends before its public key")
+    tag, contents = fields[_FIELDS_BEFORE_SUBJECT + 1]
+    if tag != _SEQUENCE:
+        raise ValueError("the public key is not a SubjectPublicKeyInfo")
+    # DER lengths have one encoding: the element's own bytes, rebuilt.
+    return bytes((tag,)) + _der_length(len(contents)) + bytes(contents)
 
 
 def is_for(certificate: CertificateNames, host: str) -> bool:

@@ -46,6 +46,7 @@ from vtrio.protocol.x509 import (
     certificate_for,
     certificate_names,
     is_for,
+    public_key_info,
 )
 
 if TYPE_CHECKING:
@@ -465,10 +466,27 @@ async def dial_tls(
         problem = _unpinned(settings, _peer_chain(ssl_stream))
     elif settings.verify_names:
         problem = _not_named(settings.verify_names, _peer_chain(ssl_stream))
+    if not problem and settings.pinned_key_sha256:
+        problem = _key_unpinned(settings, _peer_chain(ssl_stream, verified=True))
     if problem:
         await trio.aclose_forcefully(ssl_stream)
         raise DialError(f"TLS server {host}:{port}: {problem}")
     return TLSStream(ssl_stream)
+
+
+def _key_unpinned(settings: TLSSettings, chain: list[bytes]) -> str:
+    """What is wrong with the verified chain against the public-key pins
+    ("" if a certificate in it has a pinned key), as Xray checked them."""
+    if settings.allow_insecure or settings.pinned_cert_sha256:
+        return "pinnedPeerCertificatePublicKeySha256 needs a verified chain"
+    for certificate in chain:
+        try:
+            digest = hashlib.sha256(public_key_info(certificate)).digest()
+        except ValueError:
+            continue
+        if _pinned(digest, settings.pinned_key_sha256):
+            return ""
+    return "no certificate of its chain has a pinned public key"
 
 
 def _not_named(names: tuple[str, ...], chain: list[bytes]) -> str:
@@ -519,13 +537,17 @@ def chain_hash(certificates: list[bytes]) -> bytes:
     return folded
 
 
-def _peer_chain(ssl_stream: trio.SSLStream[trio.abc.Stream]) -> list[bytes]:
-    """The DER certificates the server sent, leaf first. Python 3.13 names
-    the call; before it, the same OpenSSL call sits on the ssl object inside
-    (and gives certificate objects rather than bytes)."""
+def _peer_chain(
+    ssl_stream: trio.SSLStream[trio.abc.Stream], *, verified: bool = False
+) -> list[bytes]:
+    """The DER certificates the server sent, leaf first (``verified``: the
+    chain OpenSSL built to a trusted root instead). Python 3.13 names the
+    calls; before it, the same OpenSSL calls sit on the ssl object inside
+    (and give certificate objects rather than bytes)."""
     ssl_object: Any = ssl_stream._ssl_object
-    get_chain = getattr(ssl_object, "get_unverified_chain", None)
-    chain = get_chain() if get_chain else ssl_object._sslobj.get_unverified_chain()
+    name = "get_verified_chain" if verified else "get_unverified_chain"
+    get_chain = getattr(ssl_object, name, None)
+    chain = get_chain() if get_chain else getattr(ssl_object._sslobj, name)()
     return [
         item if isinstance(item, bytes) else item.public_bytes(_DER)
         for item in chain or ()
