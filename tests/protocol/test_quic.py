@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from tests.protocol.test_sniff import hand_built_hello
 from tests.support.quic import client_initial, crypto_frame
-from vtrio.protocol.quic import DRAFT_29, client_crypto, initial_keys, sniff_quic
+from vtrio.protocol.quic import (
+    DRAFT_29,
+    VERSION_2,
+    client_crypto,
+    initial_keys,
+    sniff_quic,
+)
 from vtrio.protocol.sniff import MORE, Sniffed
 
 # RFC 9001 Appendix A.2: the client's Initial for connection ID 8394c8f03e515708.
@@ -123,6 +129,17 @@ def test_packets_coalesced_in_one_datagram_and_other_long_headers_skipped() -> N
     assert verdict == Sniffed("quic", "www.example.org")
 
 
+def test_the_rfc_9369_sample_packet_of_quic_v2() -> None:
+    # RFC 9369 Appendix A.2 protects the same frames as RFC 9001's sample: its
+    # header and the 16 bytes after it (the header protection sample) come
+    # out only with v2's salt, labels and Initial type.
+    hello = client_crypto(RFC_9001_CLIENT_INITIAL)
+    packet = client_initial(crypto_frame(0, hello), version=VERSION_2)
+    assert packet[:22].hex() == "d76b3343cf088394c8f03e5157080000449ea0c95e82"
+    assert packet[22:38].hex() == "ffe67b6abcdb4298b485dd04de806071"
+    assert sniff_quic(packet) == Sniffed("quic", "example.com")
+
+
 def test_draft_29_initials() -> None:
     hello = client_crypto(RFC_9001_CLIENT_INITIAL)
     packet = client_initial(crypto_frame(0, hello), version=DRAFT_29)
@@ -146,7 +163,7 @@ def test_a_client_hello_without_a_name_is_quic_with_nothing_to_give() -> None:
         ),
         pytest.param(b"\x40" + bytes(40), id="short-header"),
         pytest.param(
-            b"\xc3\x6b\x33\x43\xcf" + RFC_9001_CLIENT_INITIAL[5:], id="quic-v2"
+            b"\xc3\x6b\x33\x43\xcf" + RFC_9001_CLIENT_INITIAL[5:], id="v1-keys-as-v2"
         ),
         pytest.param(
             RFC_9001_CLIENT_INITIAL[:600] + b"\xff" + RFC_9001_CLIENT_INITIAL[601:],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from Crypto.Cipher import AES
 
-from vtrio.protocol.quic import VERSION_1, initial_keys
+from vtrio.protocol.quic import VERSION_1, VERSIONS, initial_keys
 
 CRYPTO_FRAME = 0x06
 INITIAL_SIZE = 1200  # the least a client's Initial datagram may be (RFC 9000 14.1)
@@ -37,7 +37,7 @@ def client_initial(
     bytes (no source connection ID, no token, a 4-byte packet number)."""
     key, iv, hp = initial_keys(version, connection_id)
     head = (
-        bytes((0xC3,))
+        bytes((0xC3 | VERSIONS[version].initial_type << 4,))
         + version.to_bytes(4)
         + bytes((len(connection_id),))
         + connection_id

@@ -6,8 +6,8 @@ anyone can derive from the packet's own destination connection ID (RFC 9001
 way, as Xray's sniffer reads it. :func:`sniff_quic` takes the datagrams a flow
 has sent so far, one after the other (each QUIC long-header packet states its
 length, so packets coalesced in one datagram and packets of several datagrams
-read alike), removes header protection and decrypts each Initial of QUIC v1
-or draft-29, gathers the CRYPTO data by offset and reads the ClientHello's
+read alike), removes header protection and decrypts each Initial of QUIC v1,
+v2 or draft-29, gathers the CRYPTO data by offset and reads the ClientHello's
 server name once it is whole: a ClientHello with post-quantum key shares
 spans two packets. Other long-header packets (0-RTT, Handshake) are skipped;
 a short-header packet, another version, a frame an Initial may not carry or
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from typing import NamedTuple
 
 from Crypto.Cipher import AES
 
@@ -26,14 +27,29 @@ from vtrio.protocol.sniff import MORE, Sniffed, Verdict, client_hello_name
 
 VERSION_1 = 0x00000001
 DRAFT_29 = 0xFF00001D
-# RFC 9001 5.2's initial_salt, and draft-29's.
-INITIAL_SALTS = {
-    VERSION_1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
-    DRAFT_29: bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"),
+VERSION_2 = 0x6B3343CF
+
+
+class _Version(NamedTuple):
+    salt: bytes  # initial_salt
+    labels: bytes  # the prefix of the key, iv and hp labels
+    initial_type: int  # the long-header type bits of an Initial
+
+
+VERSIONS = {
+    # RFC 9001 5.2, draft-29, RFC 9369 3.3 (v2 renumbers the packet types).
+    VERSION_1: _Version(
+        bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"), b"quic ", 0
+    ),
+    DRAFT_29: _Version(
+        bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899"), b"quic ", 0
+    ),
+    VERSION_2: _Version(
+        bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"), b"quicv2 ", 1
+    ),
 }
 LONG_HEADER = 0x80
 FIXED_BIT = 0x40
-INITIAL_TYPE = 0
 TAG_SIZE = 16
 SAMPLE_SIZE = 16
 # A ClientHello fits in far less; Xray reads at most this much CRYPTO data.
@@ -57,13 +73,14 @@ def _expand_label(secret: bytes, label: bytes, length: int) -> bytes:
 
 def initial_keys(version: int, connection_id: bytes) -> tuple[bytes, bytes, bytes]:
     """The client's Initial (key, iv, header protection key) for a
-    destination connection ID (RFC 9001 5.2)."""
-    initial = hmac.digest(INITIAL_SALTS[version], connection_id, "sha256")
+    destination connection ID (RFC 9001 5.2, RFC 9369 3.3)."""
+    salt, labels, _ = VERSIONS[version]
+    initial = hmac.digest(salt, connection_id, "sha256")
     client = _expand_label(initial, b"client in", hashlib.sha256().digest_size)
     return (
-        _expand_label(client, b"quic key", 16),
-        _expand_label(client, b"quic iv", 12),
-        _expand_label(client, b"quic hp", 16),
+        _expand_label(client, labels + b"key", 16),
+        _expand_label(client, labels + b"iv", 12),
+        _expand_label(client, labels + b"hp", 16),
     )
 
 
@@ -162,7 +179,7 @@ def client_crypto(data: bytes) -> bytes:
         if not first & LONG_HEADER or not first & FIXED_BIT or offset + 6 > len(data):
             raise NotQuic("not a QUIC long-header packet")
         version = int.from_bytes(data[offset + 1 : offset + 5])
-        if version not in INITIAL_SALTS:
+        if version not in VERSIONS:
             raise NotQuic(f"QUIC version {version:#x}")
         cursor = offset + 5
         id_length = data[cursor]
@@ -171,7 +188,7 @@ def client_crypto(data: bytes) -> bytes:
         if cursor >= len(data) or id_length > 20:
             raise NotQuic("a bad connection ID")
         cursor += 1 + data[cursor]  # the source connection ID
-        initial = (first >> 4) & 0x03 == INITIAL_TYPE
+        initial = (first >> 4) & 0x03 == VERSIONS[version].initial_type
         if initial:
             token_length, cursor = _varint(data, cursor)
             cursor += token_length
