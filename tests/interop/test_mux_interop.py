@@ -158,6 +158,8 @@ async def udp_exchange(
         ("sing-box", "1.14", "xudp", 1),
         # Plain Mux UDP: v2ray opens a sub-session per destination.
         ("v2ray", "4.34", "", 2),
+        # Xray's Mux puts UDP on XUDP (xudpConcurrency 16): one sub-session.
+        ("xray", "26.10", "", 1),
     ],
 )
 async def test_udp_datagrams_through_mux(
@@ -178,7 +180,7 @@ async def test_udp_datagrams_through_mux(
             bound = await nursery.start(server.run, vtrio_server_config())
             route = Route(socks_port, account, server_port=bound["vmess-in"][0][1])
             config = client_config(peer, [route])
-            if peer.name == "v2ray":
+            if peer.name in ("v2ray", "xray"):
                 config["outbounds"][0]["mux"] = {"enabled": True, "concurrency": 8}
             async with open_peer(peer, "client", config, tmp_path, [socks_port]):
                 sent, received = await udp_exchange(socks_port, echoes, 20)

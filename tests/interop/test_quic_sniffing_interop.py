@@ -1,5 +1,6 @@
 """Real clients' UDP into a vtrio server that sniffs QUIC: v2ray 4.34's VMess
-UDP and Mux UDP, and sing-box 1.14's XUDP, each entered through the peer's
+UDP and Mux UDP, sing-box 1.14's XUDP and Xray 26's VMess UDP and XUDP, each
+entered through the peer's
 SOCKS UDP ASSOCIATE. A first flight for a blocked name is dropped, one for
 another name reaches the echo whole and in order."""
 
@@ -57,8 +58,16 @@ def sniffing_server() -> model.Config:
         ("v2ray", "4.34", "", False),  # VMess UDP, a connection per flow
         ("v2ray", "4.34", "", True),  # Mux UDP, a sub-session per destination
         ("sing-box", "1.14", "xudp", False),  # XUDP
+        ("xray", "26.10", "", False),  # VMess UDP
+        ("xray", "26.10", "", True),  # XUDP on its Mux
     ],
-    ids=["v2ray-vmess-udp", "v2ray-mux", "sing-box-xudp"],
+    ids=[
+        "v2ray-vmess-udp",
+        "v2ray-mux",
+        "sing-box-xudp",
+        "xray-vmess-udp",
+        "xray-xudp",
+    ],
 )
 async def test_a_real_clients_quic_flows_are_routed_by_their_names(
     tmp_path: Path, peer_name: str, version: str, packet_encoding: str, mux: bool
