@@ -104,6 +104,14 @@ V2RAY_TRANSPORTS = [
 ]
 V2RAY_VMESS_TRANSPORTS = [*V2RAY_TRANSPORTS, "h2+tls"]
 SING_BOX_TRANSPORTS = [name for name in TRANSPORTS if name not in HTTP_HEADER]
+# Xray 26 removed the HTTP/2 transport (for XHTTP).
+XRAY_VERSION = "26.10"
+XRAY_TRANSPORTS = [name for name in TRANSPORTS if name != "h2+tls"]
+PEER_VERSIONS = {
+    "v2ray": V2RAY_VERSION,
+    "sing-box": SING_BOX_VERSION,
+    "xray": XRAY_VERSION,
+}
 
 
 def http_header_json() -> peers.JSON:
@@ -449,16 +457,21 @@ async def start_side(
         )
         (config["inbounds"] if server else config["outbounds"])[0] |= members
     else:
-        config = (peers.v2ray_server_config if server else peers.v2ray_client_config)(
-            [route]
-        )
+        if server:
+            make = (
+                peers.xray_server_config if who == "xray" else peers.v2ray_server_config
+            )
+        else:
+            make = peers.v2ray_client_config
+        config = make([route])
         # v2ray 4.34 has no early data; vtrio reads v2fly's 4.37 spelling.
+        # Xray 26 refuses allowInsecure: its client trusts the test CA.
         stream = v2ray_stream(
             transport,
             server=server,
             directory=directory,
             early=early and who == VTRIO,
-            trust_ca=who == VTRIO,
+            trust_ca=who in (VTRIO, "xray"),
         )
         (config["inbounds"] if server else config["outbounds"])[0]["streamSettings"] = (
             stream
@@ -471,9 +484,7 @@ async def start_side(
         stack.callback(nursery.cancel_scope.cancel)
         await nursery.start(vtrio.server.run, vtrio.config.loads(json.dumps(config)))
         return
-    peer = peers.require_peer(
-        who, V2RAY_VERSION if who == "v2ray" else SING_BOX_VERSION
-    )
+    peer = peers.require_peer(who, PEER_VERSIONS[who])
     await stack.enter_async_context(
         peers.open_peer(peer, role, config, directory, [route.port])
     )
@@ -514,16 +525,16 @@ async def run_vmess_chain(
 
 def vmess_cases() -> list[Any]:
     cases = []
-    for peer, early_too in (("v2ray", False), ("sing-box", True)):
-        for transport in (
-            V2RAY_VMESS_TRANSPORTS if peer == "v2ray" else SING_BOX_TRANSPORTS
-        ):
+    for peer, early_too, transports in (
+        ("v2ray", False, V2RAY_VMESS_TRANSPORTS),
+        ("sing-box", True, SING_BOX_TRANSPORTS),
+        ("xray", False, XRAY_TRANSPORTS),
+    ):
+        for transport in transports:
             earlies = [False, True] if early_too and "ws" in transport else [False]
             for early in earlies:
                 suffix = f"[{transport}{'-early' if early else ''}]"
-                label = (
-                    f"{peer}-{V2RAY_VERSION if peer == 'v2ray' else SING_BOX_VERSION}"
-                )
+                label = f"{peer}-{PEER_VERSIONS[peer]}"
                 cases.append(
                     pytest.param(
                         peer,
