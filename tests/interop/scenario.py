@@ -46,6 +46,7 @@ RECEIVE_SIZE = 64 * 1024
 DATAGRAM_ROUNDS = 3
 # A lost datagram is not retried: an echo has this long to come back.
 DATAGRAM_WAIT = 3.0
+UDP_PROBE = b"is the UDP path up?"
 
 
 def account_for(case: Case) -> peers.Account:
@@ -215,20 +216,39 @@ async def check_tcp(case: Case, socks_port: int, target_port: int) -> None:
 async def check_udp(
     case: Case, socks_port: int, target_host: str, target_port: int
 ) -> None:
-    """UDP ASSOCIATE through the chain; every datagram must echo intact."""
+    """UDP ASSOCIATE through the chain; every datagram must echo intact.
+
+    First the path is shown to be up (a peer may bind its UDP relay only
+    after the TCP port the harness waited for: one probe a half second
+    until one echoes, not counted); then no datagram is retried."""
     async with await socks5.open_udp_associate(peers.LOOPBACK, socks_port) as udp:
+        await udp_path_ready(udp, target_host, target_port)
         for size in case.udp_sizes:
             for round_ in range(DATAGRAM_ROUNDS):
                 datagram = payload(size, f"{case}-{size}-{round_}")
                 await udp.send_to(target_host, target_port, datagram)
                 echoed = b""
                 with trio.move_on_after(DATAGRAM_WAIT) as waiting:
-                    _, _, echoed = await udp.receive_from()
+                    while echoed in (b"", UDP_PROBE):  # a late probe's echo
+                        _, _, echoed = await udp.receive_from()
                 assert not waiting.cancelled_caught, (
                     f"no echo of a {size}-byte datagram (round {round_})"
                 )
                 assert len(echoed) == size
                 assert echoed == datagram
+
+
+async def udp_path_ready(
+    udp: socks5.UdpAssociation, target_host: str, target_port: int
+) -> None:
+    """Send a probe every half second until its echo comes back."""
+    with trio.fail_after(peers.STARTUP_SECONDS):
+        while True:
+            await udp.send_to(target_host, target_port, UDP_PROBE)
+            with trio.move_on_after(0.5):
+                while (await udp.receive_from())[2] != UDP_PROBE:
+                    pass
+                return
 
 
 def check_header(case: Case, tap: Tap) -> None:
