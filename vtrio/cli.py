@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
-import re
 import signal
-import ssl
 import sys
 import uuid
 from typing import Annotated, NoReturn
@@ -49,7 +47,12 @@ from vtrio.config.model import (
 from vtrio.config.normalize import NETWORKS, parse_id, parse_ports, parse_security
 from vtrio.errors import ConfigError, ConfigErrors, VtrioError
 from vtrio.logmask import AddressMask, MaskingFilter
-from vtrio.net.transport.tls import chain_hash, client_context, server_context
+from vtrio.net.transport.tls import (
+    chain_hash,
+    client_context,
+    pem_certificates,
+    server_context,
+)
 from vtrio.protocol.address import split_host_port
 from vtrio.protocol.gun import service_path
 
@@ -61,7 +64,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-PEM_HEADER, PEM_FOOTER = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
 
 LogLevel = Annotated[
     str | None,
@@ -439,14 +441,13 @@ def cert_hash(
             text = file.read()
     except OSError as exc:
         _fail(f"{path}: cannot read: {exc.strerror or exc}")
-    blocks = re.findall(f"{PEM_HEADER}.*?{PEM_FOOTER}", text, re.DOTALL)
-    if not blocks:
-        _fail(f"{path}: no PEM certificate in it")
     try:
-        chain = [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
+        chain = pem_certificates(text)
     except ValueError:  # binascii.Error included
-        chain = []
-    if not chain or any(der[:1] != b"\x30" for der in chain):  # a DER SEQUENCE
+        _fail(f"{path}: a PEM block is not a certificate")
+    if not chain:
+        _fail(f"{path}: no PEM certificate in it")
+    if any(der[:1] != b"\x30" for der in chain):  # a DER SEQUENCE
         _fail(f"{path}: a PEM block is not a certificate")
     typer.echo(base64.b64encode(chain_hash(chain)).decode())
 

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import ssl
 import sys
 import tempfile
@@ -90,7 +91,7 @@ _TLS13_SUITES = {
     "TLS_CHACHA20_POLY1305_SHA256",
 }
 LOGGER = logging.getLogger("vtrio.net.transport.tls")
-_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_BEGIN, _PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
 # ssl.ENCODING_DER, which the ssl module does not re-export.
 _DER = 2
 # OpenSSL reasons a server sees when the client did not speak TLS at all.
@@ -305,12 +306,21 @@ def _leaf_names(certificate: Certificate, where: str) -> CertificateNames:
         ) as file:
             pem = file.read()
     try:
-        body = pem.split(_PEM_BEGIN, 1)[1].split("-----END", 1)[0]
-        return certificate_names(base64.b64decode(body))
+        return certificate_names(pem_certificates(pem)[0])
     except (IndexError, ValueError) as exc:
         raise ConfigError(
             f"cannot read the certificate's names: {exc}", path=where
         ) from exc
+
+
+def pem_certificates(text: str) -> list[bytes]:
+    """The DER of each PEM certificate block in ``text``, in order.
+
+    Raises:
+        ValueError: a block is not Base64.
+    """
+    blocks = re.findall(f"{_PEM_BEGIN}.*?{_PEM_END}", text, re.DOTALL)
+    return [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
 
 
 @functools.cache
